@@ -1,0 +1,1 @@
+"""Running workflows without the web server: UI-format conversion and ComfyUI's own executor."""

@@ -1,0 +1,103 @@
+"""Converting a UI-format workflow (what users drag in and share) to an API-format prompt.
+
+This is what ComfyUI's frontend does in ``graphToPrompt`` before it queues a workflow; the
+server only executes API prompts (``{node_id: {"class_type", "inputs"}}``). The conversion
+reads the node definitions (``INPUT_TYPES``) of the running host, so a workflow whose widget
+values no longer fit a node's inputs is reported, not silently shifted.
+
+Frontend-only nodes are resolved as the frontend does: ``Note``/``MarkdownNote`` are dropped,
+``Reroute`` passes its input through, a ``PrimitiveNode`` becomes the constant it holds,
+muted nodes (mode 2) are dropped, bypassed nodes (mode 4) pass their first input of the
+matching type through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+SEED_NAMES = {"seed", "noise_seed"}
+UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "upload")
+MODE_MUTED, MODE_BYPASSED = 2, 4
+
+
+class WorkflowError(ValueError):
+    """The workflow cannot be converted against the host's node definitions."""
+
+
+def widget_inputs(input_types: dict[str, dict[str, Any]]) -> list[tuple[str, int]]:
+    """The widget inputs of a node definition in widget order, each with its slot count.
+
+    A seed-like INT with "control after generate" and an upload combo take one more slot in
+    ``widgets_values`` without being an input.
+    """
+    out = []
+    for section in ("required", "optional"):
+        for name, spec in input_types.get(section, {}).items():
+            kind, options = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+            if not (isinstance(kind, list) or kind in WIDGET_TYPES) or options.get("forceInput"):
+                continue
+            extra = options.get("control_after_generate", kind == "INT" and name in SEED_NAMES)
+            extra = bool(extra) or any(options.get(flag) for flag in UPLOAD_FLAGS)
+            out.append((name, 2 if extra else 1))
+    return out
+
+
+def ui_to_prompt(workflow: dict[str, Any], node_classes: dict[str, type]) -> dict[str, dict[str, Any]]:
+    """Convert a UI-format workflow to an API prompt, using the host's ``node_classes``.
+
+    Raises:
+        WorkflowError: unknown node type, or widget values that do not match the inputs.
+    """
+    nodes = {str(n["id"]): n for n in workflow["nodes"]}
+    links = {link[0]: (str(link[1]), link[2]) for link in workflow.get("links", [])}
+
+    def source(link_id: int, want_type: str | None = None) -> tuple[str, int] | Any | None:
+        """Follow a link back through reroutes, primitives and bypassed nodes."""
+        node_id, slot = links[link_id]
+        node = nodes[node_id]
+        if node["type"] == "Reroute" or node.get("mode") == MODE_BYPASSED:
+            out_type = node["outputs"][slot]["type"] if node.get("outputs") else want_type
+            for inp in node.get("inputs", []):
+                if inp.get("link") is not None and (node["type"] == "Reroute" or inp["type"] == out_type):
+                    return source(inp["link"], out_type)
+            return None
+        if node["type"] == "PrimitiveNode":
+            return ("value", node["widgets_values"][0])
+        if node.get("mode") == MODE_MUTED:
+            return None
+        return ("link", [node_id, slot])
+
+    prompt: dict[str, dict[str, Any]] = {}
+    for node_id, node in nodes.items():
+        kind = node["type"]
+        if kind in FRONTEND_ONLY or node.get("mode") in (MODE_MUTED, MODE_BYPASSED):
+            continue
+        if kind not in node_classes:
+            raise WorkflowError(f"node #{node_id} is of type '{kind}', which this ComfyUI does not have "
+                                "(a missing custom node pack?).")
+        inputs: dict[str, Any] = {}
+        values = node.get("widgets_values", [])
+        widgets = widget_inputs(node_classes[kind].INPUT_TYPES())
+        if isinstance(values, dict):
+            inputs.update({name: values[name] for name, _ in widgets if name in values})
+        else:
+            expected = sum(slots for _, slots in widgets)
+            if len(values) != expected:
+                names = ", ".join(name for name, _ in widgets)
+                raise WorkflowError(f"node #{node_id} ({kind}) has {len(values)} widget values but its inputs "
+                                    f"({names}) take {expected}: the workflow was saved for another version of "
+                                    "the node. Re-create the node and save the workflow again.")
+            at = 0
+            for name, slots in widgets:
+                inputs[name] = values[at]
+                at += slots
+        for inp in node.get("inputs", []):
+            if inp.get("link") is None:
+                continue
+            found = source(inp["link"], inp.get("type"))
+            if found is not None:
+                inputs[inp["name"]] = found[1]
+        prompt[node_id] = {"class_type": kind, "inputs": inputs, "_meta": {"title": node.get("title", kind)}}
+    return prompt

@@ -1,0 +1,12 @@
+"""The pack's ComfyUI extension: every node it registers."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .sampling import DDIMInversion, StepBlendedKSampler
+
+
+class LayoutRetouchExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [StepBlendedKSampler, DDIMInversion]

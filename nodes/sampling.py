@@ -1,0 +1,132 @@
+"""Stage-1 sampling and DDIM inversion nodes."""
+
+from __future__ import annotations
+
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..errors import NodeInputError, raise_for
+from ..sampling import inversion, step_blend
+from ..sampling.compat import check_latent, check_same_family
+from .types import Inversion
+
+CATEGORY = "layout_retouch/sampling"
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+class StepBlendedKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LR_StepBlendedKSampler",
+            display_name="Step-Blended KSampler",
+            category=CATEGORY,
+            description="Layout-and-Retouch stage 1: the vanilla model draws the first lambda1 steps (a free layout), "
+                        "the personalized model the rest (the subject), on one noise and one schedule.",
+            inputs=[
+                io.Model.Input("vanilla_model", tooltip="Plain base model (e.g. SD 1.5) that draws the layout."),
+                io.Model.Input("personalized_model", tooltip="Your subject's model: a DreamBooth checkpoint, the base "
+                               "model with a LoRA, or the base model itself when the prompt uses an embedding."),
+                io.Conditioning.Input("vanilla_positive", tooltip="The prompt without the personalized token, "
+                                      "e.g. 'a red vase on a beach'."),
+                io.Conditioning.Input("vanilla_negative", tooltip="Negative prompt for the vanilla model."),
+                io.Conditioning.Input("personalized_positive", tooltip="The same prompt with the personalized token, "
+                                      "e.g. 'a sks vase on a beach' or 'a embedding:my_vase vase on a beach'."),
+                io.Conditioning.Input("personalized_negative", tooltip="Negative prompt for the personalized model."),
+                io.Latent.Input("latent_image", tooltip="The latent to denoise (Empty Latent Image, or an encoded "
+                                "image with denoise < 1)."),
+                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                             tooltip="Seed of the one noise both models share."),
+                io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Total denoising steps (paper: 50)."),
+                io.Int.Input("lambda1", default=5, min=0, max=10000,
+                             tooltip="Steps drawn by the vanilla model before the personalized model takes over. "
+                                     "Paper: 5 of 50, 3 for hard layouts. 0 = personalized only, steps = vanilla only."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale for both models."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="ddim",
+                               tooltip="Sampler for both models (paper: DDIM)."),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform",
+                               tooltip="Noise schedule for both models (paper: DDIM's uniform timesteps)."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the schedule to run; below 1 keeps the input latent's structure."),
+            ],
+            outputs=[io.Latent.Output(display_name="layout_latent", tooltip="The layout latent: decode it to see "
+                                      "the layout image, or invert it for the retouch stage.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, steps: int | None = None, lambda1: int | None = None) -> bool | str:
+        problem = step_blend.lambda1_problem(steps, lambda1)
+        return True if problem is None else str(NodeInputError(step_blend.NODE, "lambda1", *problem))
+
+    @classmethod
+    def execute(cls, vanilla_model, personalized_model, vanilla_positive, vanilla_negative, personalized_positive,
+                personalized_negative, latent_image, seed, steps, lambda1, cfg, sampler_name, scheduler,
+                denoise) -> io.NodeOutput:
+        node = step_blend.NODE
+        raise_for(step_blend.lambda1_problem(steps, lambda1), node, "lambda1")
+        check_same_family(node, "vanilla_model", vanilla_model, "personalized_model", personalized_model)
+        check_latent(node, "latent_image", latent_image["samples"], personalized_model)
+        settings = step_blend.SamplerSettings(seed, steps, cfg, sampler_name, scheduler, denoise)
+        samples = step_blend.step_blended_sample(
+            vanilla_model, personalized_model, (vanilla_positive, vanilla_negative),
+            (personalized_positive, personalized_negative), latent_image, settings, lambda1,
+        )
+        out = latent_image.copy()
+        out["samples"] = samples
+        return io.NodeOutput(out)
+
+
+class DDIMInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LR_DDIMInversion",
+            display_name="DDIM Inversion",
+            category=CATEGORY,
+            description="Runs deterministic DDIM backwards from an encoded image to noise, so that a KSampler "
+                        "(add_noise disabled) on the same schedule redraws the image; keeps the whole path.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to invert with (the personalized model in the paper)."),
+                io.Conditioning.Input("positive", tooltip="Prompt for the inversion; the paper uses the empty prompt."),
+                io.Latent.Input("latent", tooltip="The image to invert, encoded with VAE Encode."),
+                io.Int.Input("steps", default=50, min=1, max=10000,
+                             tooltip="Steps of the schedule; use the same steps as the sampler that starts from the "
+                                     "inverted latent."),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform",
+                               tooltip="Schedule; use the same as the sampler that starts from the inverted latent."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="ddim",
+                               tooltip="The sampler that will redraw from the inverted latent: ddim or euler, the "
+                                       "deterministic ones this inversion retraces."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Guidance during inversion; 1.0 (the paper's) uses the positive prompt alone."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Negative prompt, needed only when cfg is not 1."),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="inverted_latent", tooltip="The noise latent: feed it to a "
+                                 "KSamplerAdvanced with add_noise disabled, start_at_step 0, same steps and scheduler."),
+                Inversion.Output(display_name="inversion", tooltip="Every latent of the inversion, for the retouch "
+                                 "nodes."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sampler_name: str | None = None) -> bool | str:
+        problem = inversion.sampler_problem(sampler_name)
+        return True if problem is None else str(NodeInputError(inversion.NODE, "sampler_name", *problem))
+
+    @classmethod
+    def execute(cls, model, positive, latent, steps, scheduler, sampler_name, cfg, negative=None) -> io.NodeOutput:
+        node = inversion.NODE
+        raise_for(inversion.sampler_problem(sampler_name), node, "sampler_name")
+        if negative is None and abs(cfg - 1.0) > 1e-6:
+            raise NodeInputError(node, "negative", f"is not connected but cfg is {cfg}.",
+                                 "connect a negative CONDITIONING (e.g. the empty prompt), or set cfg to 1.0.")
+        check_latent(node, "latent", latent["samples"], model)
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
+        raise_for(inversion.schedule_problem(sigmas, scheduler, steps), node, "scheduler")
+        samples, trajectory = inversion.ddim_invert(model, positive, negative, latent, steps, scheduler, cfg)
+        out = {k: v for k, v in latent.items() if k != "noise_mask"}
+        out["samples"] = samples
+        return io.NodeOutput(out, trajectory)

@@ -1,0 +1,1 @@
+"""Sampling algorithms of Layout-and-Retouch on ComfyUI's sampler: step blending and DDIM inversion."""

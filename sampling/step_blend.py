@@ -1,0 +1,97 @@
+"""Stage 1 of Layout-and-Retouch: step-blended denoising (L&R, Sec. 3.2, "step-blended denoising").
+
+The vanilla model draws the first ``lambda1`` steps, where the image's layout is decided, and
+the personalized model draws the rest. Both run on one noise and one sigma schedule, and the
+latent is handed over with its leftover noise. Computed exactly as two chained stock
+KSamplerAdvanced nodes (vanilla: add noise, steps ``0..lambda1``, leftover noise returned;
+personalized: no added noise, steps ``lambda1..end``), and as a single stock KSampler when
+``lambda1`` is 0 or ``steps``, so every result can be reproduced with stock nodes bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import Problem
+
+NODE = "Step-Blended KSampler"
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The KSampler settings that both models share."""
+
+    seed: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    denoise: float = 1.0
+
+
+def lambda1_problem(steps: int | None, lambda1: int | None) -> Problem | None:
+    """Why ``lambda1`` does not fit ``steps``, or None when it does (or a value is not known yet)."""
+    if steps is None or lambda1 is None:
+        return None
+    if lambda1 < 0:
+        return f"is {lambda1}, below 0.", "set lambda1 between 0 (personalized model only) and steps."
+    if lambda1 > steps:
+        return (f"is {lambda1}, larger than steps = {steps}.",
+                "set lambda1 between 0 and steps (the paper uses 5 of 50, 3 for hard layouts), or raise steps.")
+    return None
+
+
+def step_blended_sample(
+    vanilla_model,
+    personalized_model,
+    vanilla_conds: tuple[Any, Any],
+    personalized_conds: tuple[Any, Any],
+    latent: dict[str, torch.Tensor],
+    settings: SamplerSettings,
+    lambda1: int,
+) -> torch.Tensor:
+    """Denoise ``latent`` with the vanilla model for ``lambda1`` steps, then the personalized one.
+
+    Args:
+        vanilla_model, personalized_model: ComfyUI ModelPatchers of one family (checked by the caller).
+        vanilla_conds, personalized_conds: ``(positive, negative)`` CONDITIONING for each model.
+        latent: a ComfyUI LATENT dict (``samples`` ``[B, 4, H, W]``, optional ``batch_index``, ``noise_mask``).
+        settings: seed, steps, cfg, sampler, scheduler and denoise, shared by both models.
+        lambda1: steps given to the vanilla model, ``0 <= lambda1 <= steps``.
+
+    Returns:
+        The denoised samples ``[B, 4, H, W]`` in LATENT space, on ComfyUI's intermediate device.
+    """
+    import comfy.sample
+    import comfy.utils
+    import latent_preview
+
+    s = settings
+    latent_image = comfy.sample.fix_empty_latent_channels(personalized_model, latent["samples"])
+    noise = comfy.sample.prepare_noise(latent_image, s.seed, latent.get("batch_index"))
+    no_noise = torch.zeros(latent_image.size(), dtype=latent_image.dtype, layout=latent_image.layout, device="cpu")
+    noise_mask = latent.get("noise_mask")
+    disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+    progress = latent_preview.prepare_callback(personalized_model, s.steps)
+
+    def run(model, conds, add_noise: bool, latent_image, first: int | None, last: int | None, full_denoise: bool):
+        def callback(i, x0, x, _total):  # one progress bar over both models' steps
+            progress((first or 0) + i, x0, x, s.steps)
+
+        return comfy.sample.sample(
+            model, noise if add_noise else no_noise, s.steps, s.cfg, s.sampler_name, s.scheduler, conds[0], conds[1],
+            latent_image, denoise=s.denoise, disable_noise=not add_noise, start_step=first, last_step=last,
+            force_full_denoise=full_denoise, noise_mask=noise_mask, callback=callback,
+            disable_pbar=disable_pbar, seed=s.seed,
+        )
+
+    if lambda1 == 0:
+        return run(personalized_model, personalized_conds, True, latent_image, None, None, False)
+    if lambda1 == s.steps:
+        return run(vanilla_model, vanilla_conds, True, latent_image, None, None, False)
+    # Arguments as KSamplerAdvanced passes them (nodes.py), so the chain is reproduced exactly.
+    layout = run(vanilla_model, vanilla_conds, True, latent_image, 0, lambda1, False)
+    return run(personalized_model, personalized_conds, False, layout, lambda1, 10000, True)

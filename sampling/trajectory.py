@@ -1,0 +1,56 @@
+"""The recorded path of a DDIM inversion, carried between nodes as the ``LR_INVERSION`` socket."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class InversionTrajectory:
+    """Every latent a DDIM inversion passed through, in ComfyUI's sampler space.
+
+    Sampler space is the space a KSampler's model wrapper sees: the LATENT's ``samples`` after
+    ``process_latent_in`` (for SD1.x: times 0.18215), with the noise of level ``sigma`` added.
+
+    Attributes:
+        latents: ``[K, B, C, H, W]``; ``latents[0]`` is the input latent, ``latents[k]`` the
+            latent at noise level ``sigmas[k]``, ``latents[-1]`` the inverted noise.
+        sigmas: ``[K]``, ascending from 0: the sampling schedule read backwards, so the
+            denoising step ``s`` of a sampler on that schedule starts at ``latents[K - 1 - s]``.
+            ``K`` is the schedule's length, which can exceed ``steps + 1`` (``ddim_uniform``).
+        steps: the step count the schedule was made for.
+        scheduler: the ComfyUI scheduler name.
+        family: the model family it was made with (ComfyUI's model config name, e.g. ``SD15``).
+    """
+
+    latents: torch.Tensor
+    sigmas: torch.Tensor
+    steps: int
+    scheduler: str
+    family: str
+
+    def __post_init__(self) -> None:
+        if self.latents.shape[0] != self.sigmas.shape[0]:
+            raise ValueError(f"{self.latents.shape[0]} latents for {self.sigmas.shape[0]} sigmas")
+
+    def __len__(self) -> int:
+        return int(self.sigmas.shape[0])
+
+    @property
+    def sampling_sigmas(self) -> torch.Tensor:
+        """The schedule in sampling order (descending, ending at 0), as a KSampler uses it."""
+        return self.sigmas.flip(0)
+
+    def index_of(self, sigma: float | torch.Tensor) -> int:
+        """Position of ``sigma`` in :attr:`sigmas`; raises KeyError when it is not on the schedule."""
+        hits = torch.isclose(self.sigmas, torch.as_tensor(sigma, dtype=self.sigmas.dtype), rtol=1e-4, atol=1e-6)
+        found = hits.nonzero()
+        if found.numel() == 0:
+            raise KeyError(f"sigma {float(sigma):.6g} is not on this inversion's schedule")
+        return int(found[0, 0])
+
+    def latent_at(self, sigma: float | torch.Tensor) -> torch.Tensor:
+        """The recorded latent ``[B, C, H, W]`` at noise level ``sigma``."""
+        return self.latents[self.index_of(sigma)]

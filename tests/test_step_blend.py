@@ -1,0 +1,140 @@
+"""Step-blended KSampler against stock KSampler / KSamplerAdvanced chains, bit for bit on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+STEPS = 6
+SEED = 1234
+CFG = 7.5
+SAMPLER, SCHEDULER = "ddim", "ddim_uniform"
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    return {
+        "vanilla": (tiny.encode("a red vase on a beach"), tiny.encode("blurry")),
+        "personalized": (tiny.encode("a sks vase on a beach"), tiny.encode("blurry")),
+        "embedding": (tiny.encode("a embedding:tiny_concept vase on a beach"), tiny.encode("blurry")),
+    }
+
+
+def latent(batch: int = 1, size: int = 8) -> dict:
+    return {"samples": torch.zeros(batch, 4, size, size)}
+
+
+def blended(comfy, vanilla, personalized, vconds, pconds, lat, lambda1, denoise=1.0, seed=SEED, steps=STEPS):
+    node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
+    out = node.execute(vanilla, personalized, vconds[0], vconds[1], pconds[0], pconds[1], lat, seed, steps,
+                       lambda1, CFG, SAMPLER, SCHEDULER, denoise)
+    return out.result[0]["samples"]
+
+
+def ksampler(comfy, model, conds, lat, denoise=1.0):
+    return comfy.KSampler().sample(model, SEED, STEPS, CFG, SAMPLER, SCHEDULER, conds[0], conds[1], lat,
+                                   denoise=denoise)[0]["samples"]
+
+
+def chain(comfy, vanilla, personalized, vconds, pconds, lat, lambda1, denoise=1.0):
+    adv = comfy.KSamplerAdvanced()
+    first = adv.sample(vanilla, "enable", SEED, STEPS, CFG, SAMPLER, SCHEDULER, vconds[0], vconds[1], lat,
+                       0, lambda1, "enable", denoise=denoise)[0]
+    return adv.sample(personalized, "disable", SEED, STEPS, CFG, SAMPLER, SCHEDULER, pconds[0], pconds[1], first,
+                      lambda1, 10000, "disable", denoise=denoise)[0]["samples"]
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("denoise", [1.0, 0.6])
+def test_lambda1_zero_is_personalized_ksampler(comfy, tiny, prompts, denoise):
+    lat = latent() if denoise == 1.0 else {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+    got = blended(comfy, tiny.vanilla, tiny.personalized, prompts["vanilla"], prompts["personalized"], lat, 0, denoise)
+    want = ksampler(comfy, tiny.personalized, prompts["personalized"], lat, denoise)
+    assert max_diff(got, want) == 0.0
+    assert not torch.isnan(got).any()
+
+
+@pytest.mark.parametrize("denoise", [1.0, 0.6])
+def test_lambda1_steps_is_vanilla_ksampler(comfy, tiny, prompts, denoise):
+    lat = latent() if denoise == 1.0 else {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+    got = blended(comfy, tiny.vanilla, tiny.personalized, prompts["vanilla"], prompts["personalized"], lat, STEPS,
+                  denoise)
+    want = ksampler(comfy, tiny.vanilla, prompts["vanilla"], lat, denoise)
+    assert max_diff(got, want) == 0.0
+
+
+@pytest.mark.parametrize("denoise", [1.0, 0.6])
+def test_every_inner_lambda1_is_the_advanced_chain(comfy, tiny, prompts, denoise):
+    lat = latent(batch=2) if denoise == 1.0 else {"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+    results = {}
+    for lambda1 in range(1, STEPS):
+        got = blended(comfy, tiny.vanilla, tiny.personalized, prompts["vanilla"], prompts["personalized"], lat,
+                      lambda1, denoise)
+        want = chain(comfy, tiny.vanilla, tiny.personalized, prompts["vanilla"], prompts["personalized"], lat,
+                     lambda1, denoise)
+        assert max_diff(got, want) == 0.0, f"lambda1={lambda1}"
+        results[lambda1] = got
+    # The split matters: different lambda1 give different images, and both ends differ from the middle.
+    ends = [ksampler(comfy, tiny.personalized, prompts["personalized"], lat, denoise),
+            ksampler(comfy, tiny.vanilla, prompts["vanilla"], lat, denoise)]
+    for other in [*list(results.values())[1:], *ends]:
+        assert max_diff(results[1], other) > 1e-3
+
+
+def test_textual_inversion_on_one_checkpoint(comfy, tiny, prompts):
+    """Same checkpoint for both, the embedding only in the personalized prompt."""
+    lat = latent()
+    got = blended(comfy, tiny.vanilla, tiny.vanilla, prompts["vanilla"], prompts["embedding"], lat, 2)
+    want = chain(comfy, tiny.vanilla, tiny.vanilla, prompts["vanilla"], prompts["embedding"], lat, 2)
+    assert max_diff(got, want) == 0.0
+    plain = blended(comfy, tiny.vanilla, tiny.vanilla, prompts["vanilla"], prompts["vanilla"], lat, 2)
+    assert max_diff(got, plain) > 1e-3, "the embedding had no effect"
+
+
+def test_lora_over_vanilla(comfy, tiny, prompts):
+    lora_model = comfy.LoraLoaderModelOnly().load_lora_model_only(tiny.vanilla, "tiny_lora.safetensors", 1.0)[0]
+    lat = latent()
+    got = blended(comfy, tiny.vanilla, lora_model, prompts["vanilla"], prompts["personalized"], lat, 3)
+    want = chain(comfy, tiny.vanilla, lora_model, prompts["vanilla"], prompts["personalized"], lat, 3)
+    assert max_diff(got, want) == 0.0
+    without = blended(comfy, tiny.vanilla, tiny.vanilla, prompts["vanilla"], prompts["personalized"], lat, 3)
+    assert max_diff(got, without) > 1e-3, "the LoRA had no effect"
+
+
+def test_callers_models_unchanged(comfy, tiny, prompts):
+    lat = latent()
+    before = [ksampler(comfy, m, prompts["personalized"], lat) for m in (tiny.vanilla, tiny.personalized)]
+    options = [repr(m.model_options) for m in (tiny.vanilla, tiny.personalized)]
+    blended(comfy, tiny.vanilla, tiny.personalized, prompts["vanilla"], prompts["personalized"], lat, 3)
+    after = [ksampler(comfy, m, prompts["personalized"], lat) for m in (tiny.vanilla, tiny.personalized)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert options == [repr(m.model_options) for m in (tiny.vanilla, tiny.personalized)]
+
+
+class TestBadInput:
+    def test_lambda1_above_steps(self, comfy, tiny, prompts):
+        node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
+        message = node.validate_inputs(steps=10, lambda1=12)
+        assert "lambda1" in message and "Step-Blended KSampler" in message
+        assert node.validate_inputs(steps=10, lambda1=10) is True
+        with pytest.raises(ValueError, match=r"Step-Blended KSampler: input 'lambda1': is 12, larger than steps = 10"):
+            blended(comfy, tiny.vanilla, tiny.personalized, prompts["vanilla"], prompts["personalized"], latent(),
+                    12, steps=10)
+
+    def test_mismatched_families(self, comfy, tiny, tiny_files, prompts):
+        sdxl = comfy.UNETLoader().load_unet("tiny_sdxl_vega.safetensors", "default")[0]
+        with pytest.raises(ValueError, match=r"input 'personalized_model'.*Segmind_Vega.*SD15.*same base family"):
+            blended(comfy, tiny.vanilla, sdxl, prompts["vanilla"], prompts["personalized"], latent(), 3)
+
+    def test_empty_batch(self, comfy, tiny, prompts):
+        with pytest.raises(ValueError, match=r"input 'latent_image'.*empty batch"):
+            blended(comfy, tiny.vanilla, tiny.personalized, prompts["vanilla"], prompts["personalized"],
+                    {"samples": torch.zeros(0, 4, 8, 8)}, 3)
+
+    def test_wrong_channels(self, comfy, tiny, prompts):
+        with pytest.raises(ValueError, match=r"input 'latent_image': has 16 channels but the SD15 model takes 4"):
+            blended(comfy, tiny.vanilla, tiny.personalized, prompts["vanilla"], prompts["personalized"],
+                    {"samples": torch.ones(1, 16, 8, 8)}, 3)

@@ -1,0 +1,144 @@
+"""Tiny, randomly initialised models in the real file formats, built with ComfyUI's own classes.
+
+The files are loaded back through ComfyUI's stock loaders in the tests, so detection, key
+conversion and sampling all run through the host's code. ComfyUI's layers skip weight
+initialisation (their memory starts as ``torch.empty``), so every tensor is given a seeded
+value here before it is saved.
+
+- SD1.x checkpoint: ComfyUI detects SD1.x by ``model_channels = 320`` and ``context_dim = 768``;
+  the UNet keeps SD1.5's block layout (4 levels, 2 res blocks each, attention on the first
+  three, so the decoder's attention keys are ``("output", 3..11)`` as in SD1.5) but with every
+  level 320 channels wide. The text encoder is CLIP-L at its fixed size; the VAE is SD's.
+- SDXL-family diffusion model: Segmind Vega's detection keys with narrow levels, loadable with
+  ``UNETLoader``; used to test the family checks.
+- Textual Inversion embedding: ``emb_params`` of shape ``[n_vectors, 768]``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+SD1_UNET = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
+    channel_mult=(1, 1, 1, 1), transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+    transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], transformer_depth_middle=1,
+    context_dim=768, num_heads=8, num_head_channels=-1, use_spatial_transformer=True,
+    use_linear_in_transformer=False, legacy=False,
+)
+
+VEGA_UNET = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+    channel_mult=(1, 1, 1), transformer_depth=[0, 0, 1, 1, 2, 2], transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2],
+    transformer_depth_middle=1, context_dim=2048, adm_in_channels=2816, num_classes="sequential",
+    num_head_channels=64, use_spatial_transformer=True, use_linear_in_transformer=True, legacy=False,
+)
+
+SD_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+          "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+
+
+def _fill(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """Give every parameter and buffer a seeded value; return the state dict (float32)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, t in module.state_dict().items():
+        if name.endswith("position_ids"):
+            out[name] = torch.arange(t.shape[-1]).expand(t.shape).clone()
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if t.ndim <= 1:
+            is_norm_weight = leaf == "weight" and ("norm" in name or "ln" in name)
+            out[name] = torch.ones(t.shape) if is_norm_weight else torch.zeros(t.shape)
+            if leaf == "bias" or is_norm_weight:
+                continue
+            out[name] = torch.randn(t.shape, generator=gen) * 0.02
+        else:
+            fan_in = math.prod(t.shape[1:])
+            out[name] = torch.randn(t.shape, generator=gen) / math.sqrt(fan_in)
+    return out
+
+
+def unet_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    with torch.device("meta"):
+        unet = UNetModel(**config, device="meta")
+    return _fill(unet, seed)
+
+
+def clip_l_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    import comfy.sd1_clip
+
+    with torch.device("meta"):
+        clip = comfy.sd1_clip.SDClipModel(device="meta")
+    sd = _fill(clip, seed)
+    sd.pop("logit_scale", None)
+    return {k: v for k, v in sd.items() if k.startswith("transformer.")}
+
+
+def vae_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(ddconfig=SD_VAE, embed_dim=4)
+    return _fill(vae, seed)
+
+
+def _prefixed(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def write_sd1_checkpoints(folder: Path, unet_seeds: dict[str, int], shared_seed: int = 0) -> dict[str, Path]:
+    """Write one SD1.x checkpoint per name, each with its own UNet seed and the same CLIP and VAE."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shared = _prefixed(clip_l_state_dict(shared_seed), "cond_stage_model.")
+    shared.update(_prefixed(vae_state_dict(shared_seed + 1), "first_stage_model."))
+    paths = {}
+    for name, seed in unet_seeds.items():
+        sd = dict(shared)
+        sd.update(_prefixed(unet_state_dict(SD1_UNET, seed), "model.diffusion_model."))
+        sd = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in sd.items()}
+        paths[name] = folder / f"{name}.safetensors"
+        safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(paths[name]))
+    return paths
+
+
+def write_vega_unet(folder: Path, seed: int = 7) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = unet_state_dict(VEGA_UNET, seed)
+    path = folder / "tiny_sdxl_vega.safetensors"
+    safetensors.torch.save_file({k: v.to(torch.float16).contiguous() for k, v in sd.items()}, str(path))
+    return path
+
+
+def write_embedding(folder: Path, name: str = "tiny_concept", vectors: int = 2, seed: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    path = folder / f"{name}.safetensors"
+    safetensors.torch.save_file({"emb_params": torch.randn(vectors, 768, generator=gen) * 0.02}, str(path))
+    return path
+
+
+def write_lora(folder: Path, name: str = "tiny_lora", rank: int = 4, seed: int = 5) -> Path:
+    """A kohya-format LoRA over every attention projection of the tiny SD1.x UNet."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in UNetModel(**SD1_UNET, device="meta").state_dict().items()}
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in shapes.items():
+        if ".attn" not in key or not key.endswith("weight") or len(shape) != 2:
+            continue
+        base = "lora_unet_" + key[: -len(".weight")].replace(".", "_")
+        sd[f"{base}.lora_down.weight"] = torch.randn(rank, shape[1], generator=gen) * 0.1
+        sd[f"{base}.lora_up.weight"] = torch.randn(shape[0], rank, generator=gen) * 0.1
+        sd[f"{base}.alpha"] = torch.tensor(float(rank))
+    path = folder / f"{name}.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+    return path
