@@ -41,8 +41,33 @@ if COMFYUI is not None:
     comfy.cli_args.args.cpu = True  # before anything imports comfy.model_management
 
 
+MEASURED: list[str] = []
+
+
+@pytest.fixture
+def measured():
+    """Record a measured figure; the suite prints them all in its summary."""
+    return MEASURED.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASURED:
+        terminalreporter.section("measured")
+        for line in MEASURED:
+            terminalreporter.write_line(line)
+
+
 def pytest_report_header(config):
     return f"ComfyUI host: {COMFYUI}" if COMFYUI else f"ComfyUI host: none: {SKIP_REASON}"
+
+
+@pytest.fixture(autouse=True)
+def _inference_mode():
+    """Run each test as ComfyUI runs nodes: under ``torch.inference_mode``."""
+    import torch
+
+    with torch.inference_mode():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +76,7 @@ def comfy(tmp_path_factory):
     if COMFYUI is None:
         pytest.skip(SKIP_REASON)
     import folder_paths
+
     import nodes
 
     base = tmp_path_factory.mktemp("comfy")

@@ -110,7 +110,7 @@ def test_callers_models_unchanged(comfy, tiny, prompts):
     options = [repr(m.model_options) for m in (tiny.vanilla, tiny.personalized)]
     blended(comfy, tiny.vanilla, tiny.personalized, prompts["vanilla"], prompts["personalized"], lat, 3)
     after = [ksampler(comfy, m, prompts["personalized"], lat) for m in (tiny.vanilla, tiny.personalized)]
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
     assert options == [repr(m.model_options) for m in (tiny.vanilla, tiny.personalized)]
 
 
