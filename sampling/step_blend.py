@@ -65,6 +65,7 @@ def step_blended_sample(
     Returns:
         The denoised samples ``[B, 4, H, W]`` in LATENT space, on ComfyUI's intermediate device.
     """
+    import comfy.model_management
     import comfy.sample
     import comfy.utils
     import latent_preview
@@ -80,6 +81,7 @@ def step_blended_sample(
     def run(model, conds, add_noise: bool, latent_image, first: int | None, last: int | None, full_denoise: bool):
         def callback(i, x0, x, _total):  # one progress bar over both models' steps
             progress((first or 0) + i, x0, x, s.steps)
+            comfy.model_management.throw_exception_if_processing_interrupted()
 
         return comfy.sample.sample(
             model, noise if add_noise else no_noise, s.steps, s.cfg, s.sampler_name, s.scheduler, conds[0], conds[1],

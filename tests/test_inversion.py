@@ -140,3 +140,14 @@ class TestBadInput:
     def test_sdxl_latent_on_sd1_model(self, comfy, tiny, empty):
         with pytest.raises(ValueError, match=r"input 'latent': has 16 channels"):
             invert(comfy, tiny.personalized, empty, {"samples": torch.ones(1, 16, 8, 8)}, 4)
+
+
+def test_interruption_is_honoured(comfy, tiny, image_latent, empty):
+    import comfy.model_management as mm
+
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            invert(comfy, tiny.personalized, empty, image_latent, 4)
+    finally:
+        mm.interrupt_current_processing(False)

@@ -138,3 +138,14 @@ class TestBadInput:
         with pytest.raises(ValueError, match=r"input 'latent_image': has 16 channels but the SD15 model takes 4"):
             blended(comfy, tiny.vanilla, tiny.personalized, prompts["vanilla"], prompts["personalized"],
                     {"samples": torch.ones(1, 16, 8, 8)}, 3)
+
+
+def test_interruption_is_honoured(comfy, tiny, prompts):
+    import comfy.model_management as mm
+
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            blended(comfy, tiny.vanilla, tiny.personalized, prompts["vanilla"], prompts["personalized"], latent(), 3)
+    finally:
+        mm.interrupt_current_processing(False)
