@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .retouch import MultiSourceAttentionSwap
 from .sampling import DDIMInversion, StepBlendedKSampler
 
 
 class LayoutRetouchExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [StepBlendedKSampler, DDIMInversion]
+        return [StepBlendedKSampler, DDIMInversion, MultiSourceAttentionSwap]

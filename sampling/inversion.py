@@ -128,7 +128,7 @@ def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], step
             progress(k, x0, x_next, sigmas.shape[0] - 1)
 
         path = euler_invert(denoise, x, sigmas_up.to(x.device, x.dtype), on_step)
-        recorded.extend(p.to(store) for p in path)
+        recorded.extend(p.detach().to(store) for p in path)
         return path[-1]
 
     guider = comfy.samplers.CFGGuider(model)

@@ -25,14 +25,14 @@ import torch
 SD1_UNET = dict(
     image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
     channel_mult=(1, 1, 1, 1), transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-    transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], transformer_depth_middle=1,
+    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1,
     context_dim=768, num_heads=8, num_head_channels=-1, use_spatial_transformer=True,
     use_linear_in_transformer=False, legacy=False,
 )
 
 VEGA_UNET = dict(
     image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
-    channel_mult=(1, 1, 1), transformer_depth=[0, 0, 1, 1, 2, 2], transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2],
+    channel_mult=(1, 1, 1), transformer_depth=[0, 0, 1, 1, 2, 2], transformer_depth_output=[2, 2, 2, 1, 1, 1, 0, 0, 0],
     transformer_depth_middle=1, context_dim=2048, adm_in_channels=2816, num_classes="sequential",
     num_head_channels=64, use_spatial_transformer=True, use_linear_in_transformer=True, legacy=False,
 )

@@ -1,0 +1,1 @@
+"""Attention patches of Layout-and-Retouch stage 2: multi-source swap and cross-attention capture."""

@@ -1,0 +1,61 @@
+"""Naming attention layers the way ComfyUI's patch keys do: ``(block_name, block_id)``.
+
+A layer set is written as text, e.g. ``"output 6-11"`` or ``"input 4-5, middle 0, output 3-11"``,
+or ``"all"``. For SD1.x, ``"output 6-11"`` is MasaCtrl's and DreamMatcher's ``start_layer = 10``
+of 16 attention blocks in call order (down 0-5, mid 6, up 7-15): the decoder at 32x32 and 64x64.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+BLOCK_NAMES = ("input", "middle", "output")
+ALL = "all"
+MASACTRL_DECODER = "output 6-11"
+
+_PART = re.compile(r"^(input|middle|output)\s+(\d+)(?:\s*-\s*(\d+))?$")
+
+
+@dataclass(frozen=True)
+class LayerSet:
+    """A set of UNet blocks, or every attention block when ``blocks`` is None."""
+
+    blocks: frozenset[tuple[str, int]] | None
+
+    def __contains__(self, block: tuple[str, int]) -> bool:
+        return self.blocks is None or (block[0], int(block[1])) in self.blocks
+
+    def keys_in(self, model_blocks: set[tuple[str, int]]) -> set[tuple[str, int]]:
+        """The model's attention blocks that belong to this set."""
+        return {b for b in model_blocks if b in self}
+
+
+def parse_layers(text: str) -> LayerSet:
+    """Parse ``"output 6-11, middle 0"`` or ``"all"``; raise ValueError with the expected form."""
+    text = text.strip().lower()
+    if text == ALL:
+        return LayerSet(None)
+    blocks: set[tuple[str, int]] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        match = _PART.match(part)
+        if match is None:
+            raise ValueError(f"'{part}' is not a block range; write e.g. 'output 6-11, middle 0', or 'all'")
+        name, first, last = match.group(1), int(match.group(2)), int(match.group(3) or match.group(2))
+        if last < first:
+            raise ValueError(f"'{part}' counts down; write the lower block first")
+        blocks.update((name, i) for i in range(first, last + 1))
+    if not blocks:
+        raise ValueError("no blocks given; write e.g. 'output 6-11', or 'all'")
+    return LayerSet(frozenset(blocks))
+
+
+def attention_blocks(model) -> set[tuple[str, int]]:
+    """The ``(block_name, block_id)`` keys of the UNet blocks that hold attention (SpatialTransformer)."""
+    unet = model.model.diffusion_model
+    found = set()
+    for name, blocks in (("input", unet.input_blocks), ("middle", [unet.middle_block]), ("output", unet.output_blocks)):
+        for i, block in enumerate(blocks):
+            if any(type(layer).__name__ == "SpatialTransformer" for layer in block):
+                found.add((name, i))
+    return found

@@ -1,0 +1,68 @@
+"""Putting the retouch patches on a clone of the caller's model, through ComfyUI's official hooks."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import NodeInputError
+from .layers import LayerSet, attention_blocks
+from .session import KEY, NODE, OuterSample, SourcePaths, apply_model_wrapper, post_cfg_function
+from .swap import SwapAttention, SwapSpec
+
+
+def transformer_depths(model) -> dict[tuple[str, int], int]:
+    """Transformer blocks per attention block, e.g. ``{("output", 6): 1, ...}`` for SD1.x."""
+    unet = model.model.diffusion_model
+    lists = {"input": unet.input_blocks, "middle": [unet.middle_block], "output": unet.output_blocks}
+    depths = {}
+    for name, block_id in attention_blocks(model):
+        for layer in lists[name][block_id]:
+            if type(layer).__name__ == "SpatialTransformer":
+                depths[(name, block_id)] = len(layer.transformer_blocks)
+    return depths
+
+
+def check_free(model, kind: str, keys: list[tuple[str, int, int]]) -> None:
+    """Fail loudly where another patch already replaces attention on a key we need."""
+    taken = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
+    for key in keys:
+        for existing in (key, key[:2]):
+            if existing in taken:
+                raise NodeInputError(
+                    NODE, "model", f"already has a {kind} replace patch on {existing} from another node.",
+                    "apply the Multi-Source Attention Swap to the model before that node, or remove that node.")
+
+
+def patch_model(model, paths: SourcePaths, spec: SwapSpec, mask: torch.Tensor | None):
+    """A clone of ``model`` that runs the multi-source swap in any stock sampler."""
+    depths = transformer_depths(model)
+    layout_blocks = spec.layout_layers.keys_in(set(depths))
+    self_blocks = layout_blocks | spec.reference_layers.keys_in(set(depths))
+    self_keys = [(n, i, j) for (n, i) in sorted(self_blocks) for j in range(depths[(n, i)])]
+    cross_keys = [(n, i, j) for (n, i) in sorted(layout_blocks) for j in range(depths[(n, i)])]
+    check_free(model, "attn1", self_keys)
+    check_free(model, "attn2", cross_keys)
+
+    import comfy.patcher_extension as ext
+
+    m = model.clone()
+    self_patch, cross_patch = SwapAttention("self", spec, mask), SwapAttention("cross", spec, None)
+    for name, block_id, index in self_keys:
+        m.set_model_attn1_replace(self_patch, name, block_id, index)
+    for name, block_id, index in cross_keys:
+        m.set_model_attn2_replace(cross_patch, name, block_id, index)
+    ext.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, KEY, OuterSample(paths), m.model_options,
+                             is_model_options=True)
+    ext.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, KEY, apply_model_wrapper, m.model_options,
+                             is_model_options=True)
+    if paths.redenoise:
+        m.set_model_sampler_post_cfg_function(post_cfg_function)
+    return m
+
+
+def layer_problem(model, name: str, layers: LayerSet):
+    """Why a layer set selects no attention block of ``model``, or None."""
+    if not layers.keys_in(attention_blocks(model)):
+        blocks = ", ".join(f"{n} {i}" for n, i in sorted(attention_blocks(model)))
+        return ("selects no attention block of this model.", f"choose among: {blocks}; or 'all'.")
+    return None

@@ -1,0 +1,71 @@
+"""Where each path's rows sit in one UNet call of the retouch stage.
+
+A stock sampler calls the UNet with one chunk of ``B`` target rows per CFG half in
+``cond_or_uncond`` (0 = positive, 1 = negative; both halves in one call, or one per call).
+The swap appends, per half, the layout path's ``L`` rows and the reference path's ``R`` rows:
+
+    [target half 0 | target half 1 | layout half 0 | layout half 1 | reference half 0 | reference half 1]
+
+so each target half reads the sources' rows of the same half.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Row positions of one UNet call, and the denoising step it belongs to.
+
+    Attributes:
+        halves: the call's ``cond_or_uncond`` list.
+        batch: target rows per half (``B``).
+        n_layout, n_reference: source rows per half (1 or ``B``; 1 is shared by all targets).
+        step: the denoising step, from the sigma's place in the inversions' schedule.
+    """
+
+    halves: tuple[int, ...]
+    batch: int
+    n_layout: int
+    n_reference: int
+    step: int
+
+    @property
+    def n_target(self) -> int:
+        return len(self.halves) * self.batch
+
+    @property
+    def total(self) -> int:
+        return len(self.halves) * (self.batch + self.n_layout + self.n_reference)
+
+    def target(self) -> slice:
+        return slice(0, self.n_target)
+
+    def sources(self) -> slice:
+        return slice(self.n_target, self.total)
+
+    def layout_for_targets(self) -> torch.Tensor:
+        """For each target row, the index of the layout row it reads (same half)."""
+        return self._pairing(self.n_target, self.n_layout)
+
+    def reference_for_targets(self) -> torch.Tensor:
+        """For each target row, the index of the reference row it reads (same half)."""
+        return self._pairing(self.n_target + len(self.halves) * self.n_layout, self.n_reference)
+
+    def layout_rows(self) -> slice:
+        start = self.n_target
+        return slice(start, start + len(self.halves) * self.n_layout)
+
+    def reference_rows(self) -> slice:
+        start = self.n_target + len(self.halves) * self.n_layout
+        return slice(start, self.total)
+
+    def _pairing(self, start: int, per_half: int) -> torch.Tensor:
+        rows = []
+        for h in range(len(self.halves)):
+            for b in range(self.batch):
+                rows.append(start + h * per_half + (b if per_half == self.batch else 0))
+        return torch.tensor(rows, dtype=torch.long)

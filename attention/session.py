@@ -1,0 +1,188 @@
+"""One retouch run: the source paths added as extra rows of the target's UNet calls.
+
+The patched model carries three hooks, all registered with ComfyUI's keyed extension points:
+
+- an ``OUTER_SAMPLE`` wrapper that checks the sampler's schedule against the inversions' and
+  creates the run's state (:class:`RunState`) in the run's own ``transformer_options``,
+  removing it in ``finally``;
+- an ``APPLY_MODEL`` wrapper that appends, per CFG half, the layout and reference rows (their
+  latents at the current sigma and their own prompts) to the call, and slices them off again,
+  so all paths run in one UNet call per step;
+- in the paper's mode only, a post-CFG function that advances the re-denoised source latents
+  with the same Euler (DDIM) step and CFG scale as the target's sampler.
+
+The step comes from the sigma's place in the inversions' schedule, never from a call count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import NodeInputError
+from ..sampling.trajectory import InversionTrajectory
+from .rows import RowLayout
+from .swap import ROWS_KEY
+
+NODE = "Multi-Source Attention Swap"
+KEY = "lr_multi_source_swap"
+RUN_KEY = "lr_swap_run"
+PATHS = ("layout", "reference")
+
+
+@dataclass(frozen=True)
+class SourcePaths:
+    """The two source paths: their recorded inversions and prompts (``[1, tokens, dim]`` per half)."""
+
+    layout: InversionTrajectory
+    reference: InversionTrajectory
+    layout_prompts: tuple[torch.Tensor, torch.Tensor]
+    reference_prompts: tuple[torch.Tensor, torch.Tensor]
+    redenoise: bool
+
+    def trajectory(self, path: str) -> InversionTrajectory:
+        return self.layout if path == "layout" else self.reference
+
+    def prompts(self, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layout_prompts if path == "layout" else self.reference_prompts
+
+
+@dataclass
+class RunState:
+    """Mutable state of one sampling run; lives only inside the OUTER_SAMPLE wrapper."""
+
+    paths: SourcePaths
+    sigma: float | None = None
+    latents: dict[str, torch.Tensor] = field(default_factory=dict)
+    pending: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def step_of(self, sigma: torch.Tensor) -> int:
+        traj = self.paths.layout
+        return len(traj) - 1 - traj.index_of(sigma)
+
+    def source_latent(self, path: str, sigma: torch.Tensor) -> torch.Tensor:
+        """The source path's latent ``[n, C, H, W]`` at ``sigma`` (sampler space)."""
+        if not self.paths.redenoise:
+            return self.paths.trajectory(path).latent_at(sigma)
+        if self.sigma is None:  # first call of the run: start from the recorded latent there
+            self.sigma = float(sigma)
+            self.latents = {p: self.paths.trajectory(p).latent_at(sigma) for p in PATHS}
+        if not math.isclose(self.sigma, float(sigma), rel_tol=1e-5):
+            raise RuntimeError(f"{NODE}: the sampler evaluated sigma {float(sigma):.5g} where the re-denoised "
+                               f"sources are at {self.sigma:.5g}; use sampler ddim or euler.")
+        return self.latents[path]
+
+    def keep_outputs(self, rows: RowLayout, denoised: torch.Tensor) -> None:
+        """Keep the source rows' denoised outputs per CFG half, for :meth:`advance`."""
+        if not self.paths.redenoise:
+            return
+        layout, reference = denoised[rows.layout_rows()], denoised[rows.reference_rows()]
+        for h, half in enumerate(rows.halves):
+            self.pending[half] = {
+                "layout": layout[h * rows.n_layout:(h + 1) * rows.n_layout],
+                "reference": reference[h * rows.n_reference:(h + 1) * rows.n_reference],
+            }
+
+    def advance(self, sigma: torch.Tensor, sigma_next: torch.Tensor, cond_scale: float) -> None:
+        """One Euler step of the sources, with CFG combined as the sampler does (cfg 1: cond only)."""
+        if not self.paths.redenoise or 0 not in self.pending:
+            return
+        for path in PATHS:
+            cond = self.pending[0][path]
+            uncond = self.pending.get(1, {}).get(path)
+            denoised = cond if uncond is None else uncond + (cond - uncond) * cond_scale
+            x = self.latents[path].to(denoised)
+            d = (x - denoised) / sigma  # k-diffusion's to_d, as sample_euler
+            self.latents[path] = x + d * (sigma_next - sigma)
+        self.sigma = float(sigma_next)
+        self.pending.clear()
+
+
+def _repeat_tokens(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Repeat prompts to one token count, as ComfyUI does when it batches conditionings (lcm)."""
+    lengths = [t.shape[1] for t in tensors]
+    target = math.lcm(*lengths)
+    return [t.repeat(1, target // t.shape[1], 1) for t in tensors]
+
+
+def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                        **kwargs):
+    """APPLY_MODEL wrapper: add the source rows to the call, return the target rows only."""
+    transformer_options = transformer_options or {}
+    run: RunState | None = transformer_options.get(RUN_KEY)
+    if run is None:
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    if c_concat is not None or control is not None:
+        raise RuntimeError(f"{NODE}: ControlNets and inpainting models are not supported with the swap; remove "
+                           "the ControlNet or use a plain SD1.x model.")
+    halves = list(transformer_options["cond_or_uncond"])
+    batch = x.shape[0] // len(halves)
+    sigma = t[0]
+    latents = {p: run.source_latent(p, sigma).to(x) for p in PATHS}
+    if latents["layout"].shape[-2:] != x.shape[-2:]:
+        raise RuntimeError(f"{NODE}: the sampler's latent is {8 * x.shape[-1]}x{8 * x.shape[-2]} pixels but the "
+                           f"layout inversion is {8 * latents['layout'].shape[-1]}x{8 * latents['layout'].shape[-2]}; "
+                           "sample from the layout's inverted latent.")
+    rows = RowLayout(tuple(halves), batch, latents["layout"].shape[0], latents["reference"].shape[0],
+                     run.step_of(sigma))
+    xs, contexts = [x], [c_crossattn]
+    for path in PATHS:
+        n = latents[path].shape[0]
+        for half in halves:
+            xs.append(latents[path])
+            contexts.append(run.paths.prompts(path)[half].to(c_crossattn).expand(n, -1, -1))
+    options = dict(transformer_options)
+    options[ROWS_KEY] = rows
+    x_all = torch.cat(xs)
+    t_all = t[:1].expand(x_all.shape[0])
+    out = executor(x_all, t_all, None, torch.cat(_repeat_tokens(contexts)), None, options, **kwargs)
+    run.keep_outputs(rows, out)
+    return out[:rows.n_target]
+
+
+def post_cfg_function(args):
+    """Advance the re-denoised sources once per step, after CFG (paper mode only)."""
+    options = args["model_options"].get("transformer_options", {})
+    run: RunState | None = options.get(RUN_KEY)
+    if run is not None and run.paths.redenoise:
+        sigma = args["sigma"][0]
+        sample_sigmas = options["sample_sigmas"]
+        at = int(torch.isclose(sample_sigmas, sigma.to(sample_sigmas), rtol=1e-5).nonzero()[0, 0])
+        run.advance(sigma, sample_sigmas[at + 1].to(sigma), args["cond_scale"])
+    return args["denoised"]
+
+
+class OuterSample:
+    """OUTER_SAMPLE wrapper: check the schedule, create the run's state, remove it afterwards."""
+
+    def __init__(self, paths: SourcePaths) -> None:
+        self.paths = paths
+
+    def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        self.check_schedule(sigmas)
+        options = executor.class_obj.model_options.setdefault("transformer_options", {})
+        run = RunState(self.paths)
+        options[RUN_KEY] = run
+        try:
+            return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        finally:
+            options.pop(RUN_KEY, None)
+            run.latents.clear()
+            run.pending.clear()
+
+    def check_schedule(self, sigmas: torch.Tensor) -> None:
+        traj = self.paths.layout
+        for sigma in sigmas[:-1].cpu():
+            try:
+                traj.index_of(sigma)
+            except KeyError:
+                raise NodeInputError(
+                    NODE, "model", f"is sampled on a schedule (sigma {float(sigma):.4g}) that is not the inversions' "
+                    f"({traj.steps} steps, {traj.scheduler}).",
+                    f"set the sampler's steps to {traj.steps} and scheduler to {traj.scheduler}, as in the DDIM "
+                    "Inversion nodes, with denoise 1.0.") from None

@@ -1,0 +1,245 @@
+"""Multi-Source Attention Swap on the real host with the tiny SD1.x models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+STEPS = 6  # ddim_uniform gives 8 sigmas, so 7 denoising steps
+CFG = 7.5
+
+
+@pytest.fixture(scope="module")
+def setup(comfy, tiny):
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        images = torch.rand(2, 64, 64, 3, generator=gen)
+        latents = tiny.vae.encode(images)
+    invert = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
+    empty = tiny.encode("")
+    out = {}
+    for name, lat in (("layout", latents[:1]), ("reference", latents[1:])):
+        inverted, traj = invert.execute(tiny.personalized, empty, {"samples": lat}, STEPS, "ddim_uniform", "ddim",
+                                        1.0, None).result
+        out[name] = (inverted, traj)
+    return {"inv": out, "y_r": tiny.encode("a photo of sks vase"), "y_p": tiny.encode("a sks vase on a beach"),
+            "neg": tiny.encode("blurry")}
+
+
+def swap(comfy, model, ref, lay, y_r, y_p, neg, lambda2=2, mask_start=4, layout_layers="output 6-11",
+         reference_layers="output 6-11", mode="recorded", mask=None):
+    node = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"]
+    return node.execute(model, ref, lay, y_r, neg, y_p, neg, lambda2, mask_start, layout_layers, reference_layers,
+                        mode, mask).result[0]
+
+
+def sample(comfy, model, cond, neg, latent, cfg=CFG, start=0, end=10000):
+    return comfy.KSamplerAdvanced().sample(model, "disable", 0, STEPS, cfg, "ddim", "ddim_uniform", cond, neg, latent,
+                                           start, end, "disable" if end == 10000 else "enable")[0]["samples"]
+
+
+def rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def test_identity_in_paper_mode(comfy, tiny, setup, measured):
+    """Reference = layout = target: the swap changes nothing but batch numerics."""
+    lay_inv, lay_traj = setup["inv"]["layout"]
+    y = setup["y_p"]
+    patched = swap(comfy, tiny.personalized, lay_traj, lay_traj, y, y, setup["neg"], mode="re-denoised (paper)",
+                   mask=torch.full((1, 64, 64), 0.5), layout_layers="all", reference_layers="all")
+    got = sample(comfy, patched, y, setup["neg"], lay_inv)
+    want = sample(comfy, tiny.personalized, y, setup["neg"], lay_inv)
+    measured(f"swap identity (paper mode, all layers, mask 0.5): max relative difference {rel(got, want):.2e}")
+    assert rel(got, want) < 1e-4
+
+
+class Recorder:
+    """Wraps a registered replace patch; records each call's step, key and target/layout outputs."""
+
+    def __init__(self, inner, kind, log):
+        self.inner, self.kind, self.log = inner, kind, log
+
+    def __call__(self, q, k, v, extra):
+        from comfyui_layout_retouch.attention.swap import ROWS_KEY
+
+        out = self.inner(q, k, v, extra)
+        rows = extra.get(ROWS_KEY)
+        self.log.append({"kind": self.kind, "key": (*extra["block"], extra["block_index"]), "step": rows.step,
+                         "halves": rows.halves, "target": out[rows.target()].clone(),
+                         "layout": out[rows.layout_for_targets()].clone()})
+        return out
+
+
+def probed(model):
+    """A clone of a patched model whose swap patches record their calls."""
+    log = []
+    probe = model.clone()
+    replaces = probe.model_options["transformer_options"]["patches_replace"]
+    for kind in ("attn1", "attn2"):
+        for key, patch in list(replaces.get(kind, {}).items()):
+            replaces[kind][key] = Recorder(patch, kind, log)
+    return probe, log
+
+
+def test_phase1_all_layers_follows_layout_in_paper_mode(comfy, tiny, setup, measured):
+    lay_inv, lay_traj = setup["inv"]["layout"]
+    _, ref_traj = setup["inv"]["reference"]
+    lambda2 = 3
+    patched = swap(comfy, tiny.personalized, ref_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"],
+                   lambda2=lambda2, layout_layers="all", reference_layers="all", mode="re-denoised (paper)")
+    got = sample(comfy, patched, setup["y_r"], setup["neg"], lay_inv, end=lambda2)
+    layout_path = sample(comfy, tiny.personalized, setup["y_p"], setup["neg"], lay_inv, end=lambda2)
+    own = sample(comfy, tiny.personalized, setup["y_r"], setup["neg"], lay_inv, end=lambda2)
+    measured(f"swap phase 1, all layers, paper mode: target vs layout path at step {lambda2}: max relative "
+             f"difference {rel(got, layout_path):.2e} (unswapped target vs layout: {rel(own, layout_path):.2e})")
+    assert rel(got, layout_path) < 1e-4
+    assert rel(own, layout_path) > 1e-3  # the prompts differ, so without the swap the paths differ
+
+
+def test_patches_fire_on_intended_keys_and_steps(comfy, tiny, setup):
+    lay_inv, lay_traj = setup["inv"]["layout"]
+    _, ref_traj = setup["inv"]["reference"]
+    patched = swap(comfy, tiny.personalized, ref_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"],
+                   layout_layers="output 9-11", reference_layers="output 6-8")
+    replaces = patched.model_options["transformer_options"]["patches_replace"]
+    assert set(replaces["attn1"]) == {("output", i, 0) for i in range(6, 12)}
+    assert set(replaces["attn2"]) == {("output", i, 0) for i in range(9, 12)}
+    probe, log = probed(patched)
+    sample(comfy, probe, setup["y_r"], setup["neg"], lay_inv)
+    n_steps = len(lay_traj) - 1
+    for kind, blocks in (("attn1", range(6, 12)), ("attn2", range(9, 12))):
+        for i in blocks:
+            calls = [c for c in log if c["kind"] == kind and c["key"] == ("output", i, 0)]
+            assert sorted(c["step"] for c in calls) == list(range(n_steps)), (kind, i)
+    assert {c["key"] for c in log} == {("output", i, 0) for i in range(6, 12)}
+
+
+def phase_checks(log, lambda2):
+    for c in log:
+        in_layout_set = c["key"][1] >= 9
+        if c["step"] < lambda2 and in_layout_set:
+            assert torch.equal(c["target"], c["layout"]), c["key"]
+        elif c["kind"] == "attn1" and c["step"] >= lambda2 and c["key"][1] <= 8:
+            assert not torch.equal(c["target"], c["layout"]), c["key"]
+
+
+@pytest.mark.parametrize("cfg", [CFG, 1.0])
+def test_default_mode_phase1_copies_layout_attention(comfy, tiny, setup, cfg):
+    lay_inv, lay_traj = setup["inv"]["layout"]
+    _, ref_traj = setup["inv"]["reference"]
+    patched = swap(comfy, tiny.personalized, ref_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"],
+                   lambda2=3, layout_layers="output 9-11", reference_layers="output 6-8")
+    probe, log = probed(patched)
+    out = sample(comfy, probe, setup["y_r"], setup["neg"], lay_inv, cfg=cfg)
+    assert not torch.isnan(out).any()
+    assert {h for c in log for h in c["halves"]} == ({0, 1} if cfg != 1.0 else {0})
+    phase_checks(log, 3)
+
+
+def test_mask_of_ones_and_zeros(comfy, tiny, setup):
+    lay_inv, lay_traj = setup["inv"]["layout"]
+    _, ref_traj = setup["inv"]["reference"]
+    args = (comfy, tiny.personalized, ref_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"])
+    plain = sample(comfy, swap(*args), setup["y_r"], setup["neg"], lay_inv)
+    ones = sample(comfy, swap(*args, mask=torch.ones(1, 64, 64)), setup["y_r"], setup["neg"], lay_inv)
+    assert torch.equal(plain, ones)
+    probe, log = probed(swap(*args, mask_start=4, mask=torch.zeros(1, 64, 64)))
+    zeros = sample(comfy, probe, setup["y_r"], setup["neg"], lay_inv)
+    blended = [c for c in log if c["kind"] == "attn1" and c["step"] >= 4]
+    assert blended and all(torch.equal(c["target"], c["layout"]) for c in blended)
+    unblended = [c for c in log if c["kind"] == "attn1" and 2 <= c["step"] < 4]
+    assert unblended and not any(torch.equal(c["target"], c["layout"]) for c in unblended)
+    assert not torch.equal(zeros, plain)
+
+
+def test_joint_and_split_cfg_calls_agree(comfy, tiny, setup, monkeypatch, measured):
+    lay_inv, lay_traj = setup["inv"]["layout"]
+    _, ref_traj = setup["inv"]["reference"]
+    patched = swap(comfy, tiny.personalized, ref_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"],
+                   mask=torch.ones(1, 64, 64) * 0.7)
+    probe, log = probed(patched)
+    joint = sample(comfy, probe, setup["y_r"], setup["neg"], lay_inv)
+    assert all(len(c["halves"]) == 2 for c in log)
+    base = tiny.personalized.model
+    original = base.memory_required
+    monkeypatch.setattr(base, "memory_required",
+                        lambda shape, **kw: float("inf") if shape[0] > 1 else original(shape, **kw))
+    log.clear()
+    split = sample(comfy, probe, setup["y_r"], setup["neg"], lay_inv)
+    assert log and all(len(c["halves"]) == 1 for c in log)
+    measured(f"swap, CFG halves in one call vs two: max relative difference {rel(split, joint):.2e}")
+    assert rel(split, joint) < 1e-4
+
+
+def test_step_comes_from_sigma(comfy, tiny, setup):
+    lay_inv, lay_traj = setup["inv"]["layout"]
+    _, ref_traj = setup["inv"]["reference"]
+    probe, log = probed(swap(comfy, tiny.personalized, ref_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"]))
+    sample(comfy, probe, setup["y_r"], setup["neg"], lay_inv, start=3)
+    assert sorted({c["step"] for c in log}) == list(range(3, len(lay_traj) - 1))
+    log.clear()
+    sample(comfy, probe, setup["y_r"], setup["neg"], lay_inv)  # a second run on the same patched model
+    assert sorted({c["step"] for c in log}) == list(range(len(lay_traj) - 1))
+
+
+def test_callers_model_unchanged_after_runs_and_failures(comfy, tiny, setup):
+    import comfy.model_management as mm
+
+    from comfyui_layout_retouch.attention.session import RUN_KEY
+
+    lay_inv, lay_traj = setup["inv"]["layout"]
+    _, ref_traj = setup["inv"]["reference"]
+    model = tiny.personalized
+    before, options = sample(comfy, model, setup["y_r"], setup["neg"], lay_inv), repr(model.model_options)
+    patched = swap(comfy, model, ref_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"])
+    sample(comfy, patched, setup["y_r"], setup["neg"], lay_inv)
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            comfy.KSampler().sample(patched, 0, STEPS, CFG, "ddim", "ddim_uniform", setup["y_r"], setup["neg"],
+                                    lay_inv, denoise=1.0)
+    finally:
+        mm.interrupt_current_processing(False)
+    with pytest.raises(ValueError, match=r"Multi-Source Attention Swap: input 'model'.*schedule.*set the sampler's "
+                                         r"steps to 6 and scheduler to ddim_uniform"):
+        comfy.KSampler().sample(patched, 0, STEPS + 3, CFG, "ddim", "ddim_uniform", setup["y_r"], setup["neg"],
+                                lay_inv)
+    assert RUN_KEY not in patched.model_options.get("transformer_options", {})
+    assert repr(model.model_options) == options
+    assert torch.equal(before, sample(comfy, model, setup["y_r"], setup["neg"], lay_inv))
+
+
+class TestBadInput:
+    def test_inversions_on_different_schedules(self, comfy, tiny, setup):
+        invert = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
+        lay_inv, lay_traj = setup["inv"]["layout"]
+        _, other = invert.execute(tiny.personalized, setup["neg"], lay_inv, STEPS + 2, "ddim_uniform", "ddim", 1.0,
+                                  None).result
+        with pytest.raises(ValueError, match=r"input 'reference_inversion': uses 8 steps.*same steps and scheduler"):
+            swap(comfy, tiny.personalized, other, lay_traj, setup["y_r"], setup["y_p"], setup["neg"])
+
+    def test_sizes_differ(self, comfy, tiny, setup):
+        invert = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
+        _, lay_traj = setup["inv"]["layout"]
+        _, small = invert.execute(tiny.personalized, setup["neg"], {"samples": torch.zeros(1, 4, 8, 6)}, STEPS,
+                                  "ddim_uniform", "ddim", 1.0, None).result
+        with pytest.raises(ValueError, match=r"input 'reference_inversion': is 48x64 pixels but layout_inversion is "
+                                             r"64x64"):
+            swap(comfy, tiny.personalized, small, lay_traj, setup["y_r"], setup["y_p"], setup["neg"])
+
+    def test_bad_layer_text(self, comfy, tiny, setup):
+        _, lay_traj = setup["inv"]["layout"]
+        with pytest.raises(ValueError, match=r"input 'layout_layers': 'decoder' cannot be read"):
+            swap(comfy, tiny.personalized, lay_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"],
+                 layout_layers="decoder")
+        with pytest.raises(ValueError, match=r"input 'reference_layers': selects no attention block.*output 3"):
+            swap(comfy, tiny.personalized, lay_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"],
+                 reference_layers="output 0-2")
+
+    def test_occupied_key_fails_loudly(self, comfy, tiny, setup):
+        _, lay_traj = setup["inv"]["layout"]
+        other = tiny.personalized.clone()
+        other.set_model_attn1_replace(lambda q, k, v, extra: q, "output", 7, 0)
+        with pytest.raises(ValueError, match=r"already has a attn1 replace patch on \('output', 7, 0\)"):
+            swap(comfy, other, lay_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"])
