@@ -1,0 +1,130 @@
+"""The swap against an explicit reference implementation on random tensors: no host needed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from comfyui_layout_retouch.attention.layers import parse_layers
+from comfyui_layout_retouch.attention.rows import RowLayout
+from comfyui_layout_retouch.attention.swap import (
+    Phase,
+    SwapSpec,
+    mask_tokens,
+    reference_attention,
+    swap_cross_attention,
+    swap_self_attention,
+)
+
+HEADS, DIM, TOKENS = 4, 8, 16
+
+
+def explicit(q, k, v):
+    """softmax(QK^T/sqrt(d))V for one head-split row, written out without reshapes."""
+    out = torch.empty_like(q)
+    for h in range(HEADS):
+        cols = slice(h * DIM, (h + 1) * DIM)
+        w = torch.softmax(q[:, cols] @ k[:, cols].T / math.sqrt(DIM), dim=-1)
+        out[:, cols] = w @ v[:, cols]
+    return out
+
+
+def tensors(rows: RowLayout, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(rows.total, TOKENS, HEADS * DIM, generator=g, dtype=torch.float64) for _ in range(3)]
+
+
+def attend(q, k, v):
+    return reference_attention(q, k, v, HEADS)
+
+
+@pytest.mark.parametrize("halves,batch,n_src", [((1, 0), 2, 1), ((0,), 3, 3), ((1,), 1, 1)])
+def test_row_pairing(halves, batch, n_src):
+    rows = RowLayout(halves, batch, n_src, n_src, 0)
+    lay, ref = rows.layout_for_targets(), rows.reference_for_targets()
+    assert len(lay) == rows.n_target == len(ref)
+    for i in range(rows.n_target):
+        half, b = divmod(i, batch)
+        assert lay[i] == rows.n_target + half * n_src + (b if n_src == batch else 0)
+        assert ref[i] == rows.n_target + len(halves) * n_src + half * n_src + (b if n_src == batch else 0)
+
+
+def test_reference_attention_is_explicit():
+    rows = RowLayout((0,), 1, 1, 1, 0)
+    q, k, v = tensors(rows)
+    got = reference_attention(q, k, v, HEADS)
+    for r in range(rows.total):
+        torch.testing.assert_close(got[r], explicit(q[r], k[r], v[r]))
+
+
+@pytest.mark.parametrize("halves,batch", [((1, 0), 2), ((0,), 1)])
+def test_reference_phase_uses_target_q_with_reference_kv(halves, batch):
+    rows = RowLayout(halves, batch, 1, 1, 12)
+    q, k, v = tensors(rows)
+    out = swap_self_attention(q, k, v, rows, Phase.REFERENCE, attend)
+    ref = rows.reference_for_targets()
+    for t in range(rows.n_target):
+        torch.testing.assert_close(out[t], explicit(q[t], k[ref[t]], v[ref[t]]))
+    for s in range(rows.n_target, rows.total):  # the sources attend to themselves
+        torch.testing.assert_close(out[s], explicit(q[s], k[s], v[s]))
+
+
+def test_layout_phase_copies_layout_output():
+    rows = RowLayout((1, 0), 2, 1, 1, 0)
+    q, k, v = tensors(rows)
+    for fn in (swap_self_attention, swap_cross_attention):
+        out = fn(q, k, v, rows, Phase.LAYOUT, attend)
+        lay = rows.layout_for_targets()
+        for t in range(rows.n_target):
+            assert torch.equal(out[t], out[lay[t]])
+            torch.testing.assert_close(out[t], explicit(q[lay[t]], k[lay[t]], v[lay[t]]))
+
+
+def test_mask_blend():
+    rows = RowLayout((0, 1), 1, 1, 1, 40)
+    q, k, v = tensors(rows)
+    m = torch.rand(rows.n_target, TOKENS, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = swap_self_attention(q, k, v, rows, Phase.REFERENCE, attend, m)
+    plain = swap_self_attention(q, k, v, rows, Phase.REFERENCE, attend)
+    layout = plain[rows.layout_for_targets()]
+    torch.testing.assert_close(out[:rows.n_target], m * plain[:rows.n_target] + (1 - m) * layout)
+    ones = swap_self_attention(q, k, v, rows, Phase.REFERENCE, attend, torch.ones_like(m))
+    assert torch.equal(ones, plain)
+
+
+def test_own_phase_is_plain_attention():
+    rows = RowLayout((0,), 2, 1, 1, 0)
+    q, k, v = tensors(rows)
+    assert torch.equal(swap_self_attention(q, k, v, rows, Phase.OWN, attend), attend(q, k, v))
+    assert torch.equal(swap_cross_attention(q, k, v, rows, Phase.OWN, attend), attend(q, k, v))
+
+
+def test_mask_tokens_resize_and_rows():
+    rows = RowLayout((0, 1), 2, 1, 1, 0)
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, 32:] = 1  # right half
+    tokens = mask_tokens(mask, rows, (4, 4), torch.zeros(1))
+    assert tokens.shape == (rows.n_target, 16, 1)
+    grid = tokens[0, :, 0].view(4, 4)
+    assert torch.equal(grid[:, 2:], torch.ones(4, 2)) and torch.equal(grid[:, :2], torch.zeros(4, 2))
+
+
+def test_spec_phases():
+    spec = SwapSpec(10, 30, parse_layers("output 9-11"), parse_layers("output 6-8"))
+    assert spec.self_phase(("output", 9), 9) is Phase.LAYOUT
+    assert spec.self_phase(("output", 6), 9) is Phase.OWN
+    assert spec.self_phase(("output", 6), 10) is Phase.REFERENCE
+    assert spec.self_phase(("output", 9), 10) is Phase.OWN
+    assert spec.cross_phase(("output", 9), 9) is Phase.LAYOUT and spec.cross_phase(("output", 9), 10) is Phase.OWN
+    assert not spec.blends(("output", 6), 29) and spec.blends(("output", 6), 30)
+
+
+def test_parse_layers():
+    assert parse_layers("output 6-11").blocks == frozenset(("output", i) for i in range(6, 12))
+    assert parse_layers(" input 4-5, middle 0 ").blocks == frozenset({("input", 4), ("input", 5), ("middle", 0)})
+    assert ("input", 99) in parse_layers("all")
+    for bad in ("decoder", "output 9-6", "", "output six"):
+        with pytest.raises(ValueError):
+            parse_layers(bad)
