@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .attention_masks import AttentionCapture, AttentionMapToMask, CrossAttentionMask
 from .retouch import MultiSourceAttentionSwap
 from .sampling import DDIMInversion, StepBlendedKSampler
 
 
 class LayoutRetouchExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [StepBlendedKSampler, DDIMInversion, MultiSourceAttentionSwap]
+        return [StepBlendedKSampler, DDIMInversion, MultiSourceAttentionSwap, CrossAttentionMask, AttentionCapture,
+                AttentionMapToMask]

@@ -24,7 +24,7 @@ def prompt_tensor(node: str, name: str, conditioning) -> torch.Tensor:
     return conditioning[0][0][:1].detach()
 
 
-def layers(node: str, name: str, text: str, model):
+def layer_input(node: str, name: str, text: str, model):
     try:
         parsed = parse_layers(text)
     except ValueError as e:
@@ -92,8 +92,8 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                                  f"layout_inversion uses {lay.steps} steps of {lay.scheduler}.",
                                  "give both DDIM Inversion nodes the same steps and scheduler.")
         check_same_size(NODE, "layout_inversion", lay.latents[0], "reference_inversion", ref.latents[0])
-        spec = SwapSpec(lambda2, mask_start, layers(NODE, "layout_layers", layout_layers, model),
-                        layers(NODE, "reference_layers", reference_layers, model))
+        spec = SwapSpec(lambda2, mask_start, layer_input(NODE, "layout_layers", layout_layers, model),
+                        layer_input(NODE, "reference_layers", reference_layers, model))
         paths = SourcePaths(
             layout=lay, reference=ref,
             layout_prompts=(prompt_tensor(NODE, "layout_positive", layout_positive),

@@ -1,0 +1,210 @@
+"""Recording attention during a sampler run (MasaCtrl's and DreamMatcher's cross-attention maps).
+
+Cross-attention probabilities ``softmax(Q K^T / sqrt(d))`` are computed for the positive
+(conditional) target rows only, averaged over heads and summed over the steps in range, per
+layer: ``[B, h*w, tokens]`` each, never a self-attention map. The attention output itself still
+comes from ComfyUI's ``optimized_attention`` (or a patch already on the key, which is chained).
+Optionally the self-attention keys and values of those rows are kept per layer and step,
+offloaded to ComfyUI's intermediate device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .layers import LayerSet
+from .swap import ROWS_KEY, host_attention
+
+CAPTURE_KEY = "lr_attention_capture"
+
+
+@dataclass
+class AttentionStore:
+    """What an Attention Capture patch recorded in the latest sampler run (reset at each run).
+
+    Attributes:
+        maps: per layer ``(block_name, block_id, block_index)``: the head-averaged cross-attention
+            probabilities of the conditional target rows, ``[B, h*w, tokens]``, summed over steps.
+        counts: per layer, how many steps were summed into ``maps``.
+        sizes: per layer, the ``(h, w)`` of its tokens.
+        kv: per ``(layer, step)``: self-attention ``(K, V)`` ``[B, h*w, inner]``, when asked for.
+        latent_size: the ``(H, W)`` of the latent sampled, for resizing to the image.
+    """
+
+    maps: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    counts: dict[tuple, int] = field(default_factory=dict)
+    sizes: dict[tuple, tuple[int, int]] = field(default_factory=dict)
+    kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    latent_size: tuple[int, int] | None = None
+
+    def clear(self) -> None:
+        self.maps.clear()
+        self.counts.clear()
+        self.sizes.clear()
+        self.kv.clear()
+        self.latent_size = None
+
+    def average(self, positions: list[int], layers: list[tuple] | None = None) -> torch.Tensor:
+        """The mean map of the summed token ``positions`` over ``layers`` (default: all) at the
+        finest recorded size among them, ``[B, h, w]``."""
+        layers = [k for k in (layers or self.maps) if self.counts.get(k)]
+        if not layers:
+            raise LookupError("no cross-attention was recorded")
+        h, w = max((self.sizes[k] for k in layers), key=lambda s: s[0] * s[1])
+        total = None
+        for k in layers:
+            lh, lw = self.sizes[k]
+            m = self.maps[k][:, :, positions].sum(-1) / self.counts[k]
+            m = m.reshape(-1, 1, lh, lw)
+            if (lh, lw) != (h, w):
+                m = torch.nn.functional.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+            total = m if total is None else total + m
+        return (total / len(layers))[:, 0]
+
+
+def conditional_rows(extra_options: dict, rows_total: int) -> torch.Tensor:
+    """Indices of the positive-prompt target rows of a call."""
+    halves = list(extra_options.get("cond_or_uncond", [0]))
+    swap_rows = extra_options.get(ROWS_KEY)
+    batch = swap_rows.batch if swap_rows is not None else rows_total // len(halves)
+    picked = [h * batch + b for h, half in enumerate(halves) if half == 0 for b in range(batch)]
+    return torch.tensor(picked, dtype=torch.long)
+
+
+def cross_attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Head-averaged ``softmax(Q K^T / sqrt(d))``: ``[rows, tokens_q, tokens_k]``."""
+    b, n, inner = q.shape
+    d = inner // heads
+    qh = q.reshape(b, n, heads, d).transpose(1, 2).float()
+    kh = k.reshape(b, k.shape[1], heads, d).transpose(1, 2).float()
+    return torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(d), dim=-1).mean(1)
+
+
+class CaptureAttention:
+    """An ``attn2`` (or, for K/V, ``attn1``) replace patch that records and then attends as usual."""
+
+    def __init__(self, kind: str, store: AttentionStore, steps: range | None, resolution: int | None,
+                 chained=None) -> None:
+        self.kind = kind
+        self.store = store
+        self.steps = steps
+        self.resolution = resolution  # keep only layers at latent size / resolution; None = all
+        self.chained = chained
+
+    def step_of(self, extra_options: dict) -> int | None:
+        sigmas = extra_options.get("sample_sigmas")
+        if sigmas is None:
+            return None
+        sigma = extra_options["sigmas"][0]
+        hits = torch.isclose(sigmas, sigma.to(sigmas), rtol=1e-5).nonzero()
+        return int(hits[0, 0]) if hits.numel() else None
+
+    def wanted(self, extra_options: dict) -> tuple | None:
+        h, w = extra_options["activations_shape"][-2:]
+        latent_h = extra_options["original_shape"][-2]
+        if self.resolution is not None and h * self.resolution != latent_h:
+            return None
+        step = self.step_of(extra_options)
+        if step is None or (self.steps is not None and step not in self.steps):
+            return None
+        return (*extra_options["block"], extra_options["block_index"]), step, (h, w)
+
+    def __call__(self, q, k, v, extra_options):
+        heads = extra_options["n_heads"]
+        if self.chained is not None:
+            out = self.chained(q, k, v, extra_options)
+        else:
+            out = host_attention(heads, extra_options.get("attn_precision"))(q, k, v)
+        found = self.wanted(extra_options)
+        if found is not None:
+            layer, step, size = found
+            rows = conditional_rows(extra_options, q.shape[0]).to(q.device)
+            store = self.store
+            store.latent_size = tuple(extra_options["original_shape"][-2:])
+            store.sizes[layer] = size
+            if self.kind == "cross":
+                probs = cross_attention_probs(q[rows], k[rows], heads).to(torch.float32)
+                store.maps[layer] = probs if layer not in store.maps else store.maps[layer] + probs
+                store.counts[layer] = store.counts.get(layer, 0) + 1
+            else:
+                import comfy.model_management
+
+                dest = comfy.model_management.intermediate_device()
+                store.kv[(layer, step)] = (k[rows].detach().to(dest), v[rows].detach().to(dest))
+        return out
+
+
+def capture_keys(model, layers: LayerSet) -> list[tuple[str, int, int]]:
+    from .patching import transformer_depths
+
+    depths = transformer_depths(model)
+    return [(n, i, j) for (n, i) in sorted(layers.keys_in(set(depths))) for j in range(depths[(n, i)])]
+
+
+def add_capture(model, store: AttentionStore, layers: LayerSet, steps: range | None, resolution: int | None,
+                self_kv: bool = False):
+    """A clone of ``model`` recording into ``store``; patches already on the keys are chained."""
+    import comfy.patcher_extension as ext
+
+    m = model.clone()
+    replaces = m.model_options.get("transformer_options", {}).get("patches_replace", {})
+
+    def existing(kind: str, key: tuple):
+        taken = replaces.get(kind, {})
+        return taken.get(key, taken.get(key[:2]))
+
+    for key in capture_keys(model, layers):
+        patch = CaptureAttention("cross", store, steps, resolution, existing("attn2", key))
+        m.set_model_attn2_replace(patch, *key)
+        if self_kv:
+            m.set_model_attn1_replace(CaptureAttention("self", store, steps, resolution, existing("attn1", key)), *key)
+
+    def reset_each_run(executor, *args, **kwargs):
+        store.clear()
+        return executor(*args, **kwargs)
+
+    ext.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, CAPTURE_KEY, reset_each_run, m.model_options,
+                             is_model_options=True)
+    return m
+
+
+def averaged_steps(n_steps: int, count: int) -> list[int]:
+    """``count`` denoising steps spread evenly over ``0 .. n_steps - 1`` (all when count >= n_steps)."""
+    if count >= n_steps:
+        return list(range(n_steps))
+    return sorted({round(i * (n_steps - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+def record_on_trajectory(model, positive, trajectory, steps: list[int]) -> None:
+    """Evaluate ``model`` (with capture patches) at a recorded path's latents, at denoising ``steps``.
+
+    No sampling happens: each chosen step's recorded latent is fed to the model once, through
+    ComfyUI's own guider (conditioning, the model's patches, CFG 1).
+    """
+    import comfy.model_management
+    import comfy.samplers
+    import comfy.utils
+
+    sigmas = trajectory.sampling_sigmas[steps]
+    latents = trajectory.latents.flip(0)[steps]  # denoising order
+    progress = comfy.utils.ProgressBar(len(steps))
+
+    def sampler_function(model_k, x, sigmas_in, extra_args=None, callback=None, disable=None):
+        s_in = x.new_ones([x.shape[0]])
+        for i in range(len(steps)):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            model_k(latents[i].to(x), sigmas[i].to(x) * s_in, **(extra_args or {}))
+            progress.update(1)
+        return x
+
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, positive)
+    guider.set_cfg(1.0)
+    shape = trajectory.latents.shape[1:]
+    # The sigma list ends with one extra value so that every chosen sigma is a step's start.
+    schedule = torch.cat([sigmas, sigmas[-1:] * 0])
+    guider.sample(torch.zeros(shape), torch.zeros(shape), comfy.samplers.KSAMPLER(sampler_function),
+                  schedule.to(model.load_device), disable_pbar=True, seed=0)

@@ -1,0 +1,61 @@
+"""Locating the subject's tokens in a prompt with the CLIP model's own tokenizer.
+
+The subject is written as in the prompt: a class noun for DreamBooth ("dog" in "a sks dog"),
+the embedding for Textual Inversion ("embedding:my_cat"), or several words, whose tokens are
+summed (as DreamMatcher does). Token positions count the start token as 0 and run on across
+ComfyUI's 77-token chunks, matching the conditioning's token axis.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import Problem
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    return a == b
+
+
+def _word_tokens(clip, text: str) -> list:
+    """The tokens of ``text``'s words (ints, or embedding vectors), without start, end and padding."""
+    tokens = clip.tokenize(text, return_word_ids=True)
+    chunks = next(iter(tokens.values()))
+    return [entry[0] for chunk in chunks for entry in chunk if entry[2] > 0]
+
+
+def subject_positions(clip, prompt: str, subject: str) -> list[int]:
+    """Positions in the prompt's token sequence of every token of every subject word.
+
+    Raises:
+        KeyError: a subject word does not occur in the prompt (the message names it).
+    """
+    tokens = clip.tokenize(prompt, return_word_ids=True)
+    sequence = [entry[0] for chunk in next(iter(tokens.values())) for entry in chunk]
+    positions: list[int] = []
+    for word in subject.replace(",", " ").split():
+        needle = _word_tokens(clip, word)
+        hits = [i for i in range(len(sequence) - len(needle) + 1)
+                if needle and all(_same(sequence[i + j], needle[j]) for j in range(len(needle)))]
+        if not hits:
+            raise KeyError(word)
+        for i in hits:
+            positions.extend(range(i, i + len(needle)))
+    if not positions:
+        raise KeyError(subject)
+    return sorted(set(positions))
+
+
+def subject_problem(clip, prompt: str, subject: str) -> Problem | None:
+    """Why the subject cannot be found in the prompt, or None."""
+    if not subject.strip():
+        return "is empty.", "write the subject's word as it appears in the prompt, e.g. 'dog' or 'embedding:my_cat'."
+    try:
+        subject_positions(clip, prompt, subject)
+    except KeyError as e:
+        return (f"'{e.args[0]}' is not in the prompt '{prompt}'.",
+                "write the subject word exactly as in the prompt (the class noun for DreamBooth, e.g. 'dog' in "
+                "'a sks dog'; the embedding for Textual Inversion, e.g. 'embedding:my_cat').")
+    return None
