@@ -85,6 +85,7 @@ def comfy(tmp_path_factory):
     folder_paths.set_output_directory(str(base / "output"))
     folder_paths.set_input_directory(str(base / "input"))
     folder_paths.set_temp_directory(str(base / "temp"))
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))  # comfy_extras, as the server
     if not asyncio.run(nodes.load_custom_node(str(PACK_ROOT))):
         raise RuntimeError("ComfyUI failed to load the pack; see the log above")
     return nodes

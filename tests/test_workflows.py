@@ -31,19 +31,35 @@ def shrink(prompt: dict, steps: int = 6) -> dict:
             inputs["steps"] = steps
         if "lambda1" in inputs:
             inputs["lambda1"] = 2
+        if node["class_type"] == "ImageScale":
+            inputs.update(width=64, height=64)
+        if node["class_type"] == "LR_MultiSourceAttentionSwap":
+            inputs.update(lambda2=2, mask_start=4)
+        if node["class_type"] == "LR_CrossAttentionMask":
+            inputs.update(steps_to_average=3)
     return prompt
+
+
+def write_input_images(comfy) -> None:
+    folder = Path(comfy.folder_paths.get_input_directory())
+    gen = np.random.default_rng(0)
+    for name in ("reference.png", "layout.png"):
+        Image.fromarray(gen.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(folder / name)
+
+
+def saved_images(comfy, outputs: dict) -> list[np.ndarray]:
+    images = [img for node in outputs.values() for img in node.get("images", []) if img["type"] == "output"]
+    return [np.asarray(Image.open(Path(comfy.folder_paths.get_output_directory()) / i["subfolder"] / i["filename"]))
+            for i in images]
 
 
 def test_stage1_workflow_runs(comfy, tiny_files):
     prompt = shrink(ui_format.ui_to_prompt(load("layout_retouch_stage1_layout.json"), comfy.NODE_CLASS_MAPPINGS))
     blend = next(n for n in prompt.values() if n["class_type"] == "LR_StepBlendedKSampler")
     assert blend["inputs"]["seed"] == 0 and blend["inputs"]["sampler_name"] == "ddim"
-    outputs = executor.execute(prompt)
-    images = [img for node in outputs.values() for img in node.get("images", [])]
+    images = saved_images(comfy, executor.execute(prompt))
     assert len(images) == 1
-    path = Path(comfy.folder_paths.get_output_directory()) / images[0]["subfolder"] / images[0]["filename"]
-    pixels = np.asarray(Image.open(path))
-    assert pixels.shape == (64, 64, 3) and pixels.std() > 0
+    assert images[0].shape == (64, 64, 3) and images[0].std() > 0
 
 
 def test_stage1_workflow_has_papers_defaults(comfy):
@@ -65,3 +81,25 @@ def test_validation_rejects_lambda1_above_steps(comfy, tiny_files):
     next(n for n in prompt.values() if n["class_type"] == "LR_StepBlendedKSampler")["inputs"]["lambda1"] = 9
     with pytest.raises(executor.PromptError, match="lambda1"):
         executor.validate(prompt)
+
+
+def test_stage2_workflow_runs(comfy, tiny_files):
+    write_input_images(comfy)
+    prompt = shrink(ui_format.ui_to_prompt(load("layout_retouch_stage2_retouch.json"), comfy.NODE_CLASS_MAPPINGS),
+                    steps=6)
+    kinds = {n["class_type"] for n in prompt.values()}
+    assert {"LR_DDIMInversion", "LR_MultiSourceAttentionSwap", "LR_CrossAttentionMask", "KSamplerAdvanced"} <= kinds
+    outputs = executor.execute(prompt)
+    images = saved_images(comfy, outputs)
+    assert len(images) == 1 and images[0].shape == (64, 64, 3) and images[0].std() > 0
+    previews = [img for node in outputs.values() for img in node.get("images", []) if img["type"] == "temp"]
+    assert len(previews) == 1  # the mask preview
+
+
+def test_stage2_workflow_has_papers_defaults(comfy):
+    prompt = ui_format.ui_to_prompt(load("layout_retouch_stage2_retouch.json"), comfy.NODE_CLASS_MAPPINGS)
+    swap = next(n for n in prompt.values() if n["class_type"] == "LR_MultiSourceAttentionSwap")["inputs"]
+    assert (swap["lambda2"], swap["mask_start"], swap["layout_layers"]) == (10, 30, "output 6-11")
+    sampler = next(n for n in prompt.values() if n["class_type"] == "KSamplerAdvanced")["inputs"]
+    assert (sampler["add_noise"], sampler["steps"], sampler["scheduler"], sampler["cfg"]) == (
+        "disable", 50, "ddim_uniform", 7.5)

@@ -1,0 +1,35 @@
+"""A small builder for UI-format workflows, used to write the files in workflows/ (not shipped to users)."""
+import json
+
+
+class WF:
+    def __init__(self):
+        self.nodes, self.links, self.groups = [], [], []
+    def node(self, type_, pos, widgets=None, inputs=(), outputs=(), title=None, size=(320, 120), color=None):
+        nid = len(self.nodes) + 1
+        n = {"id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1, "mode": 0,
+             "inputs": [{"name": n_, "type": t, "link": None} for n_, t in inputs],
+             "outputs": [{"name": n_, "type": t, "links": [], "slot_index": i} for i, (n_, t) in enumerate(outputs)],
+             "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets or [])}
+        if title: n["title"] = title
+        if color: n["color"], n["bgcolor"] = color
+        self.nodes.append(n)
+        return nid
+    def link(self, a, a_slot, b, b_input):
+        src = self.nodes[a - 1]; dst = self.nodes[b - 1]
+        slot = [i for i, x in enumerate(dst["inputs"]) if x["name"] == b_input][0]
+        t = src["outputs"][a_slot]["type"]
+        lid = len(self.links) + 1
+        self.links.append([lid, a, a_slot, b, slot, t])
+        src["outputs"][a_slot]["links"].append(lid)
+        dst["inputs"][slot]["link"] = lid
+    def group(self, title, bounding, color="#3f789e"):
+        self.groups.append({"title": title, "bounding": list(bounding), "color": color, "font_size": 24, "flags": {}})
+    def note(self, text, pos, size=(380, 160)):
+        return self.node("MarkdownNote", pos, [text], size=size, color=("#432", "#653"))
+    def save(self, path):
+        d = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes, "links": self.links,
+             "groups": self.groups, "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+        with open(path, "w") as f:
+            json.dump(d, f, indent=1)
+            f.write("\n")
