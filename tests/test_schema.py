@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-EXPECTED = {"LR_StepBlendedKSampler", "LR_DDIMInversion"}
+EXPECTED = {"LR_StepBlendedKSampler", "LR_DDIMInversion", "LR_MultiSourceAttentionSwap", "LR_CrossAttentionMask",
+            "LR_AttentionCapture", "LR_AttentionMapToMask"}
 
 
 @pytest.fixture(scope="module")
