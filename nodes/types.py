@@ -11,3 +11,6 @@ Inversion = io.Custom("LR_INVERSION")
 # Carries attention.capture.AttentionStore: cross-attention maps (and optional self-attention
 # K/V) recorded during a sampler run by the Attention Capture patch.
 AttentionStore = io.Custom("LR_ATTENTION_STORE")
+
+# Carries masks.sam.SamModel: a Segment Anything model, its size and its file.
+Sam = io.Custom("LR_SAM")

@@ -142,3 +142,15 @@ def write_lora(folder: Path, name: str = "tiny_lora", rank: int = 4, seed: int =
     path = folder / f"{name}.safetensors"
     safetensors.torch.save_file(sd, str(path))
     return path
+
+
+def write_tiny_sam(folder: Path, name: str = "tiny_sam.pth", seed: int = 11) -> Path:
+    """A small Segment Anything checkpoint built from segment-anything's own classes (random weights)."""
+    from comfyui_layout_retouch.masks.sam import SamConfig, build_sam
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = build_sam(SamConfig(embed_dim=32, depth=2, heads=2, global_attn=(1,)))
+    path = folder / name
+    torch.save(model.state_dict(), path)
+    return path

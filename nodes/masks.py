@@ -1,0 +1,195 @@
+"""Adaptive mask and Segment Anything nodes."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+from ..errors import NodeInputError
+from ..masks import sam as sam_lib
+from ..masks.adaptive import adaptive_mask, binarize, match_batches, resize_mask
+from .types import Sam
+
+CATEGORY = "layout_retouch/masks"
+SAMS = "sams"
+
+
+def sams_folder() -> list[str]:
+    """Register ComfyUI's ``models/sams`` folder (as other SAM packs do) and return its paths."""
+    import folder_paths
+
+    if SAMS not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(SAMS, os.path.join(folder_paths.models_dir, SAMS), is_default=True)
+    return folder_paths.get_folder_paths(SAMS)
+
+
+def missing_sam_message(name: str | None) -> NodeInputError:
+    files = ", ".join(f"{size}: {file}" for size, file in sam_lib.OFFICIAL_FILES.items())
+    where = " or ".join(sams_folder())
+    problem = f"'{name}' is not in {where}." if name else f"no Segment Anything checkpoint in {where}."
+    return NodeInputError("SAM Loader", "sam_name", problem,
+                          f"put an official checkpoint there ({files}; vit_h is the paper's) and refresh ComfyUI.")
+
+
+class AdaptiveMask(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LR_AdaptiveMask",
+            display_name="Adaptive Mask",
+            category=CATEGORY,
+            description="Layout-and-Retouch's adaptive mask: M = clip(Normalize(EDT(M^c OR M^SAM)) + C(M^c), 0, 1), "
+                        "with every intermediate as its own output.",
+            inputs=[
+                io.Mask.Input("cross_attention_mask", tooltip="M^c (binary or soft), any size; resized to the SAM "
+                              "mask's size."),
+                io.Mask.Input("sam_mask", tooltip="M^SAM at image size (SAM Segment from Mask, or any pack's MASK)."),
+                io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="M^c above this is foreground (0.5 suits a binary mask; use 0.1 for the soft "
+                                       "map)."),
+                io.Float.Input("min_component_area", default=0.01, min=0.0, max=1.0, step=0.001,
+                               tooltip="Connected parts of M^c smaller than this fraction of the image are removed."),
+                io.Float.Input("normalize_low", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="Weight at the foreground's edge (paper: 0.5)."),
+                io.Float.Input("normalize_high", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Weight at the foreground's most interior pixel (paper: 1.0)."),
+            ],
+            outputs=[
+                io.Mask.Output(display_name="mask", tooltip="The adaptive mask M (for the swap's mask input)."),
+                io.Mask.Output(display_name="union", tooltip="M^k = M^c OR M^SAM."),
+                io.Mask.Output(display_name="distance", tooltip="The normalised distance transform of M^k."),
+                io.Mask.Output(display_name="components", tooltip="C(M^c): M^c without its small parts."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, cross_attention_mask, sam_mask, threshold, min_component_area, normalize_low,
+                normalize_high) -> io.NodeOutput:
+        node = "Adaptive Mask"
+        if normalize_low > normalize_high:
+            raise NodeInputError(node, "normalize_low", f"is {normalize_low}, above normalize_high {normalize_high}.",
+                                 "keep normalize_low <= normalize_high (paper: 0.5 and 1.0).")
+        try:
+            match_batches(cross_attention_mask, sam_mask)
+        except ValueError as e:
+            raise NodeInputError(node, "sam_mask", f"{e}.", "give one mask, or as many masks as the other input.") \
+                from None
+        mc = binarize(resize_mask(cross_attention_mask, tuple(sam_mask.shape[-2:])), threshold)
+        if not mc.any() and not (sam_mask > 0.5).any():
+            raise NodeInputError(node, "cross_attention_mask", "and sam_mask are both empty: there is no subject to "
+                                 "retouch.", "check the subject word and the SAM prompt, or lower the threshold.")
+        result = adaptive_mask(cross_attention_mask, sam_mask, threshold, min_component_area, normalize_low,
+                               normalize_high)
+        return io.NodeOutput(result.mask, result.union, result.distance, result.components)
+
+
+class SAMLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        import folder_paths
+
+        sams_folder()
+        return io.Schema(
+            node_id="LR_SAMLoader",
+            display_name="SAM Loader",
+            category=CATEGORY,
+            description="Loads a Segment Anything checkpoint from models/sams; the size (vit_b, vit_l, vit_h) is read "
+                        "from the weights.",
+            inputs=[io.Combo.Input("sam_name", options=folder_paths.get_filename_list(SAMS),
+                                   tooltip="A checkpoint in models/sams, e.g. sam_vit_h_4b8939.pth.")],
+            outputs=[Sam.Output(display_name="sam", tooltip="The Segment Anything model.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sam_name: str | None = None) -> bool | str:
+        import folder_paths
+
+        if sam_name is not None and sam_name not in folder_paths.get_filename_list(SAMS):
+            return str(missing_sam_message(sam_name if folder_paths.get_filename_list(SAMS) else None))
+        return True
+
+    @classmethod
+    def execute(cls, sam_name) -> io.NodeOutput:
+        import folder_paths
+
+        path = folder_paths.get_full_path(SAMS, sam_name) if sam_name else None
+        if path is None:
+            raise missing_sam_message(sam_name if folder_paths.get_filename_list(SAMS) else None)
+        try:
+            model = sam_lib.load_sam(path)
+        except ValueError as e:
+            raise NodeInputError("SAM Loader", "sam_name", f"'{sam_name}' cannot be loaded: {e}.",
+                                 "download the checkpoint again (official files: "
+                                 f"{', '.join(sam_lib.OFFICIAL_FILES.values())}).") from None
+        return io.NodeOutput(model)
+
+
+def parse_numbers(node: str, name: str, text: str, per_item: int) -> np.ndarray | None:
+    """Parse 'x,y; x,y' (per_item 2) or 'x0,y0,x1,y1' (per_item 4) pixel coordinates; empty -> None."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        items = [[float(v) for v in part.split(",")] for part in text.split(";") if part.strip()]
+    except ValueError:
+        items = []
+    if not items or any(len(i) != per_item for i in items):
+        form = "'x,y; x,y'" if per_item == 2 else "'x0,y0,x1,y1'"
+        raise NodeInputError(node, name, f"'{text}' cannot be read.", f"write pixel coordinates as {form}.")
+    return np.array(items, dtype=np.float32)
+
+
+class SAMSegment(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LR_SAMSegment",
+            display_name="SAM Segment from Mask",
+            category=CATEGORY,
+            description="M^SAM: Segment Anything prompted with a mask's box and peak point (plus optional points or "
+                        "box); of SAM's three candidates, the one closest (IoU) to the prompt mask is kept.",
+            inputs=[
+                io.Image.Input("image", tooltip="The layout image."),
+                Sam.Input("sam", tooltip="From SAM Loader."),
+                io.Mask.Input("prompt_mask", tooltip="Usually the cross-attention mask M^c; resized to the image "
+                              "(bilinear) if its size differs."),
+                io.String.Input("extra_points", default="", tooltip="Optional foreground points in pixels, "
+                                "'x,y; x,y'."),
+                io.String.Input("box", default="", tooltip="Optional box in pixels 'x0,y0,x1,y1', replacing the "
+                                "mask's box."),
+            ],
+            outputs=[io.Mask.Output(display_name="mask", tooltip="M^SAM at the image's size.")],
+        )
+
+    @classmethod
+    def execute(cls, image, sam, prompt_mask, extra_points, box) -> io.NodeOutput:
+        import comfy.model_management
+        import comfy.utils
+
+        node = "SAM Segment from Mask"
+        points = parse_numbers(node, "extra_points", extra_points, 2)
+        box_xyxy = parse_numbers(node, "box", box, 4)
+        size = tuple(image.shape[1:3])
+        masks = resize_mask(prompt_mask, size)
+        try:
+            images, masks = match_batches(image[..., 0], masks)
+        except ValueError as e:
+            raise NodeInputError(node, "prompt_mask", f"{e} with the images.", "give one mask, or one per image.") \
+                from None
+        pixels = (image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        device = comfy.model_management.get_torch_device()
+        progress = comfy.utils.ProgressBar(masks.shape[0])
+        out = []
+        for i, m in enumerate(masks.cpu().numpy()):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            if m.max() <= 0:
+                raise NodeInputError(node, "prompt_mask", f"is empty (all zeros) for image {i}: SAM needs a prompt.",
+                                     "check the cross-attention mask (subject word, threshold), or give a box.")
+            picture = pixels[i if pixels.shape[0] > 1 else 0]
+            out.append(torch.from_numpy(sam_lib.segment(sam, picture, m, points, box_xyxy[0] if box_xyxy is not None
+                                                        else None, device)).float())
+            progress.update(1)
+        return io.NodeOutput(torch.stack(out))

@@ -1,0 +1,139 @@
+"""Segment Anything: size detection, loading, prompting from a mask; nodes on the real host."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from comfyui_layout_retouch.masks import sam as sam_lib
+
+
+@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
+def test_detects_official_sizes_from_shapes(name):
+    embed, depth, heads, global_attn = sam_lib.OFFICIAL_SIZES[name]
+    with torch.device("meta"):
+        model = sam_lib.build_sam(sam_lib.SamConfig(embed, depth, heads, global_attn))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert sam_lib.detect_config(shapes).name == name
+
+
+def test_not_a_sam_checkpoint():
+    with pytest.raises(ValueError, match="not a Segment Anything checkpoint"):
+        sam_lib.detect_config({"model.diffusion_model.out.2.weight": (4, 320, 3, 3)})
+
+
+@pytest.fixture(scope="module")
+def tiny_sam_file(tmp_path_factory):
+    import tiny_models
+
+    return tiny_models.write_tiny_sam(tmp_path_factory.mktemp("sams"))
+
+
+def test_load_tiny_sam(tiny_sam_file):
+    sam = sam_lib.load_sam(str(tiny_sam_file))
+    assert sam.config == sam_lib.SamConfig(32, 2, 2, (1,))
+    assert sam.config.name.startswith("custom ViT")
+
+
+def test_corrupt_checkpoint(tmp_path, tiny_sam_file):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(tiny_sam_file.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="cannot read it"):
+        sam_lib.load_sam(str(bad))
+
+
+def test_prompt_from_mask():
+    m = np.zeros((20, 30), dtype=np.float32)
+    m[5:15, 8:20] = 1
+    box, point = sam_lib.prompt_from_mask(m)
+    assert box.tolist() == [8, 5, 19, 14]
+    x, y = point[0]
+    assert 12 <= x <= 15 and 8 <= y <= 11  # the most interior pixel
+    soft = m * 0.3
+    soft[6, 9] = 0.9  # a soft map: its strong response wins over depth alone
+    assert sam_lib.prompt_from_mask(soft)[1][0].tolist() == [9, 6]
+
+
+def test_segment_picks_the_candidate_closest_to_the_prompt(tiny_sam_file):
+    from segment_anything import SamPredictor
+
+    sam = sam_lib.load_sam(str(tiny_sam_file))
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    prompt = np.zeros((48, 64), dtype=np.float32)
+    prompt[10:30, 20:50] = 1
+    mask = sam_lib.segment(sam, image, prompt)
+    assert mask.shape == (48, 64) and mask.dtype == bool
+    predictor = SamPredictor(sam.model)
+    predictor.set_image(image)
+    box, point = sam_lib.prompt_from_mask(prompt)
+    candidates, _, _ = predictor.predict(point_coords=point, point_labels=np.ones(1), box=box, multimask_output=True)
+    ious = [sam_lib.iou(c, prompt > 0.5) for c in candidates]
+    assert sam_lib.iou(mask, prompt > 0.5) == max(ious)
+    assert next(sam.model.parameters()).device.type == "cpu"
+
+
+@pytest.fixture(scope="module")
+def sams_folder(comfy, tiny_sam_file):
+    import folder_paths
+
+    folder_paths.add_model_folder_path("sams", str(tiny_sam_file.parent), is_default=True)
+    return tiny_sam_file.parent
+
+
+def test_sam_nodes(comfy, sams_folder):
+    loader = comfy.NODE_CLASS_MAPPINGS["LR_SAMLoader"]
+    schema = loader.GET_SCHEMA()
+    assert "tiny_sam.pth" in schema.inputs[0].options
+    sam = loader.execute("tiny_sam.pth").result[0]
+    segment = comfy.NODE_CLASS_MAPPINGS["LR_SAMSegment"]
+    image = torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(0))
+    prompt = torch.zeros(1, 6, 8)  # latent-size prompt: resized to the image
+    prompt[0, 1:4, 2:6] = 1
+    mask = segment.execute(image, sam, prompt, "30,20", "").result[0]
+    assert mask.shape == (1, 48, 64) and mask.dtype == torch.float32
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match=r"input 'prompt_mask': is empty"):
+        segment.execute(image, sam, torch.zeros(1, 48, 64), "", "")
+    with pytest.raises(ValueError, match=r"input 'box': '1,2,3' cannot be read"):
+        segment.execute(image, sam, prompt, "", "1,2,3")
+
+
+def test_sam_loader_errors(comfy, sams_folder, tmp_path):
+    import folder_paths
+
+    loader = comfy.NODE_CLASS_MAPPINGS["LR_SAMLoader"]
+    message = loader.validate_inputs(sam_name="sam_vit_h_4b8939.pth")
+    assert "sam_vit_h_4b8939.pth" in message and str(sams_folder) in message
+    (sams_folder / "broken.pth").write_bytes(b"not a checkpoint")
+    try:
+        with pytest.raises(ValueError, match=r"SAM Loader: input 'sam_name': 'broken.pth' cannot be loaded"):
+            loader.execute("broken.pth")
+    finally:
+        (sams_folder / "broken.pth").unlink()
+    empty = tmp_path / "empty_sams"
+    empty.mkdir()
+    saved = folder_paths.folder_names_and_paths["sams"]
+    folder_paths.folder_names_and_paths["sams"] = ([str(empty)], saved[1])
+    try:
+        with pytest.raises(ValueError, match=r"no Segment Anything checkpoint in .*empty_sams.*sam_vit_b_01ec64.pth"):
+            loader.execute("sam_vit_h_4b8939.pth")
+    finally:
+        folder_paths.folder_names_and_paths["sams"] = saved
+
+
+def test_adaptive_mask_node(comfy):
+    node = comfy.NODE_CLASS_MAPPINGS["LR_AdaptiveMask"]
+    mc = torch.zeros(1, 8, 8)
+    mc[0, 2:6, 2:6] = 1
+    msam = torch.zeros(2, 64, 64)
+    msam[:, 10:50, 10:50] = 1
+    mask, union, distance, components = node.execute(mc, msam, 0.5, 0.01, 0.5, 1.0).result
+    assert all(t.shape == (2, 64, 64) for t in (mask, union, distance, components))
+    with pytest.raises(ValueError, match=r"Adaptive Mask: input 'cross_attention_mask': and sam_mask are both empty"):
+        node.execute(torch.zeros(1, 8, 8), torch.zeros(1, 64, 64), 0.5, 0.01, 0.5, 1.0)
+    with pytest.raises(ValueError, match=r"input 'sam_mask': batches of 2 and 3"):
+        node.execute(torch.ones(2, 8, 8), torch.ones(3, 64, 64), 0.5, 0.01, 0.5, 1.0)
+    with pytest.raises(ValueError, match=r"input 'normalize_low'"):
+        node.execute(mc, msam, 0.5, 0.01, 0.9, 0.5)
