@@ -107,6 +107,17 @@ def tiny_files(comfy, tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope="session")
+def tiny_sam(comfy, tmp_path_factory):
+    """A tiny Segment Anything checkpoint in a temporary models/sams folder."""
+    import folder_paths
+    import tiny_models
+
+    path = tiny_models.write_tiny_sam(tmp_path_factory.mktemp("sams"))
+    folder_paths.add_model_folder_path("sams", str(path.parent), is_default=True)
+    return path
+
+
 class Tiny:
     """The tiny models loaded through ComfyUI's stock loader nodes."""
 

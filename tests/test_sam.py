@@ -75,11 +75,8 @@ def test_segment_picks_the_candidate_closest_to_the_prompt(tiny_sam_file):
 
 
 @pytest.fixture(scope="module")
-def sams_folder(comfy, tiny_sam_file):
-    import folder_paths
-
-    folder_paths.add_model_folder_path("sams", str(tiny_sam_file.parent), is_default=True)
-    return tiny_sam_file.parent
+def sams_folder(tiny_sam):
+    return tiny_sam.parent
 
 
 def test_sam_nodes(comfy, sams_folder):

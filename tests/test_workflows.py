@@ -37,6 +37,8 @@ def shrink(prompt: dict, steps: int = 6) -> dict:
             inputs.update(lambda2=2, mask_start=4)
         if node["class_type"] == "LR_CrossAttentionMask":
             inputs.update(steps_to_average=3)
+        if node["class_type"] == "LR_SAMLoader":
+            inputs.update(sam_name="tiny_sam.pth")
     return prompt
 
 
@@ -83,17 +85,18 @@ def test_validation_rejects_lambda1_above_steps(comfy, tiny_files):
         executor.validate(prompt)
 
 
-def test_stage2_workflow_runs(comfy, tiny_files):
+def test_stage2_workflow_runs(comfy, tiny_files, tiny_sam):
     write_input_images(comfy)
     prompt = shrink(ui_format.ui_to_prompt(load("layout_retouch_stage2_retouch.json"), comfy.NODE_CLASS_MAPPINGS),
                     steps=6)
     kinds = {n["class_type"] for n in prompt.values()}
-    assert {"LR_DDIMInversion", "LR_MultiSourceAttentionSwap", "LR_CrossAttentionMask", "KSamplerAdvanced"} <= kinds
+    assert {"LR_DDIMInversion", "LR_MultiSourceAttentionSwap", "LR_CrossAttentionMask", "KSamplerAdvanced",
+            "LR_SAMSegment", "LR_AdaptiveMask"} <= kinds
     outputs = executor.execute(prompt)
     images = saved_images(comfy, outputs)
     assert len(images) == 1 and images[0].shape == (64, 64, 3) and images[0].std() > 0
     previews = [img for node in outputs.values() for img in node.get("images", []) if img["type"] == "temp"]
-    assert len(previews) == 1  # the mask preview
+    assert len(previews) == 3  # M^c, M^SAM and M
 
 
 def test_stage2_workflow_has_papers_defaults(comfy):
