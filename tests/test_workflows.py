@@ -1,4 +1,4 @@
-"""Shipped workflows: UI format -> API prompt -> ComfyUI's validation -> execution on tiny models."""
+"""Every shipped workflow: UI format -> API prompt -> ComfyUI's validation -> execution on tiny models."""
 
 from __future__ import annotations
 
@@ -12,33 +12,38 @@ from PIL import Image
 from comfyui_layout_retouch.headless import executor, ui_format
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
-TINY_CHECKPOINTS = {"Vanilla": "tiny_vanilla.safetensors", "Personalized": "tiny_personalized.safetensors"}
+SHIPPED = sorted(p.name for p in WORKFLOWS.glob("*.json"))
+CHECKPOINTS = {"Vanilla": "tiny_vanilla.safetensors", "Model": "tiny_vanilla.safetensors",
+               "Personalized": "tiny_personalized.safetensors"}
 
 
 def load(name: str) -> dict:
     return json.loads((WORKFLOWS / name).read_text())
 
 
+def convert(comfy, name: str) -> dict:
+    return ui_format.ui_to_prompt(load(name), comfy.NODE_CLASS_MAPPINGS)
+
+
 def shrink(prompt: dict, steps: int = 6) -> dict:
-    """Swap in the tiny models and a small size, as a user would edit the graph."""
+    """Swap in the tiny models, a small size and few steps, as a user would edit the graph."""
+    sizes = {"EmptyLatentImage": {"width": 64, "height": 64}, "ImageScale": {"width": 64, "height": 64}}
+    settings = {"LR_MultiSourceAttentionSwap": {"lambda2": 2, "mask_start": 4},
+                "LR_CrossAttentionMask": {"steps_to_average": 3}, "LR_SAMLoader": {"sam_name": "tiny_sam.pth"},
+                "LoraLoader": {"lora_name": "tiny_lora.safetensors"}}
     for node in prompt.values():
-        inputs, title = node["inputs"], node["_meta"]["title"]
-        if node["class_type"] == "CheckpointLoaderSimple":
-            inputs["ckpt_name"] = next(v for k, v in TINY_CHECKPOINTS.items() if title.startswith(k))
-        if node["class_type"] == "EmptyLatentImage":
-            inputs.update(width=64, height=64)
+        inputs, title, kind = node["inputs"], node["_meta"]["title"], node["class_type"]
+        if kind == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = next(v for k, v in CHECKPOINTS.items() if title.startswith(k))
+        inputs.update(sizes.get(kind, {}))
+        inputs.update(settings.get(kind, {}))
+        for name, value in inputs.items():
+            if isinstance(value, str) and "embedding:my_vase" in value:
+                inputs[name] = value.replace("embedding:my_vase", "embedding:tiny_concept")
         if "steps" in inputs:
             inputs["steps"] = steps
         if "lambda1" in inputs:
             inputs["lambda1"] = 2
-        if node["class_type"] == "ImageScale":
-            inputs.update(width=64, height=64)
-        if node["class_type"] == "LR_MultiSourceAttentionSwap":
-            inputs.update(lambda2=2, mask_start=4)
-        if node["class_type"] == "LR_CrossAttentionMask":
-            inputs.update(steps_to_average=3)
-        if node["class_type"] == "LR_SAMLoader":
-            inputs.update(sam_name="tiny_sam.pth")
     return prompt
 
 
@@ -49,25 +54,62 @@ def write_input_images(comfy) -> None:
         Image.fromarray(gen.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(folder / name)
 
 
-def saved_images(comfy, outputs: dict) -> list[np.ndarray]:
-    images = [img for node in outputs.values() for img in node.get("images", []) if img["type"] == "output"]
-    return [np.asarray(Image.open(Path(comfy.folder_paths.get_output_directory()) / i["subfolder"] / i["filename"]))
-            for i in images]
+def images_of(comfy, outputs: dict, kind: str) -> list[np.ndarray]:
+    folder = Path(comfy.folder_paths.get_output_directory() if kind == "output" else
+                  comfy.folder_paths.get_temp_directory())
+    return [np.asarray(Image.open(folder / i["subfolder"] / i["filename"]))
+            for node in outputs.values() for i in node.get("images", []) if i["type"] == kind]
 
 
-def test_stage1_workflow_runs(comfy, tiny_files):
-    prompt = shrink(ui_format.ui_to_prompt(load("layout_retouch_stage1_layout.json"), comfy.NODE_CLASS_MAPPINGS))
-    blend = next(n for n in prompt.values() if n["class_type"] == "LR_StepBlendedKSampler")
-    assert blend["inputs"]["seed"] == 0 and blend["inputs"]["sampler_name"] == "ddim"
-    images = saved_images(comfy, executor.execute(prompt))
-    assert len(images) == 1
-    assert images[0].shape == (64, 64, 3) and images[0].std() > 0
+EXPECTED = {  # saved images, previews
+    "layout_retouch_stage1_layout.json": (1, 0),
+    "layout_retouch_stage2_retouch.json": (1, 3),
+    "layout_retouch_full_dreambooth.json": (2, 3),
+    "layout_retouch_full_lora.json": (2, 3),
+    "layout_retouch_full_embedding.json": (2, 3),
+}
 
 
-def test_stage1_workflow_has_papers_defaults(comfy):
-    prompt = ui_format.ui_to_prompt(load("layout_retouch_stage1_layout.json"), comfy.NODE_CLASS_MAPPINGS)
-    blend = next(n for n in prompt.values() if n["class_type"] == "LR_StepBlendedKSampler")["inputs"]
-    assert (blend["steps"], blend["lambda1"], blend["scheduler"]) == (50, 5, "ddim_uniform")
+def test_every_workflow_is_checked():
+    assert set(SHIPPED) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_workflow_runs(comfy, tiny_files, tiny_sam, name):
+    write_input_images(comfy)
+    prompt = shrink(convert(comfy, name))
+    outputs = executor.execute(prompt)
+    saved, previews = images_of(comfy, outputs, "output"), images_of(comfy, outputs, "temp")
+    assert (len(saved), len(previews)) == EXPECTED[name]
+    for image in saved:
+        assert image.shape == (64, 64, 3) and image.std() > 0
+    for image in previews:
+        assert image.shape[:2] == (64, 64)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_workflow_has_papers_defaults(comfy, name):
+    prompt = convert(comfy, name)
+    by_kind = {}
+    for node in prompt.values():
+        by_kind.setdefault(node["class_type"], []).append(node["inputs"])
+    for blend in by_kind.get("LR_StepBlendedKSampler", []):
+        assert (blend["steps"], blend["lambda1"], blend["scheduler"], blend["cfg"]) == (50, 5, "ddim_uniform", 7.5)
+    for swap in by_kind.get("LR_MultiSourceAttentionSwap", []):
+        assert (swap["lambda2"], swap["mask_start"], swap["layout_layers"]) == (10, 30, "output 6-11")
+    for sampler in by_kind.get("KSamplerAdvanced", []):
+        assert (sampler["add_noise"], sampler["steps"], sampler["scheduler"], sampler["cfg"]) == (
+            "disable", 50, "ddim_uniform", 7.5)
+    for inversion in by_kind.get("LR_DDIMInversion", []):
+        assert (inversion["steps"], inversion["scheduler"], inversion["cfg"]) == (50, "ddim_uniform", 1.0)
+
+
+def test_full_workflow_shares_prompt_texts(comfy):
+    prompt = convert(comfy, "layout_retouch_full_dreambooth.json")
+    mask = next(n for n in prompt.values() if n["class_type"] == "LR_CrossAttentionMask")["inputs"]
+    source = prompt[mask["prompt"][0]]
+    assert source["class_type"] == "PrimitiveStringMultiline"
+    assert source["_meta"]["title"].startswith("Personalized prompt")
 
 
 def test_stale_widget_values_are_reported(comfy):
@@ -79,30 +121,7 @@ def test_stale_widget_values_are_reported(comfy):
 
 
 def test_validation_rejects_lambda1_above_steps(comfy, tiny_files):
-    prompt = shrink(ui_format.ui_to_prompt(load("layout_retouch_stage1_layout.json"), comfy.NODE_CLASS_MAPPINGS))
+    prompt = shrink(convert(comfy, "layout_retouch_stage1_layout.json"))
     next(n for n in prompt.values() if n["class_type"] == "LR_StepBlendedKSampler")["inputs"]["lambda1"] = 9
     with pytest.raises(executor.PromptError, match="lambda1"):
         executor.validate(prompt)
-
-
-def test_stage2_workflow_runs(comfy, tiny_files, tiny_sam):
-    write_input_images(comfy)
-    prompt = shrink(ui_format.ui_to_prompt(load("layout_retouch_stage2_retouch.json"), comfy.NODE_CLASS_MAPPINGS),
-                    steps=6)
-    kinds = {n["class_type"] for n in prompt.values()}
-    assert {"LR_DDIMInversion", "LR_MultiSourceAttentionSwap", "LR_CrossAttentionMask", "KSamplerAdvanced",
-            "LR_SAMSegment", "LR_AdaptiveMask"} <= kinds
-    outputs = executor.execute(prompt)
-    images = saved_images(comfy, outputs)
-    assert len(images) == 1 and images[0].shape == (64, 64, 3) and images[0].std() > 0
-    previews = [img for node in outputs.values() for img in node.get("images", []) if img["type"] == "temp"]
-    assert len(previews) == 3  # M^c, M^SAM and M
-
-
-def test_stage2_workflow_has_papers_defaults(comfy):
-    prompt = ui_format.ui_to_prompt(load("layout_retouch_stage2_retouch.json"), comfy.NODE_CLASS_MAPPINGS)
-    swap = next(n for n in prompt.values() if n["class_type"] == "LR_MultiSourceAttentionSwap")["inputs"]
-    assert (swap["lambda2"], swap["mask_start"], swap["layout_layers"]) == (10, 30, "output 6-11")
-    sampler = next(n for n in prompt.values() if n["class_type"] == "KSamplerAdvanced")["inputs"]
-    assert (sampler["add_noise"], sampler["steps"], sampler["scheduler"], sampler["cfg"]) == (
-        "disable", 50, "ddim_uniform", 7.5)

@@ -5,10 +5,13 @@ import json
 class WF:
     def __init__(self):
         self.nodes, self.links, self.groups = [], [], []
-    def node(self, type_, pos, widgets=None, inputs=(), outputs=(), title=None, size=(320, 120), color=None):
+    def node(self, type_, pos, widgets=None, inputs=(), outputs=(), title=None, size=(320, 120), color=None,
+             widget_inputs=()):
+        """widget_inputs: widgets given a socket, to be linked from a primitive (e.g. ("text", "STRING"))."""
         nid = len(self.nodes) + 1
         n = {"id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1, "mode": 0,
-             "inputs": [{"name": n_, "type": t, "link": None} for n_, t in inputs],
+             "inputs": [{"name": n_, "type": t, "link": None} for n_, t in inputs]
+             + [{"name": n_, "type": t, "widget": {"name": n_}, "link": None} for n_, t in widget_inputs],
              "outputs": [{"name": n_, "type": t, "links": [], "slot_index": i} for i, (n_, t) in enumerate(outputs)],
              "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets or [])}
         if title: n["title"] = title

@@ -1,0 +1,99 @@
+"""Command line: ``python -m comfyui_layout_retouch run WORKFLOW.json [options]``.
+
+(``python path/to/comfyui-layout-retouch run ...`` works the same where the folder's name is
+not importable.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..host import PACK_ROOT, describe_search, find_comfyui
+
+logger = logging.getLogger(__name__)
+
+
+def start_host(cpu: bool) -> None:
+    """Import ComfyUI as its server would, with its extra nodes, custom nodes and this pack."""
+    comfy_root = find_comfyui()
+    if comfy_root is None:
+        sys.exit(describe_search())
+    if str(comfy_root) not in sys.path:
+        sys.path.insert(0, str(comfy_root))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = cpu or comfy.cli_args.args.cpu
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    if "LR_StepBlendedKSampler" not in nodes.NODE_CLASS_MAPPINGS:  # the pack is not in custom_nodes/
+        asyncio.run(nodes.load_custom_node(str(PACK_ROOT)))
+
+
+def parse_set(items: list[str]) -> tuple[tuple[str, str, object], ...]:
+    """``TITLE.input=value`` (value read as JSON when it parses, else as text)."""
+    out = []
+    for item in items:
+        target, _, value = item.partition("=")
+        title, _, name = target.rpartition(".")
+        if not title or not name or not _:
+            raise SystemExit(f"--set {item!r}: write TITLE.input=value, e.g. 'KSampler (Advanced): retouch.steps=30'")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.append((title, name, parsed))
+    return tuple(out)
+
+
+def read_prompts(args) -> list[str]:
+    prompts = list(args.prompt or [])
+    for path in args.prompts_file or []:
+        prompts += [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    return prompts
+
+
+def seeds(text: str) -> list[int]:
+    if "-" in text and "," not in text:
+        first, last = (int(v) for v in text.split("-"))
+        return list(range(first, last + 1))
+    return [int(v) for v in text.split(",")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="comfyui_layout_retouch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a workflow over prompts and seeds, without the web server")
+    run.add_argument("workflow", type=Path, help="a workflow file (UI or API format), e.g. workflows/....json")
+    run.add_argument("--prompt", action="append", help="a prompt template; {} is the subject (repeatable)")
+    run.add_argument("--prompts-file", action="append", help="a file of prompt templates, one a line (repeatable)")
+    run.add_argument("--seeds", default="0", help="seeds: '0-7' or '0,3,5' (default 0)")
+    run.add_argument("--subject", default="sks vase", help="fills {} in the personalized prompt")
+    run.add_argument("--class-name", default=None, help="fills {} in the vanilla prompt (default: the subject's "
+                     "last word)")
+    run.add_argument("--subject-word", default=None, help="the word the cross-attention mask looks for (default: "
+                     "the subject's last word)")
+    run.add_argument("--reference", type=Path, help="the reference photo")
+    run.add_argument("--output", type=Path, default=Path("output/layout_retouch"), help="output folder")
+    run.add_argument("--set", action="append", default=[], help="TITLE.input=value: any other input")
+    run.add_argument("--cpu", action="store_true", help="run on the CPU")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from .runner import Job, Subject, run_batch
+
+    workflow = json.loads(args.workflow.read_text())
+    templates = read_prompts(args) or [""]
+    last = args.subject.split()[-1]
+    subject = Subject(args.subject, args.class_name or last, args.subject_word or last)
+    overrides = parse_set(args.set)
+    jobs = [Job(t, s, overrides) for t in templates for s in seeds(args.seeds)]
+    start_host(args.cpu)
+    records = run_batch(workflow, jobs, subject, args.output.resolve(), args.reference, args.workflow.name)
+    logger.info("ran %d of %d jobs; manifest: %s", len(records), len(jobs), args.output / "manifest.json")
+    return 0

@@ -1,0 +1,167 @@
+"""Writes the full two-stage workflows (UI format), one per kind of personalized model.
+
+Run: python tools/build_full_workflows.py workflows/
+"""
+import sys
+from pathlib import Path
+
+from ui_workflow import WF
+
+M, C, V = ("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")
+COND = [("CONDITIONING", "CONDITIONING")]
+LAT, IMG, MASK = ("LATENT", "LATENT"), ("IMAGE", "IMAGE"), ("MASK", "MASK")
+STR = [("STRING", "STRING")]
+SCENE = "a photo of a {} floating in a swimming pool, top view"
+
+
+def build(kind: str) -> WF:
+    w = WF()
+    subject = {"dreambooth": "sks vase", "lora": "sks vase", "embedding": "embedding:my_vase"}[kind]
+    word = "embedding:my_vase" if kind == "embedding" else "vase"
+    # --- models ---
+    if kind == "dreambooth":
+        van = w.node("CheckpointLoaderSimple", (0, 0), ["v1-5-pruned-emaonly.safetensors"], outputs=[M, C, V],
+                     title="Vanilla model (plain SD 1.5)")
+        per = w.node("CheckpointLoaderSimple", (0, 200), ["my_subject_dreambooth.safetensors"], outputs=[M, C, V],
+                     title="Personalized model (DreamBooth)")
+        per_model, per_clip, vae = (per, 0), (per, 1), (per, 2)
+    elif kind == "lora":
+        van = w.node("CheckpointLoaderSimple", (0, 0), ["v1-5-pruned-emaonly.safetensors"], outputs=[M, C, V],
+                     title="Vanilla model (plain SD 1.5)")
+        lora = w.node("LoraLoader", (0, 200), ["my_subject_lora.safetensors", 1.0, 1.0],
+                      inputs=[("model", "MODEL"), ("clip", "CLIP")], outputs=[M, C], title="Personalized model (LoRA)")
+        w.link(van, 0, lora, "model"); w.link(van, 1, lora, "clip")
+        per_model, per_clip, vae = (lora, 0), (lora, 1), (van, 2)
+    else:
+        van = w.node("CheckpointLoaderSimple", (0, 0), ["v1-5-pruned-emaonly.safetensors"], outputs=[M, C, V],
+                     title="Model (plain SD 1.5; the embedding is in the personalized prompt)")
+        per_model, per_clip, vae = (van, 0), (van, 1), (van, 2)
+    # --- texts ---
+    vp_text = w.node("PrimitiveStringMultiline", (0, 420), [SCENE.format("red vase")], outputs=STR,
+                     title="Vanilla prompt (no token)", size=(360, 110))
+    pp_text = w.node("PrimitiveStringMultiline", (0, 560), [SCENE.format(subject)], outputs=STR,
+                     title="Personalized prompt (with token)", size=(360, 110))
+    rp_text = w.node("PrimitiveStringMultiline", (0, 700), [f"a photo of {subject}"], outputs=STR,
+                     title="Reference prompt", size=(360, 90))
+    word_node = w.node("PrimitiveString", (0, 820), [word], outputs=STR, title="Subject word (for the mask)",
+                       size=(360, 60))
+    enc = lambda pos, title, clip, text=None: _encode(w, pos, title, clip, text)  # noqa: E731
+    vp = enc((420, 0), "Vanilla positive", (van, 1), vp_text)
+    vn = enc((420, 130), "Vanilla negative", (van, 1))
+    pp = enc((420, 260), "Personalized positive (y_p)", per_clip, pp_text)
+    pn = enc((420, 390), "Personalized negative", per_clip)
+    rp = enc((420, 520), "Reference positive (y_r)", per_clip, rp_text)
+    empty = w.node("CLIPTextEncode", (420, 650), [""], inputs=[("clip", "CLIP")], outputs=COND,
+                   title="Inversion prompt (empty)", size=(300, 90))
+    w.link(*per_clip, empty, "clip")
+    # --- stage 1 ---
+    lat = w.node("EmptyLatentImage", (800, 0), [512, 512, 1], outputs=[LAT], size=(300, 110))
+    sb = w.node("LR_StepBlendedKSampler", (800, 150), [0, "randomize", 50, 5, 7.5, "ddim", "ddim_uniform", 1.0],
+                inputs=[("vanilla_model", "MODEL"), ("personalized_model", "MODEL"), ("vanilla_positive", "CONDITIONING"),
+                        ("vanilla_negative", "CONDITIONING"), ("personalized_positive", "CONDITIONING"),
+                        ("personalized_negative", "CONDITIONING"), ("latent_image", "LATENT")],
+                outputs=[("layout_latent", "LATENT")], size=(340, 400))
+    w.link(van, 0, sb, "vanilla_model"); w.link(*per_model, sb, "personalized_model")
+    for src, name in ((vp, "vanilla_positive"), (vn, "vanilla_negative"), (pp, "personalized_positive"),
+                      (pn, "personalized_negative"), (lat, "latent_image")):
+        w.link(src, 0, sb, name)
+    lay_dec = w.node("VAEDecode", (1180, 150), [], inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[IMG],
+                     size=(220, 50))
+    w.link(sb, 0, lay_dec, "samples"); w.link(*vae, lay_dec, "vae")
+    lay_save = w.node("SaveImage", (1180, 240), ["layout_retouch/layout"], inputs=[("images", "IMAGE")],
+                      title="Layout image (stage 1)", size=(300, 330))
+    w.link(lay_dec, 0, lay_save, "images")
+    # --- stage 2: inversions ---
+    ref_img = w.node("LoadImage", (1180, 620), ["reference.png", "image"], outputs=[IMG, MASK],
+                     title="Reference photo of the subject", size=(300, 320))
+    ref_scale = w.node("ImageScale", (1520, 620), ["lanczos", 512, 512, "center"], inputs=[("image", "IMAGE")],
+                       outputs=[IMG], title="Reference to 512x512", size=(300, 130))
+    ref_enc = w.node("VAEEncode", (1520, 790), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[LAT],
+                     size=(220, 50))
+    w.link(ref_img, 0, ref_scale, "image"); w.link(ref_scale, 0, ref_enc, "pixels"); w.link(*vae, ref_enc, "vae")
+    inv_inputs = [("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"), ("negative", "CONDITIONING")]
+    inv_out = [("inverted_latent", "LATENT"), ("inversion", "LR_INVERSION")]
+    ref_inv = w.node("LR_DDIMInversion", (1860, 620), [50, "ddim_uniform", "ddim", 1.0], inputs=inv_inputs,
+                     outputs=inv_out, title="DDIM Inversion (reference)", size=(320, 200))
+    lay_inv = w.node("LR_DDIMInversion", (1520, 150), [50, "ddim_uniform", "ddim", 1.0], inputs=inv_inputs,
+                     outputs=inv_out, title="DDIM Inversion (layout)", size=(320, 200))
+    for inv, src in ((ref_inv, ref_enc), (lay_inv, sb)):
+        w.link(*per_model, inv, "model"); w.link(empty, 0, inv, "positive"); w.link(src, 0, inv, "latent")
+    # --- stage 2: masks ---
+    mc = w.node("LR_CrossAttentionMask", (1860, 150), [SCENE.format(subject), word,
+                "1/2 of the latent (32x32 at 512 px)", 10, 0.1],
+                inputs=[("model", "MODEL"), ("layout_inversion", "LR_INVERSION"), ("clip", "CLIP")],
+                outputs=[("soft_map", "MASK"), ("mask", "MASK")], size=(340, 240),
+                widget_inputs=[("prompt", "STRING"), ("subject", "STRING")])
+    w.link(*per_model, mc, "model"); w.link(lay_inv, 1, mc, "layout_inversion"); w.link(*per_clip, mc, "clip")
+    w.link(pp_text, 0, mc, "prompt"); w.link(word_node, 0, mc, "subject")
+    sam = w.node("LR_SAMLoader", (1860, 430), ["sam_vit_h_4b8939.pth"], outputs=[("sam", "LR_SAM")], size=(320, 60))
+    seg = w.node("LR_SAMSegment", (2240, 430), ["", ""], inputs=[("image", "IMAGE"), ("sam", "LR_SAM"),
+                 ("prompt_mask", "MASK")], outputs=[("mask", "MASK")], title="SAM Segment from Mask (M^SAM)",
+                 size=(320, 130))
+    w.link(lay_dec, 0, seg, "image"); w.link(sam, 0, seg, "sam"); w.link(mc, 1, seg, "prompt_mask")
+    ada = w.node("LR_AdaptiveMask", (2240, 150), [0.5, 0.01, 0.5, 1.0], inputs=[("cross_attention_mask", "MASK"),
+                 ("sam_mask", "MASK")], outputs=[("mask", "MASK"), ("union", "MASK"), ("distance", "MASK"),
+                 ("components", "MASK")], size=(320, 200))
+    w.link(mc, 1, ada, "cross_attention_mask"); w.link(seg, 0, ada, "sam_mask")
+    for (title, x), (src, slot) in zip((("M^c (cross-attention)", 2240), ("M^SAM", 2480), ("M (adaptive)", 2720)),
+                                       ((mc, 1), (seg, 0), (ada, 0)), strict=True):
+        m2i = w.node("MaskToImage", (x, 620), [], inputs=[("mask", "MASK")], outputs=[IMG], size=(220, 50))
+        prev = w.node("PreviewImage", (x, 700), [], inputs=[("images", "IMAGE")], title=f"Preview: {title}",
+                      size=(230, 250))
+        w.link(src, slot, m2i, "mask"); w.link(m2i, 0, prev, "images")
+    # --- stage 2: swap and sampling ---
+    swap = w.node("LR_MultiSourceAttentionSwap", (2620, 150), [10, 30, "output 6-11", "output 6-11", "recorded"],
+                  inputs=[("model", "MODEL"), ("reference_inversion", "LR_INVERSION"),
+                          ("layout_inversion", "LR_INVERSION"), ("reference_positive", "CONDITIONING"),
+                          ("reference_negative", "CONDITIONING"), ("layout_positive", "CONDITIONING"),
+                          ("layout_negative", "CONDITIONING"), ("mask", "MASK")],
+                  outputs=[("model", "MODEL")], size=(340, 330))
+    w.link(*per_model, swap, "model"); w.link(ref_inv, 1, swap, "reference_inversion")
+    w.link(lay_inv, 1, swap, "layout_inversion"); w.link(rp, 0, swap, "reference_positive")
+    w.link(pn, 0, swap, "reference_negative"); w.link(pp, 0, swap, "layout_positive")
+    w.link(pn, 0, swap, "layout_negative"); w.link(ada, 0, swap, "mask")
+    ks = w.node("KSamplerAdvanced", (3000, 150), ["disable", 0, "fixed", 50, 7.5, "ddim", "ddim_uniform", 0, 10000,
+                "disable"], inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                ("latent_image", "LATENT")], outputs=[LAT], title="KSampler (Advanced): retouch", size=(320, 330))
+    w.link(swap, 0, ks, "model"); w.link(rp, 0, ks, "positive"); w.link(pn, 0, ks, "negative")
+    w.link(lay_inv, 0, ks, "latent_image")
+    dec = w.node("VAEDecode", (3360, 150), [], inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[IMG],
+                 size=(220, 50))
+    save = w.node("SaveImage", (3360, 240), ["layout_retouch/final"], inputs=[("images", "IMAGE")],
+                  title="Final image (stage 2)", size=(400, 430))
+    w.link(ks, 0, dec, "samples"); w.link(*vae, dec, "vae"); w.link(dec, 0, save, "images")
+    # --- notes and groups ---
+    how = {"dreambooth": "Put the base model and your DreamBooth checkpoint in `models/checkpoints`.",
+           "lora": "Put the base model in `models/checkpoints` and your LoRA in `models/loras`.",
+           "embedding": "Put the base model in `models/checkpoints` and your embedding in `models/embeddings`; "
+                        "the personalized prompt and the subject word use `embedding:name`."}[kind]
+    w.note("**Layout-and-Retouch** (two stages). " + how + " A Segment Anything checkpoint goes in `models/sams`. "
+           "Write the prompts in the four text boxes on the left; the reference photo goes in the Load Image node.",
+           (0, -260), size=(760, 120))
+    w.note("**Stage 1, layout:** plain SD draws the first `lambda1` steps (5 of 50; 3 for hard layouts), so pose and "
+           "place follow the prompt; the personalized model draws the rest.", (800, -260), size=(640, 120))
+    w.note("**Stage 2, retouch:** both images are DDIM-inverted; the swapped model copies the layout's attention for "
+           "`lambda2` steps (structure), then takes the reference's self-attention (identity), and from `mask_start` "
+           "keeps the layout outside the adaptive mask M. Keep the inversions' steps and scheduler equal to the "
+           "sampler's.", (1520, -260), size=(900, 120))
+    w.group("Prompts and models", (-20, -120, 780, 1040), color="#444")
+    w.group("Stage 1: step-blended layout", (780, -120, 720, 1040), color="#3f789e")
+    w.group("Stage 2: retouch", (1500, -120, 2300, 1100), color="#8A8")
+    return w
+
+
+def _encode(w, pos, title, clip, text_node=None):
+    n = w.node("CLIPTextEncode", pos, ["blurry, low quality" if text_node is None else ""],
+               inputs=[("clip", "CLIP")], outputs=COND, title=title, size=(340, 100),
+               widget_inputs=[("text", "STRING")] if text_node is not None else ())
+    w.link(*clip, n, "clip")
+    if text_node is not None:
+        w.link(text_node, 0, n, "text")
+    return n
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    for kind in ("dreambooth", "lora", "embedding"):
+        build(kind).save(out / f"layout_retouch_full_{kind}.json")
