@@ -18,8 +18,15 @@ from ..host import PACK_ROOT, describe_search, find_comfyui
 logger = logging.getLogger(__name__)
 
 
-def start_host(cpu: bool) -> None:
-    """Import ComfyUI as its server would, with its extra nodes, custom nodes and this pack."""
+MODEL_FOLDERS = ("checkpoints", "loras", "embeddings", "sams", "diffusion_models", "vae")
+
+
+def start_host(cpu: bool, models: Path | None = None) -> None:
+    """Import ComfyUI as its server would, with its extra nodes, custom nodes and this pack.
+
+    ``models``: an extra models folder (with ``checkpoints/``, ``loras/``, ... inside), searched
+    before ComfyUI's own.
+    """
     comfy_root = find_comfyui()
     if comfy_root is None:
         sys.exit(describe_search())
@@ -28,7 +35,14 @@ def start_host(cpu: bool) -> None:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = cpu or comfy.cli_args.args.cpu
+    import folder_paths
+    import utils.extra_config  # noqa: F401  (as main.py: before nodes.py puts comfy/ first on sys.path)
+
     import nodes
+
+    if models is not None:
+        for name in MODEL_FOLDERS:
+            folder_paths.add_model_folder_path(name, str(models / name), is_default=True)
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     if "LR_StepBlendedKSampler" not in nodes.NODE_CLASS_MAPPINGS:  # the pack is not in custom_nodes/
@@ -81,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--reference", type=Path, help="the reference photo")
     run.add_argument("--output", type=Path, default=Path("output/layout_retouch"), help="output folder")
     run.add_argument("--set", action="append", default=[], help="TITLE.input=value: any other input")
+    run.add_argument("--models", type=Path, help="an extra models folder (checkpoints/, loras/, embeddings/, sams/)")
     run.add_argument("--cpu", action="store_true", help="run on the CPU")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -93,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     subject = Subject(args.subject, args.class_name or last, args.subject_word or last)
     overrides = parse_set(args.set)
     jobs = [Job(t, s, overrides) for t in templates for s in seeds(args.seeds)]
-    start_host(args.cpu)
+    start_host(args.cpu, args.models)
     records = run_batch(workflow, jobs, subject, args.output.resolve(), args.reference, args.workflow.name)
     logger.info("ran %d of %d jobs; manifest: %s", len(records), len(jobs), args.output / "manifest.json")
     return 0

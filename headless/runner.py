@@ -3,12 +3,12 @@
 Jobs are the product of prompt templates and seeds. Each job edits the converted prompt by node
 title (the contract of the shipped workflows, also usable in a user's own):
 
-| title starts with | input set | value |
+| title starts with | input set (``value`` of a primitive, else ``text``) | value |
 |---|---|---|
-| ``Personalized prompt`` | ``value`` | the template with ``{}`` = the subject (e.g. ``sks vase``) |
-| ``Vanilla prompt`` | ``value`` | the template with ``{}`` = the class name (e.g. ``red vase``) |
-| ``Reference prompt`` | ``value`` | ``a photo of {subject}`` |
-| ``Subject word`` | ``value`` | the subject word(s) for the cross-attention mask |
+| ``Personalized prompt`` | ``value`` / ``text`` | the template with ``{}`` = the subject (e.g. ``sks vase``) |
+| ``Vanilla prompt`` | ``value`` / ``text`` | the template with ``{}`` = the class name (e.g. ``red vase``) |
+| ``Reference prompt`` | ``value`` / ``text`` | ``a photo of {subject}`` |
+| ``Subject word`` | ``value`` / ``text`` | the subject word(s) for the cross-attention mask |
 | ``Reference photo`` | ``image`` | the reference image (copied into ComfyUI's input folder) |
 
 Every ``seed``/``noise_seed`` input gets the job's seed; every SaveImage writes under the job's
@@ -80,8 +80,9 @@ def apply_job(prompt: dict, job: Job, subject: Subject, reference: str | None, p
     for node in prompt.values():
         title, inputs = node.get("_meta", {}).get("title", ""), node["inputs"]
         for start, value in values.items():
-            if title.startswith(start) and "value" in inputs:
-                inputs["value"] = texts[title] = value
+            field_name = "value" if "value" in inputs else "text"  # a primitive, or a CLIPTextEncode
+            if title.startswith(start) and isinstance(inputs.get(field_name), str):
+                inputs[field_name] = texts[title] = value
         if title.startswith("Reference photo") and reference is not None:
             inputs["image"] = reference
         for name in ("seed", "noise_seed"):

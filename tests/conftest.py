@@ -39,6 +39,9 @@ if COMFYUI is not None:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True  # before anything imports comfy.model_management
+    # As main.py does: ComfyUI's utils package is imported before nodes.py puts comfy/ (with its
+    # utils.py) at the front of sys.path.
+    import utils.extra_config  # noqa: F401
 
 
 MEASURED: list[str] = []
