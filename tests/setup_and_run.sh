@@ -19,5 +19,11 @@ else
     echo "ComfyUI host: none found; the host tests will be skipped (set COMFYUI_PATH to run them)."
 fi
 
+# The real-client test needs a browser: Debian's chromium where apt can install it (else it skips).
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+        || echo "chromium could not be installed; the browser test will be skipped."
+fi
+
 ruff check .
 python -m pytest "$@"

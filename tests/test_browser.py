@@ -1,0 +1,165 @@
+"""The real client: ComfyUI's server on loopback with the pack, its real frontend in headless Chromium.
+
+Each shipped workflow is loaded into the frontend (the frontend converts it, as a user's
+browser does), checked for missing node types and errors, switched to the tiny models, queued,
+and its images received from the server's history. Needs Debian's ``chromium`` and Python's
+``playwright`` (installed by tests/setup_and_run.sh where apt works); skipped with the reason
+otherwise. Set ``LR_BROWSER_SHOTS`` to a folder to keep a screenshot of each loaded graph.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+SHRINK_JS = """(tiny) => {
+  const set = (node, name, value) => { const w = (node.widgets || []).find(w => w.name === name); if (w) w.value = value; };
+  for (const node of app.graph._nodes) {
+    const title = node.title || node.type;
+    if (node.type === "CheckpointLoaderSimple")
+      set(node, "ckpt_name", title.startsWith("Personalized") ? tiny.personalized : tiny.vanilla);
+    if (node.type === "LoraLoader") set(node, "lora_name", tiny.lora);
+    if (node.type === "LR_SAMLoader") set(node, "sam_name", tiny.sam);
+    if (node.type === "EmptyLatentImage" || node.type === "ImageScale") { set(node, "width", 64); set(node, "height", 64); }
+    set(node, "steps", 6); set(node, "lambda1", 2); set(node, "lambda2", 2); set(node, "mask_start", 4);
+    set(node, "steps_to_average", 3);
+    for (const w of node.widgets || [])
+      if (typeof w.value === "string" && w.value.includes("embedding:my_vase"))
+        w.value = w.value.replaceAll("embedding:my_vase", "embedding:tiny_concept");
+  }
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(comfy, tiny_files, tiny_sam, tmp_path_factory):
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright", reason="Python's playwright is not installed (pip install playwright)")
+    from conftest import COMFYUI
+
+    base = tmp_path_factory.mktemp("server")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "comfyui-layout-retouch").symlink_to(PACK_ROOT)
+    for folder, path in (("checkpoints", tiny_files["tiny_vanilla"]), ("checkpoints", tiny_files["tiny_personalized"]),
+                         ("loras", tiny_files["lora"]), ("embeddings", tiny_files["embedding"]), ("sams", tiny_sam)):
+        (base / "models" / folder).mkdir(parents=True, exist_ok=True)
+        (base / "models" / folder / path.name).symlink_to(path)
+    (base / "input").mkdir()
+    from PIL import Image
+
+    for name in ("reference.png", "layout.png"):
+        Image.new("RGB", (96, 80), (120, 60, 200)).save(base / "input" / name)
+    port = free_port()
+    log = open(base / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                             "--base-directory", str(base), "--disable-auto-launch"],
+                            cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(180):
+            if proc.poll() is not None:
+                break
+            try:
+                urllib.request.urlopen(url + "/object_info/LR_StepBlendedKSampler", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("ComfyUI did not start in 180 s")
+        if proc.poll() is not None:
+            pytest.fail(f"ComfyUI exited: {(base / 'server.log').read_text()[-3000:]}")
+        yield url, base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(url)
+        page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+        page.keyboard.press("Escape")  # the first-run template dialog
+        yield page
+        browser.close()
+
+
+def test_template_browser_lists_the_workflows(server):
+    url, _ = server
+    with urllib.request.urlopen(url + "/api/workflow_templates", timeout=10) as r:
+        templates = json.loads(r.read())
+    assert sorted(templates["comfyui-layout-retouch"]) == [p.stem for p in WORKFLOWS]
+
+
+def history(url: str) -> dict:
+    with urllib.request.urlopen(url + "/history", timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_in_the_real_frontend(server, page, tiny_files, tiny_sam, path):
+    url, base = server
+    page.evaluate("async (wf) => { await app.loadGraphData(wf); }", json.loads(path.read_text()))
+    missing = page.evaluate("() => app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type])"
+                            ".map(n => n.type)")
+    assert missing == [], f"missing node types: {missing}"
+    if os.environ.get("LR_BROWSER_SHOTS"):
+        page.keyboard.press("Escape")
+        page.evaluate("() => { const c = app.canvas, b = app.graph._nodes.reduce((a, n) => [Math.min(a[0], n.pos[0]),"
+                      " Math.min(a[1], n.pos[1]), Math.max(a[2], n.pos[0] + n.size[0]), Math.max(a[3], n.pos[1] +"
+                      " n.size[1])], [1e9, 1e9, -1e9, -1e9]); const s = Math.min(1500 / (b[2] - b[0] + 200), "
+                      "900 / (b[3] - b[1] + 400)); c.ds.scale = s; c.ds.offset = [-b[0] + 100, -b[1] + 300];"
+                      " c.setDirty(true, true); }")
+        time.sleep(0.5)
+        page.locator("canvas#graph-canvas").screenshot(path=str(Path(os.environ["LR_BROWSER_SHOTS"]) /
+                                                                f"{path.stem}.png"))
+    page.evaluate(SHRINK_JS, {"vanilla": "tiny_vanilla.safetensors", "personalized": "tiny_personalized.safetensors",
+                              "lora": tiny_files["lora"].name, "sam": tiny_sam.name})
+    before = set(history(url))
+    page.evaluate("async () => { await app.queuePrompt(0, 1); }")
+    errors = page.evaluate("() => app.lastNodeErrors")
+    assert not errors, f"nodes in red: {errors}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        new = {k: v for k, v in history(url).items() if k not in before}
+        if new and all(v.get("status", {}).get("completed") or v.get("status", {}).get("status_str") == "error"
+                       for v in new.values()):
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"no result in 300 s: {(base / 'server.log').read_text()[-2000:]}")
+    (entry,) = new.values()
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    images = [i for node in entry["outputs"].values() for i in node.get("images", []) if i["type"] == "output"]
+    assert images, "no image came back"
+    for image in images:
+        with urllib.request.urlopen(f"{url}/view?filename={image['filename']}&subfolder={image['subfolder']}"
+                                    "&type=output", timeout=10) as r:
+            assert r.status == 200 and len(r.read()) > 100
