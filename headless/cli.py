@@ -97,8 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", action="append", default=[], help="TITLE.input=value: any other input")
     run.add_argument("--models", type=Path, help="an extra models folder (checkpoints/, loras/, embeddings/, sams/)")
     run.add_argument("--cpu", action="store_true", help="run on the CPU")
+    bench = sub.add_parser("bench", help="time each part of the pipeline against a plain generation")
+    bench.add_argument("--size", type=int, default=None, help="image size (default: 512 on a GPU, 64 on the CPU)")
+    bench.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    bench.add_argument("--repeats", type=int, default=None, help="runs per part, median kept (default 3 GPU, 1 CPU)")
+    bench.add_argument("--cpu", action="store_true", help="run on the CPU with the tiny model")
+    bench.add_argument("--output", type=Path, default=Path("bench.json"), help="the JSON report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "bench":
+        start_host(args.cpu)
+        import torch
+
+        from ..benchmark.run import main as bench_main
+
+        gpu = torch.cuda.is_available() and not args.cpu
+        bench_main(args.size or (512 if gpu else 64), args.steps, args.repeats or (3 if gpu else 1), args.cpu,
+                   args.output)
+        return 0
 
     from .runner import Job, Subject, run_batch
 

@@ -50,8 +50,15 @@ class StepBlendedKSampler(io.ComfyNode):
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Fraction of the schedule to run; below 1 keeps the input latent's structure."),
             ],
-            outputs=[io.Latent.Output(display_name="layout_latent", tooltip="The layout latent: decode it to see "
-                                      "the layout image, or invert it for the retouch stage.")],
+            outputs=[
+                io.Latent.Output(display_name="layout_latent", tooltip="The layout latent: decode it to see the "
+                                 "layout image, or invert it for the retouch stage."),
+                Inversion.Output(display_name="trajectory", tooltip="Stage 1's own path (every step's latent, ending "
+                                 "at the layout latent): use it as the retouch's layout inversion, with the same "
+                                 "steps and scheduler, and no layout inversion is needed."),
+                io.Latent.Output(display_name="start_latent", tooltip="The noise stage 1 started from: with "
+                                 "'trajectory' as the layout path, the retouch sampler starts here."),
+            ],
         )
 
     @classmethod
@@ -68,13 +75,16 @@ class StepBlendedKSampler(io.ComfyNode):
         check_same_family(node, "vanilla_model", vanilla_model, "personalized_model", personalized_model)
         check_latent(node, "latent_image", latent_image["samples"], personalized_model)
         settings = step_blend.SamplerSettings(seed, steps, cfg, sampler_name, scheduler, denoise)
+        record: list = []
         samples = step_blend.step_blended_sample(
             vanilla_model, personalized_model, (vanilla_positive, vanilla_negative),
-            (personalized_positive, personalized_negative), latent_image, settings, lambda1,
+            (personalized_positive, personalized_negative), latent_image, settings, lambda1, record,
         )
+        trajectory = step_blend.recorded_trajectory(personalized_model, settings, record, samples)
         out = latent_image.copy()
         out["samples"] = samples
-        return io.NodeOutput(out)
+        start = {"samples": personalized_model.get_model_object("latent_format").process_out(trajectory.latents[-1])}
+        return io.NodeOutput(out, trajectory, start)
 
 
 class DDIMInversion(io.ComfyNode):

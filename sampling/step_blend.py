@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import Problem
+from .trajectory import InversionTrajectory
 
 NODE = "Step-Blended KSampler"
 
@@ -52,6 +53,7 @@ def step_blended_sample(
     latent: dict[str, torch.Tensor],
     settings: SamplerSettings,
     lambda1: int,
+    record: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Denoise ``latent`` with the vanilla model for ``lambda1`` steps, then the personalized one.
 
@@ -61,6 +63,7 @@ def step_blended_sample(
         latent: a ComfyUI LATENT dict (``samples`` ``[B, 4, H, W]``, optional ``batch_index``, ``noise_mask``).
         settings: seed, steps, cfg, sampler, scheduler and denoise, shared by both models.
         lambda1: steps given to the vanilla model, ``0 <= lambda1 <= steps``.
+        record: if given, receives the sampler-space latent at the start of every step, in order.
 
     Returns:
         The denoised samples ``[B, 4, H, W]`` in LATENT space, on ComfyUI's intermediate device.
@@ -81,6 +84,8 @@ def step_blended_sample(
     def run(model, conds, add_noise: bool, latent_image, first: int | None, last: int | None, full_denoise: bool):
         def callback(i, x0, x, _total):  # one progress bar over both models' steps
             progress((first or 0) + i, x0, x, s.steps)
+            if record is not None:
+                record.append(x.detach().to(comfy.model_management.intermediate_device()))
             comfy.model_management.throw_exception_if_processing_interrupted()
 
         return comfy.sample.sample(
@@ -97,3 +102,23 @@ def step_blended_sample(
     # Arguments as KSamplerAdvanced passes them (nodes.py), so the chain is reproduced exactly.
     layout = run(vanilla_model, vanilla_conds, True, latent_image, 0, lambda1, False)
     return run(personalized_model, personalized_conds, False, layout, lambda1, 10000, True)
+
+
+def recorded_trajectory(model, settings: SamplerSettings, record: list[torch.Tensor],
+                        samples: torch.Tensor) -> InversionTrajectory:
+    """Stage 1's own path as an :class:`InversionTrajectory`: the latent at the start of each
+    step and, at sigma 0, the layout latent itself, so the retouch can drive its layout path
+    along it without inverting the layout (valid for a retouch on the same schedule)."""
+    import comfy.samplers
+
+    from .compat import model_family
+
+    sampler = comfy.samplers.KSampler(model, settings.steps, "cpu", settings.sampler_name, settings.scheduler,
+                                      settings.denoise, model_options=model.model_options)
+    sigmas = sampler.sigmas.cpu().float()
+    if len(record) != len(sigmas) - 1:
+        raise RuntimeError(f"{NODE}: recorded {len(record)} steps for {len(sigmas) - 1} sigmas")
+    final = model.get_model_object("latent_format").process_in(samples.to(record[0]))
+    latents = torch.stack([final, *reversed(record)])
+    return InversionTrajectory(latents=latents, sigmas=sigmas.flip(0), steps=settings.steps,
+                               scheduler=settings.scheduler, family=model_family(model))

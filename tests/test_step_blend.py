@@ -149,3 +149,44 @@ def test_interruption_is_honoured(comfy, tiny, prompts):
             blended(comfy, tiny.vanilla, tiny.personalized, prompts["vanilla"], prompts["personalized"], latent(), 3)
     finally:
         mm.interrupt_current_processing(False)
+
+
+def test_trajectory_is_stage1s_own_path(comfy, tiny, prompts):
+    from comfy import samplers
+
+    node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
+    lambda1 = 2
+    out, traj, start = node.execute(tiny.vanilla, tiny.personalized, *prompts["vanilla"], *prompts["personalized"],
+                                    latent(), SEED, STEPS, lambda1, CFG, SAMPLER, SCHEDULER, 1.0).result
+    fmt = tiny.personalized.get_model_object("latent_format")
+    sigmas = samplers.calculate_sigmas(tiny.personalized.get_model_object("model_sampling"), SCHEDULER, STEPS)
+    assert torch.equal(traj.sampling_sigmas, sigmas.float()) and len(traj) == len(sigmas)
+    assert torch.equal(traj.latents[0], fmt.process_in(out["samples"]))  # it ends exactly at the layout latent
+    assert torch.equal(start["samples"], fmt.process_out(traj.latents[-1]))
+    adv = comfy.KSamplerAdvanced()
+    for k in (1, lambda1, lambda1 + 2):
+        first = adv.sample(tiny.vanilla, "enable", SEED, STEPS, CFG, SAMPLER, SCHEDULER, *prompts["vanilla"], latent(),
+                           0, min(k, lambda1), "enable")[0]
+        if k > lambda1:
+            first = adv.sample(tiny.personalized, "disable", SEED, STEPS, CFG, SAMPLER, SCHEDULER,
+                               *prompts["personalized"], first, lambda1, k, "enable")[0]
+        want = fmt.process_in(first["samples"])
+        got = traj.latent_at(sigmas[k])
+        assert float((got - want).abs().max() / want.abs().max()) < 1e-5, k
+
+
+def test_retouch_along_stage1_trajectory_reproduces_the_layout(comfy, tiny, prompts, measured):
+    """lambda1 = 0, every layer copied from the layout for every step: the retouch retraces stage 1."""
+    node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
+    pos, neg = prompts["personalized"]
+    out, traj, start = node.execute(tiny.vanilla, tiny.personalized, *prompts["vanilla"], pos, neg, latent(), SEED,
+                                    STEPS, 0, CFG, SAMPLER, SCHEDULER, 1.0).result
+    swap = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"]
+    patched = swap.execute(tiny.personalized, traj, traj, prompts["vanilla"][0], neg, pos, neg, 10_000, 10_000,
+                           "all", "all", "recorded", None).result[0]
+    got = comfy.KSamplerAdvanced().sample(patched, "disable", 0, STEPS, CFG, SAMPLER, SCHEDULER, prompts["vanilla"][0],
+                                          neg, start, 0, 10000, "disable")[0]["samples"]
+    error = float((got - out["samples"]).abs().max() / out["samples"].abs().max())
+    measured(f"retouch along stage 1's trajectory (lambda1 0, all layers, all steps) vs the layout: max relative "
+             f"difference {error:.2e}")
+    assert error < 1e-4

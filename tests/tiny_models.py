@@ -16,19 +16,13 @@ value here before it is saved.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
-SD1_UNET = dict(
-    image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
-    channel_mult=(1, 1, 1, 1), transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1,
-    context_dim=768, num_heads=8, num_head_channels=-1, use_spatial_transformer=True,
-    use_linear_in_transformer=False, legacy=False,
-)
+from comfyui_layout_retouch.benchmark.random_models import SD1_TINY_UNET as SD1_UNET
+from comfyui_layout_retouch.benchmark.random_models import sd1_checkpoint, unet_state_dict
 
 VEGA_UNET = dict(
     image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
@@ -37,73 +31,14 @@ VEGA_UNET = dict(
     num_head_channels=64, use_spatial_transformer=True, use_linear_in_transformer=True, legacy=False,
 )
 
-SD_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
-          "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
-
-
-def _fill(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Give every parameter and buffer a seeded value; return the state dict (float32)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, t in module.state_dict().items():
-        if name.endswith("position_ids"):
-            out[name] = torch.arange(t.shape[-1]).expand(t.shape).clone()
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if t.ndim <= 1:
-            is_norm_weight = leaf == "weight" and ("norm" in name or "ln" in name)
-            out[name] = torch.ones(t.shape) if is_norm_weight else torch.zeros(t.shape)
-            if leaf == "bias" or is_norm_weight:
-                continue
-            out[name] = torch.randn(t.shape, generator=gen) * 0.02
-        else:
-            fan_in = math.prod(t.shape[1:])
-            out[name] = torch.randn(t.shape, generator=gen) / math.sqrt(fan_in)
-    return out
-
-
-def unet_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-
-    with torch.device("meta"):
-        unet = UNetModel(**config, device="meta")
-    return _fill(unet, seed)
-
-
-def clip_l_state_dict(seed: int) -> dict[str, torch.Tensor]:
-    import comfy.sd1_clip
-
-    with torch.device("meta"):
-        clip = comfy.sd1_clip.SDClipModel(device="meta")
-    sd = _fill(clip, seed)
-    sd.pop("logit_scale", None)
-    return {k: v for k, v in sd.items() if k.startswith("transformer.")}
-
-
-def vae_state_dict(seed: int) -> dict[str, torch.Tensor]:
-    from comfy.ldm.models.autoencoder import AutoencoderKL
-
-    with torch.device("meta"):
-        vae = AutoencoderKL(ddconfig=SD_VAE, embed_dim=4)
-    return _fill(vae, seed)
-
-
-def _prefixed(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {prefix + k: v for k, v in sd.items()}
-
 
 def write_sd1_checkpoints(folder: Path, unet_seeds: dict[str, int], shared_seed: int = 0) -> dict[str, Path]:
     """Write one SD1.x checkpoint per name, each with its own UNet seed and the same CLIP and VAE."""
     folder.mkdir(parents=True, exist_ok=True)
-    shared = _prefixed(clip_l_state_dict(shared_seed), "cond_stage_model.")
-    shared.update(_prefixed(vae_state_dict(shared_seed + 1), "first_stage_model."))
     paths = {}
     for name, seed in unet_seeds.items():
-        sd = dict(shared)
-        sd.update(_prefixed(unet_state_dict(SD1_UNET, seed), "model.diffusion_model."))
-        sd = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in sd.items()}
         paths[name] = folder / f"{name}.safetensors"
-        safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(paths[name]))
+        safetensors.torch.save_file(sd1_checkpoint(SD1_UNET, seed, shared_seed), str(paths[name]))
     return paths
 
 

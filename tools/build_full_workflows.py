@@ -60,7 +60,8 @@ def build(kind: str) -> WF:
                 inputs=[("vanilla_model", "MODEL"), ("personalized_model", "MODEL"), ("vanilla_positive", "CONDITIONING"),
                         ("vanilla_negative", "CONDITIONING"), ("personalized_positive", "CONDITIONING"),
                         ("personalized_negative", "CONDITIONING"), ("latent_image", "LATENT")],
-                outputs=[("layout_latent", "LATENT")], size=(340, 400))
+                outputs=[("layout_latent", "LATENT"), ("trajectory", "LR_INVERSION"), ("start_latent", "LATENT")],
+                size=(340, 400))
     w.link(van, 0, sb, "vanilla_model"); w.link(*per_model, sb, "personalized_model")
     for src, name in ((vp, "vanilla_positive"), (vn, "vanilla_negative"), (pp, "personalized_positive"),
                       (pn, "personalized_negative"), (lat, "latent_image")):

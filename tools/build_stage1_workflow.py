@@ -17,7 +17,7 @@ sb = w.node("LR_StepBlendedKSampler", (840, 200), [0, "randomize", 50, 5, 7.5, "
             inputs=[("vanilla_model", "MODEL"), ("personalized_model", "MODEL"), ("vanilla_positive", "CONDITIONING"),
                     ("vanilla_negative", "CONDITIONING"), ("personalized_positive", "CONDITIONING"),
                     ("personalized_negative", "CONDITIONING"), ("latent_image", "LATENT")],
-            outputs=[("layout_latent", "LATENT")], size=(340, 420))
+            outputs=[("layout_latent", "LATENT"), ("trajectory", "LR_INVERSION"), ("start_latent", "LATENT")], size=(340, 420))
 dec = w.node("VAEDecode", (1220, 200), [], inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], size=(220, 50))
 save = w.node("SaveImage", (1480, 200), ["layout_retouch/layout"], inputs=[("images", "IMAGE")], size=(420, 460))
 w.link(van, 0, sb, "vanilla_model"); w.link(per, 0, sb, "personalized_model")

@@ -1,0 +1,152 @@
+"""Timing each part of the pipeline against a plain generation, on one machine and one model.
+
+On a GPU: a randomly initialised full-size SD1.5 in fp16 (speed does not depend on the
+weights), peak memory as CUDA's max allocated per part. On the CPU: the tiny SD1.x, peak memory
+as the process's peak RSS so far (it only grows, so later parts show at least earlier peaks).
+Every ratio is to the plain generation measured in the same run. Segment Anything is not part
+of the timed pipeline (its cost does not depend on the method; see the README).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Part:
+    name: str
+    seconds: float
+    peak_mib: float
+    time_ratio: float = 0.0
+    memory_ratio: float = 0.0
+
+
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _measure(name: str, fn: Callable[[], object], device: torch.device, repeats: int) -> Part:
+    times, peaks = [], []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+        peaks.append(_peak_mib(device))
+    part = Part(name, statistics.median(times), max(peaks))
+    logger.info("%-34s %8.2f s %10.0f MiB", name, part.seconds, part.peak_mib)
+    return part
+
+
+def run(size: int, steps: int, repeats: int, cpu: bool) -> dict:
+    """Measure every part; return the report (parts with ratios, and the setting)."""
+    import comfy.model_management as mm
+    import comfy.sd
+
+    import nodes
+
+    from .random_models import SD1_TINY_UNET, SD15_UNET, sd1_checkpoint
+
+    device = mm.get_torch_device()
+    full = device.type == "cuda" and not cpu
+    unet = SD15_UNET if full else SD1_TINY_UNET
+    # Vanilla and personalized: two UNets, as with a DreamBooth checkpoint (one text encoder and VAE).
+    vanilla, clip, _ = comfy.sd.load_state_dict_guess_config(sd1_checkpoint(unet, 1), embedding_directory=None)[:3]
+    personalized_sd = sd1_checkpoint(unet, 2, with_text_and_vae=False)
+    personalized = comfy.sd.load_state_dict_guess_config(personalized_sd, output_vae=False, output_clip=False)[0]
+    mapping = nodes.NODE_CLASS_MAPPINGS
+    encode = lambda text: nodes.CLIPTextEncode().encode(clip, text)[0]  # noqa: E731
+    vp, pp, yr, neg, empty = (encode(t) for t in ("a red vase on a beach", "a sks vase on a beach",
+                                                   "a photo of sks vase", "blurry", ""))
+    latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
+    cfg = 7.5
+    state: dict = {}
+
+    def plain():
+        return nodes.KSampler().sample(personalized, 0, steps, cfg, "ddim", "ddim_uniform", pp, neg, latent)[0]
+
+    def stage1():
+        state["layout"] = mapping["LR_StepBlendedKSampler"].execute(
+            vanilla, personalized, vp, neg, pp, neg, latent, 0, steps, min(5, steps), cfg, "ddim", "ddim_uniform",
+            1.0).result[0]
+
+    def invert(name: str, source: Callable[[], dict]):
+        def fn():
+            state[name] = mapping["LR_DDIMInversion"].execute(personalized, empty, source(), steps, "ddim_uniform",
+                                                              "ddim", 1.0, None).result
+        return fn
+
+    reference = {"samples": torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))}
+
+    def mask():
+        state["mask"] = mapping["LR_CrossAttentionMask"].execute(
+            personalized, state["layout_inv"][1], clip, "a sks vase on a beach", "vase",
+            "1/2 of the latent (32x32 at 512 px)", 10, 0.1).result[1]
+
+    def stage2():
+        patched = mapping["LR_MultiSourceAttentionSwap"].execute(
+            personalized, state["reference_inv"][1], state["layout_inv"][1], yr, neg, pp, neg, min(10, steps),
+            min(30, steps), "output 6-11", "output 6-11", "recorded", state["mask"]).result[0]
+        return nodes.KSamplerAdvanced().sample(patched, "disable", 0, steps, cfg, "ddim", "ddim_uniform", yr, neg,
+                                               state["layout_inv"][0], 0, 10000, "disable")[0]
+
+    invert_reference = invert("reference_inv", lambda: reference)
+    invert_layout = invert("layout_inv", lambda: state["layout"])
+
+    def pipeline():
+        for part in (stage1, invert_reference, invert_layout, mask, stage2):
+            part()
+
+    plain()  # warm-up: loads the models
+    parts = [_measure("plain KSampler", plain, device, repeats),
+             _measure("stage 1 (step-blended)", stage1, device, repeats),
+             _measure("inversion (reference)", invert_reference, device, repeats),
+             _measure("inversion (layout)", invert_layout, device, repeats),
+             _measure("cross-attention mask (10 steps)", mask, device, repeats),
+             _measure("stage 2 (swap + KSampler)", stage2, device, repeats),
+             _measure("full pipeline", pipeline, device, repeats)]
+    for p in parts:
+        p.time_ratio = round(p.seconds / parts[0].seconds, 2)
+        p.memory_ratio = round(p.peak_mib / parts[0].peak_mib, 2)
+    return {
+        "setting": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+                    or "cpu", "model": "random SD1.5 (fp16)" if full else "tiny random SD1.x",
+                    "size": size, "steps": steps, "cfg": cfg, "sampler": "ddim/ddim_uniform", "repeats": repeats,
+                    "torch": torch.__version__, "memory": "CUDA max allocated" if device.type == "cuda" else
+                    "process peak RSS so far", "date": time.strftime("%Y-%m-%d")},
+        "parts": [asdict(p) for p in parts],
+    }
+
+
+def table(report: dict) -> str:
+    lines = ["| part | seconds | x plain | peak MiB | x plain |", "|---|---|---|---|---|"]
+    for p in report["parts"]:
+        lines.append(f"| {p['name']} | {p['seconds']:.2f} | {p['time_ratio']:.2f} | {p['peak_mib']:.0f} | "
+                     f"{p['memory_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(size: int, steps: int, repeats: int, cpu: bool, output: Path) -> dict:
+    report = run(size, steps, repeats, cpu)
+    output.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report["setting"]))  # noqa: T201  (the command's output)
+    print(table(report))  # noqa: T201
+    return report

@@ -1,0 +1,19 @@
+"""The benchmark's smoke test: it measures every part on the CPU (no time is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_benchmark_smoke(comfy, tmp_path):
+    from comfyui_layout_retouch.benchmark.run import main, table
+
+    report = main(size=64, steps=4, repeats=1, cpu=True, output=tmp_path / "bench.json")
+    names = [p["name"] for p in report["parts"]]
+    assert names == ["plain KSampler", "stage 1 (step-blended)", "inversion (reference)", "inversion (layout)",
+                     "cross-attention mask (10 steps)", "stage 2 (swap + KSampler)", "full pipeline"]
+    assert report["parts"][0]["time_ratio"] == 1.0 and report["parts"][0]["memory_ratio"] == 1.0
+    assert all(p["seconds"] > 0 and p["peak_mib"] > 0 for p in report["parts"])
+    assert report["setting"]["model"] == "tiny random SD1.x" and report["setting"]["steps"] == 4
+    assert json.loads((tmp_path / "bench.json").read_text()) == report
+    assert table(report).count("\n") == len(names) + 1
