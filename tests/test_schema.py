@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 EXPECTED = {"LR_StepBlendedKSampler", "LR_DDIMInversion", "LR_MultiSourceAttentionSwap", "LR_CrossAttentionMask",
-            "LR_AttentionCapture", "LR_AttentionMapToMask"}
+            "LR_AttentionCapture", "LR_AttentionMapToMask", "LR_AdaptiveMask", "LR_SAMLoader", "LR_SAMSegment"}
 
 
 @pytest.fixture(scope="module")
