@@ -103,8 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeats", type=int, default=None, help="runs per part, median kept (default 3 GPU, 1 CPU)")
     bench.add_argument("--cpu", action="store_true", help="run on the CPU with the tiny model")
     bench.add_argument("--output", type=Path, default=Path("bench.json"), help="the JSON report")
+    masks = sub.add_parser("bench-masks", help="time Segment Anything and the adaptive mask at 512x512")
+    masks.add_argument("--sam", nargs="+", default=["vit_b", "vit_h"], choices=["vit_b", "vit_l", "vit_h"],
+                       help="SAM sizes to time (random weights)")
+    masks.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "bench-masks":
+        from ..benchmark.masks import time_masks
+
+        time_masks(args.sam, device=args.device)
+        return 0
     if args.command == "bench":
         start_host(args.cpu)
         import torch
