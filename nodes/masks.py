@@ -175,19 +175,20 @@ class SAMSegment(io.ComfyNode):
         size = tuple(image.shape[1:3])
         masks = resize_mask(prompt_mask, size)
         try:
-            images, masks = match_batches(image[..., 0], masks)
+            _, masks = match_batches(image[..., 0], masks)
         except ValueError as e:
             raise NodeInputError(node, "prompt_mask", f"{e} with the images.", "give one mask, or one per image.") \
                 from None
+        empty = [i for i, m in enumerate(masks) if float(m.max()) <= 0]
+        if empty:
+            raise NodeInputError(node, "prompt_mask", f"is empty (all zeros) for image {empty[0]}: SAM needs a prompt.",
+                                 "check the cross-attention mask (subject word, threshold), or give a box.")
         pixels = (image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         device = comfy.model_management.get_torch_device()
         progress = comfy.utils.ProgressBar(masks.shape[0])
         out = []
         for i, m in enumerate(masks.cpu().numpy()):
             comfy.model_management.throw_exception_if_processing_interrupted()
-            if m.max() <= 0:
-                raise NodeInputError(node, "prompt_mask", f"is empty (all zeros) for image {i}: SAM needs a prompt.",
-                                     "check the cross-attention mask (subject word, threshold), or give a box.")
             picture = pixels[i if pixels.shape[0] > 1 else 0]
             out.append(torch.from_numpy(sam_lib.segment(sam, picture, m, points, box_xyxy[0] if box_xyxy is not None
                                                         else None, device)).float())
