@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .layers import LayerSet
+from ..sampling.trajectory import sigma_position
+from .layers import LayerSet, transformer_depths
 from .swap import ROWS_KEY, host_attention
 
 CAPTURE_KEY = "lr_attention_capture"
@@ -98,9 +99,7 @@ class CaptureAttention:
         sigmas = extra_options.get("sample_sigmas")
         if sigmas is None:
             return None
-        sigma = extra_options["sigmas"][0]
-        hits = torch.isclose(sigmas, sigma.to(sigmas), rtol=1e-5).nonzero()
-        return int(hits[0, 0]) if hits.numel() else None
+        return sigma_position(sigmas, extra_options["sigmas"][0])
 
     def wanted(self, extra_options: dict) -> tuple | None:
         h, w = extra_options["activations_shape"][-2:]
@@ -138,8 +137,6 @@ class CaptureAttention:
 
 
 def capture_keys(model, layers: LayerSet) -> list[tuple[str, int, int]]:
-    from .patching import transformer_depths
-
     depths = transformer_depths(model)
     return [(n, i, j) for (n, i) in sorted(layers.keys_in(set(depths))) for j in range(depths[(n, i)])]
 

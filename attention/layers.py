@@ -50,12 +50,18 @@ def parse_layers(text: str) -> LayerSet:
     return LayerSet(frozenset(blocks))
 
 
-def attention_blocks(model) -> set[tuple[str, int]]:
-    """The ``(block_name, block_id)`` keys of the UNet blocks that hold attention (SpatialTransformer)."""
+def transformer_depths(model) -> dict[tuple[str, int], int]:
+    """Transformer blocks per UNet block that holds attention, e.g. ``{("output", 6): 1, ...}`` for SD1.x."""
     unet = model.model.diffusion_model
-    found = set()
+    depths = {}
     for name, blocks in (("input", unet.input_blocks), ("middle", [unet.middle_block]), ("output", unet.output_blocks)):
         for i, block in enumerate(blocks):
-            if any(type(layer).__name__ == "SpatialTransformer" for layer in block):
-                found.add((name, i))
-    return found
+            for layer in block:
+                if type(layer).__name__ == "SpatialTransformer":
+                    depths[(name, i)] = len(layer.transformer_blocks)
+    return depths
+
+
+def attention_blocks(model) -> set[tuple[str, int]]:
+    """The ``(block_name, block_id)`` keys of the UNet blocks that hold attention (SpatialTransformer)."""
+    return set(transformer_depths(model))

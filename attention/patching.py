@@ -5,21 +5,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import NodeInputError
-from .layers import LayerSet, attention_blocks
+from .layers import LayerSet, attention_blocks, transformer_depths
 from .session import KEY, NODE, OuterSample, SourcePaths, apply_model_wrapper, post_cfg_function
 from .swap import SwapAttention, SwapSpec
-
-
-def transformer_depths(model) -> dict[tuple[str, int], int]:
-    """Transformer blocks per attention block, e.g. ``{("output", 6): 1, ...}`` for SD1.x."""
-    unet = model.model.diffusion_model
-    lists = {"input": unet.input_blocks, "middle": [unet.middle_block], "output": unet.output_blocks}
-    depths = {}
-    for name, block_id in attention_blocks(model):
-        for layer in lists[name][block_id]:
-            if type(layer).__name__ == "SpatialTransformer":
-                depths[(name, block_id)] = len(layer.transformer_blocks)
-    return depths
 
 
 def check_free(model, kind: str, keys: list[tuple[str, int, int]]) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import NodeInputError
-from ..sampling.trajectory import InversionTrajectory
+from ..sampling.trajectory import InversionTrajectory, sigma_position
 from .rows import RowLayout
 from .swap import ROWS_KEY
 
@@ -152,7 +152,7 @@ def post_cfg_function(args):
     if run is not None and run.paths.redenoise:
         sigma = args["sigma"][0]
         sample_sigmas = options["sample_sigmas"]
-        at = int(torch.isclose(sample_sigmas, sigma.to(sample_sigmas), rtol=1e-5).nonzero()[0, 0])
+        at = sigma_position(sample_sigmas, sigma)
         run.advance(sigma, sample_sigmas[at + 1].to(sigma), args["cond_scale"])
     return args["denoised"]
 

@@ -118,6 +118,11 @@ def load_sam(path: str) -> SamModel:
     return SamModel(model=model, config=config, path=path)
 
 
+def foreground(mask: np.ndarray) -> np.ndarray:
+    """A prompt mask's foreground: above 0.5 for a binary or strong map, else any positive value."""
+    return mask > 0.5 if mask.max() > 0.5 else mask > 0
+
+
 def prompt_from_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """SAM prompts from a mask ``[H, W]`` in [0, 1]: its foreground box and its peak point.
 
@@ -125,7 +130,7 @@ def prompt_from_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     background is largest: the strongest response for a soft map, the most interior pixel for a
     binary one. Returns ``(box [4] as x0, y0, x1, y1, point [1, 2] as x, y)`` in pixels.
     """
-    fg = mask > 0.5 if mask.max() > 0.5 else mask > 0
+    fg = foreground(mask)
     ys, xs = np.nonzero(fg)
     box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
     depth = ndimage.distance_transform_edt(fg)
@@ -164,5 +169,5 @@ def segment(sam: SamModel, image: np.ndarray, prompt_mask: np.ndarray, points: n
                                         box=mask_box if box is None else box, multimask_output=True)
     finally:
         model.to("cpu")
-    target = prompt_mask > 0.5 if prompt_mask.max() > 0.5 else prompt_mask > 0
+    target = foreground(prompt_mask)
     return masks[int(np.argmax([iou(m, target) for m in masks]))]

@@ -10,7 +10,7 @@ from comfy_api.latest import io
 
 from ..errors import NodeInputError
 from ..masks import sam as sam_lib
-from ..masks.adaptive import adaptive_mask, binarize, match_batches, resize_mask
+from ..masks.adaptive import adaptive_mask, match_batches, resize_mask
 from .types import Sam
 
 CATEGORY = "layout_retouch/masks"
@@ -73,16 +73,14 @@ class AdaptiveMask(io.ComfyNode):
             raise NodeInputError(node, "normalize_low", f"is {normalize_low}, above normalize_high {normalize_high}.",
                                  "keep normalize_low <= normalize_high (paper: 0.5 and 1.0).")
         try:
-            match_batches(cross_attention_mask, sam_mask)
-        except ValueError as e:
+            result = adaptive_mask(cross_attention_mask, sam_mask, threshold, min_component_area, normalize_low,
+                                   normalize_high)
+        except ValueError as e:  # the two batches cannot be paired
             raise NodeInputError(node, "sam_mask", f"{e}.", "give one mask, or as many masks as the other input.") \
                 from None
-        mc = binarize(resize_mask(cross_attention_mask, tuple(sam_mask.shape[-2:])), threshold)
-        if not mc.any() and not (sam_mask > 0.5).any():
+        if not result.union.any():  # M^k = M^c OR M^SAM is empty only when both are
             raise NodeInputError(node, "cross_attention_mask", "and sam_mask are both empty: there is no subject to "
                                  "retouch.", "check the subject word and the SAM prompt, or lower the threshold.")
-        result = adaptive_mask(cross_attention_mask, sam_mask, threshold, min_component_area, normalize_low,
-                               normalize_high)
         return io.NodeOutput(result.mask, result.union, result.distance, result.components)
 
 

@@ -7,6 +7,13 @@ from dataclasses import dataclass
 import torch
 
 
+def sigma_position(sigmas: torch.Tensor, sigma: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-8) -> int | None:
+    """The first position of ``sigma`` in ``sigmas`` (within tolerance), or None: how a step is
+    known from the current sigma, never from a call count."""
+    hits = torch.isclose(sigmas, torch.as_tensor(sigma).to(sigmas), rtol=rtol, atol=atol).nonzero()
+    return int(hits[0, 0]) if hits.numel() else None
+
+
 @dataclass(frozen=True)
 class InversionTrajectory:
     """Every latent a DDIM inversion passed through, in ComfyUI's sampler space.
@@ -45,11 +52,10 @@ class InversionTrajectory:
 
     def index_of(self, sigma: float | torch.Tensor) -> int:
         """Position of ``sigma`` in :attr:`sigmas`; raises KeyError when it is not on the schedule."""
-        hits = torch.isclose(self.sigmas, torch.as_tensor(sigma, dtype=self.sigmas.dtype), rtol=1e-4, atol=1e-6)
-        found = hits.nonzero()
-        if found.numel() == 0:
+        found = sigma_position(self.sigmas, sigma, rtol=1e-4, atol=1e-6)
+        if found is None:
             raise KeyError(f"sigma {float(sigma):.6g} is not on this inversion's schedule")
-        return int(found[0, 0])
+        return found
 
     def latent_at(self, sigma: float | torch.Tensor) -> torch.Tensor:
         """The recorded latent ``[B, C, H, W]`` at noise level ``sigma``."""
