@@ -7,7 +7,7 @@ import torch
 from ..errors import NodeInputError
 from .layers import LayerSet, attention_blocks, transformer_depths
 from .session import KEY, NODE, OuterSample, SourcePaths, apply_model_wrapper, post_cfg_function
-from .swap import SwapAttention, SwapSpec
+from .swap import SourceNeeds, SwapAttention, SwapSpec
 
 
 def check_free(model, kind: str, keys: list[tuple[str, int, int]]) -> None:
@@ -21,13 +21,20 @@ def check_free(model, kind: str, keys: list[tuple[str, int, int]]) -> None:
                     "apply the Multi-Source Attention Swap to the model before that node, or remove that node.")
 
 
-def patch_model(model, paths: SourcePaths, spec: SwapSpec, mask: torch.Tensor | None):
-    """A clone of ``model`` that runs the multi-source swap in any stock sampler."""
+def source_needs(model, spec: SwapSpec, mask: torch.Tensor | None) -> SourceNeeds:
+    """Which layers of ``model`` the swap patches, and what it reads from the sources there."""
     depths = transformer_depths(model)
     layout_blocks = spec.layout_layers.keys_in(set(depths))
     self_blocks = layout_blocks | spec.reference_layers.keys_in(set(depths))
-    self_keys = [(n, i, j) for (n, i) in sorted(self_blocks) for j in range(depths[(n, i)])]
-    cross_keys = [(n, i, j) for (n, i) in sorted(layout_blocks) for j in range(depths[(n, i)])]
+    self_keys = tuple((n, i, j) for (n, i) in sorted(self_blocks) for j in range(depths[(n, i)]))
+    cross_keys = tuple((n, i, j) for (n, i) in sorted(layout_blocks) for j in range(depths[(n, i)]))
+    return SourceNeeds(spec, self_keys, cross_keys, mask is not None)
+
+
+def patch_model(model, paths: SourcePaths, spec: SwapSpec, mask: torch.Tensor | None):
+    """A clone of ``model`` that runs the multi-source swap in any stock sampler."""
+    needs = source_needs(model, spec, mask)
+    self_keys, cross_keys = needs.self_layers, needs.cross_layers
     check_free(model, "attn1", self_keys)
     check_free(model, "attn2", cross_keys)
 
@@ -39,7 +46,7 @@ def patch_model(model, paths: SourcePaths, spec: SwapSpec, mask: torch.Tensor | 
         m.set_model_attn1_replace(self_patch, name, block_id, index)
     for name, block_id, index in cross_keys:
         m.set_model_attn2_replace(cross_patch, name, block_id, index)
-    ext.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, KEY, OuterSample(paths), m.model_options,
+    ext.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, KEY, OuterSample(paths, needs), m.model_options,
                              is_model_options=True)
     ext.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, KEY, apply_model_wrapper, m.model_options,
                              is_model_options=True)

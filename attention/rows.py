@@ -6,7 +6,9 @@ The swap appends, per half, the layout path's ``L`` rows and the reference path'
 
     [target half 0 | target half 1 | layout half 0 | layout half 1 | reference half 0 | reference half 1]
 
-so each target half reads the sources' rows of the same half.
+so each target half reads the sources' rows of the same half. A path whose attention the
+target does not read at a step, or reads from a record (:mod:`.sources`), has no rows in that
+step's calls (``n_layout`` or ``n_reference`` is 0 there).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ class RowLayout:
     Attributes:
         halves: the call's ``cond_or_uncond`` list.
         batch: target rows per half (``B``).
-        n_layout, n_reference: source rows per half (1 or ``B``; 1 is shared by all targets).
+        n_layout, n_reference: source rows per half in this call (1 or ``B``; 1 is shared by all
+            targets; 0 when the path does not run in this call).
         step: the denoising step, from the sigma's place in the inversions' schedule.
     """
 
@@ -49,11 +52,11 @@ class RowLayout:
 
     def layout_for_targets(self) -> torch.Tensor:
         """For each target row, the index of the layout row it reads (same half)."""
-        return self._pairing(self.n_target, self.n_layout)
+        return self.pair(self.n_layout, self.n_target)
 
     def reference_for_targets(self) -> torch.Tensor:
         """For each target row, the index of the reference row it reads (same half)."""
-        return self._pairing(self.n_target + len(self.halves) * self.n_layout, self.n_reference)
+        return self.pair(self.n_reference, self.n_target + len(self.halves) * self.n_layout)
 
     def layout_rows(self) -> slice:
         start = self.n_target
@@ -63,7 +66,9 @@ class RowLayout:
         start = self.n_target + len(self.halves) * self.n_layout
         return slice(start, self.total)
 
-    def _pairing(self, start: int, per_half: int) -> torch.Tensor:
+    def pair(self, per_half: int, start: int = 0) -> torch.Tensor:
+        """For each target row, the index of its source row among ``len(halves) * per_half`` rows
+        (one block per half, in call order) that begin at ``start``."""
         rows = []
         for h in range(len(self.halves)):
             for b in range(self.batch):

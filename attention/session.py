@@ -7,7 +7,8 @@ The patched model carries three hooks, all registered with ComfyUI's keyed exten
   removing it in ``finally``;
 - an ``APPLY_MODEL`` wrapper that appends, per CFG half, the layout and reference rows (their
   latents at the current sigma and their own prompts) to the call, and slices them off again,
-  so all paths run in one UNet call per step;
+  so all paths run in one UNet call per step. A path runs only at steps where the target reads
+  its attention and no record (:mod:`.sources`: reference cache, fast mode) holds it already;
 - in the paper's mode only, a post-CFG function that advances the re-denoised source latents
   with the same Euler (DDIM) step and CFG scale as the target's sampler.
 
@@ -24,23 +25,36 @@ import torch
 from ..errors import NodeInputError
 from ..sampling.trajectory import InversionTrajectory, sigma_position
 from .rows import RowLayout
-from .swap import ROWS_KEY
+from .sources import AttentionRecord, StepSources
+from .swap import ROWS_KEY, SOURCES_KEY, SourceNeeds
 
 NODE = "Multi-Source Attention Swap"
 KEY = "lr_multi_source_swap"
 RUN_KEY = "lr_swap_run"
 PATHS = ("layout", "reference")
+CACHE_DEVICES = {"off": None, "offloaded": "cpu", "device": "device"}
 
 
 @dataclass(frozen=True)
 class SourcePaths:
-    """The two source paths: their recorded inversions and prompts (``[1, tokens, dim]`` per half)."""
+    """The two source paths: their recorded inversions and prompts (``[1, tokens, dim]`` per half).
+
+    Attributes:
+        redenoise: the paper's mode (sources denoised again beside the target); else recorded.
+        fast: read each source's attention from its inversion's own record, where it has one.
+        reference_cache: where the reference cache keeps its tensors: "off", "offloaded" (CPU
+            RAM) or "device" (where they were computed).
+        cache_key: what the reference rows' attention depends on besides the reference inversion.
+    """
 
     layout: InversionTrajectory
     reference: InversionTrajectory
     layout_prompts: tuple[torch.Tensor, torch.Tensor]
     reference_prompts: tuple[torch.Tensor, torch.Tensor]
     redenoise: bool
+    fast: bool = False
+    reference_cache: str = "off"
+    cache_key: tuple = ()
 
     def trajectory(self, path: str) -> InversionTrajectory:
         return self.layout if path == "layout" else self.reference
@@ -54,9 +68,31 @@ class RunState:
     """Mutable state of one sampling run; lives only inside the OUTER_SAMPLE wrapper."""
 
     paths: SourcePaths
+    needs: SourceNeeds
     sigma: float | None = None
     latents: dict[str, torch.Tensor] = field(default_factory=dict)
     pending: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    read: dict[str, AttentionRecord] = field(default_factory=dict)
+    write: dict[str, AttentionRecord] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        paths = self.paths
+        if paths.redenoise:
+            return  # the sources' latents advance with their own outputs: every row runs
+        if paths.fast:
+            self.read = {p: paths.trajectory(p).attention for p in PATHS if paths.trajectory(p).attention is not None}
+        device = CACHE_DEVICES[paths.reference_cache]
+        if device is not None and "reference" not in self.read:
+            record = paths.reference.cache.for_key(paths.cache_key, None if device == "device" else device)
+            self.read["reference"] = self.write["reference"] = record
+
+    def runs(self, path: str, step: int, halves: tuple[int, ...]) -> bool:
+        """Whether ``path`` needs rows in a call at ``step``: always in the paper's mode; else when
+        the target reads its attention there and no record covers it."""
+        if self.paths.redenoise:
+            return True
+        needs = self.needs.of(path, step)
+        return bool(needs) and not (path in self.read and self.read[path].covers(step, halves, needs))
 
     def step_of(self, sigma: torch.Tensor) -> int:
         traj = self.paths.layout
@@ -120,24 +156,27 @@ def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control
     if c_concat is not None or control is not None:
         raise RuntimeError(f"{NODE}: ControlNets and inpainting models are not supported with the swap; remove "
                            "the ControlNet or use a plain SD1.x model.")
-    halves = list(transformer_options["cond_or_uncond"])
+    halves = tuple(transformer_options["cond_or_uncond"])
     batch = x.shape[0] // len(halves)
     sigma = t[0]
-    latents = {p: run.source_latent(p, sigma).to(x) for p in PATHS}
-    if latents["layout"].shape[-2:] != x.shape[-2:]:
+    layout_size = run.paths.layout.latents.shape[-2:]
+    if layout_size != x.shape[-2:]:
         raise RuntimeError(f"{NODE}: the sampler's latent is {8 * x.shape[-1]}x{8 * x.shape[-2]} pixels but the "
-                           f"layout inversion is {8 * latents['layout'].shape[-1]}x{8 * latents['layout'].shape[-2]}; "
+                           f"layout inversion is {8 * layout_size[-1]}x{8 * layout_size[-2]}; "
                            "sample from the layout's inverted latent.")
-    rows = RowLayout(tuple(halves), batch, latents["layout"].shape[0], latents["reference"].shape[0],
-                     run.step_of(sigma))
+    step = run.step_of(sigma)
+    latents = {p: run.source_latent(p, sigma).to(x) for p in PATHS if run.runs(p, step, halves)}
+    n = {p: latents[p].shape[0] if p in latents else 0 for p in PATHS}
+    rows = RowLayout(halves, batch, n["layout"], n["reference"], step)
     xs, contexts = [x], [c_crossattn]
-    for path in PATHS:
-        n = latents[path].shape[0]
+    for path in latents:
         for half in halves:
             xs.append(latents[path])
-            contexts.append(run.paths.prompts(path)[half].to(c_crossattn).expand(n, -1, -1))
+            contexts.append(run.paths.prompts(path)[half].to(c_crossattn).expand(n[path], -1, -1))
     options = dict(transformer_options)
     options[ROWS_KEY] = rows
+    options[SOURCES_KEY] = StepSources(rows, {p: r for p, r in run.read.items() if p not in latents},
+                                       {p: r for p, r in run.write.items() if p in latents})
     x_all = torch.cat(xs)
     t_all = t[:1].expand(x_all.shape[0])
     out = executor(x_all, t_all, None, torch.cat(_repeat_tokens(contexts)), None, options, **kwargs)
@@ -160,13 +199,14 @@ def post_cfg_function(args):
 class OuterSample:
     """OUTER_SAMPLE wrapper: check the schedule, create the run's state, remove it afterwards."""
 
-    def __init__(self, paths: SourcePaths) -> None:
+    def __init__(self, paths: SourcePaths, needs: SourceNeeds) -> None:
         self.paths = paths
+        self.needs = needs
 
     def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
         self.check_schedule(sigmas)
         options = executor.class_obj.model_options.setdefault("transformer_options", {})
-        run = RunState(self.paths)
+        run = RunState(self.paths, self.needs)
         options[RUN_KEY] = run
         try:
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)

@@ -11,7 +11,9 @@ Per denoising step ``s`` and swapped layer, for the target rows of a UNet call:
   blend is applied before ``to_out``, which is affine, so it equals the blend after it.
 
 Source rows always attend to themselves. Attention runs through ComfyUI's
-``optimized_attention`` (SDPA, xformers or sub-quadratic, as ComfyUI chose).
+``optimized_attention`` (SDPA, xformers or sub-quadratic, as ComfyUI chose). What the target
+reads from a source path comes from that path's rows in the call, or from a record when the
+path has no rows in it (:class:`~.sources.StepSources`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ import torch.nn.functional as F
 
 from .layers import LayerSet
 from .rows import RowLayout
+from .sources import CROSS_OUT, KEYS, SELF_OUT, VALUES, Layer, Need, StepSources
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 ROWS_KEY = "lr_swap_rows"
+SOURCES_KEY = "lr_swap_sources"
 
 
 class Phase(Enum):
@@ -61,24 +65,32 @@ def mask_tokens(mask: torch.Tensor, rows: RowLayout, size: tuple[int, int], like
     return m.repeat(len(rows.halves), 1, 1)
 
 
-def swap_self_attention(q, k, v, rows: RowLayout, phase: Phase, attend: Attend,
-                        mask: torch.Tensor | None = None) -> torch.Tensor:
+def swap_self_attention(q, k, v, rows: RowLayout, phase: Phase, attend: Attend, mask: torch.Tensor | None = None,
+                        layer: Layer | None = None, sources: StepSources | None = None) -> torch.Tensor:
     """Self-attention for one call's rows with the target rows swapped per ``phase``.
 
     Args:
         q, k, v: ``[rows.total, tokens, inner]``, projected.
         mask: ``[n_target, tokens, 1]`` blend weights for the target (1 keeps the target), or None.
+        layer, sources: the layer's key and where a path without rows in the call is read from.
     """
     if phase is Phase.OWN and mask is None:
         return attend(q, k, v)
-    sources = rows.sources()
-    out_sources = attend(q[sources], k[sources], v[sources])
-    layout = out_sources[rows.layout_for_targets() - rows.n_target]
+    sources = sources or StepSources(rows)
+    src = rows.sources()
+    out_sources = attend(q[src], k[src], v[src]) if q[src].shape[0] else q[src]
+    layout = None
+    if phase is Phase.LAYOUT or mask is not None:
+        computed = out_sources[:len(rows.halves) * rows.n_layout] if rows.n_layout else None
+        layout = sources.for_targets("layout", layer, SELF_OUT, computed, q)
     if phase is Phase.LAYOUT:
         out_target = layout
     elif phase is Phase.REFERENCE:
-        ref = rows.reference_for_targets()
-        out_target = attend(q[rows.target()], k[ref], v[ref])
+        ref = rows.reference_rows()
+        present = rows.n_reference > 0
+        k_ref = sources.for_targets("reference", layer, KEYS, k[ref] if present else None, k)
+        v_ref = sources.for_targets("reference", layer, VALUES, v[ref] if present else None, v)
+        out_target = attend(q[rows.target()], k_ref, v_ref)
     else:
         t = rows.target()
         out_target = attend(q[t], k[t], v[t])
@@ -87,13 +99,16 @@ def swap_self_attention(q, k, v, rows: RowLayout, phase: Phase, attend: Attend,
     return torch.cat([out_target, out_sources])
 
 
-def swap_cross_attention(q, k, v, rows: RowLayout, phase: Phase, attend: Attend) -> torch.Tensor:
+def swap_cross_attention(q, k, v, rows: RowLayout, phase: Phase, attend: Attend, layer: Layer | None = None,
+                         sources: StepSources | None = None) -> torch.Tensor:
     """Cross-attention with the target rows taking the layout's output in the layout phase."""
     if phase is not Phase.LAYOUT:
         return attend(q, k, v)
-    sources = rows.sources()
-    out_sources = attend(q[sources], k[sources], v[sources])
-    return torch.cat([out_sources[rows.layout_for_targets() - rows.n_target], out_sources])
+    sources = sources or StepSources(rows)
+    src = rows.sources()
+    out_sources = attend(q[src], k[src], v[src]) if q[src].shape[0] else q[src]
+    computed = out_sources[:len(rows.halves) * rows.n_layout] if rows.n_layout else None
+    return torch.cat([sources.for_targets("layout", layer, CROSS_OUT, computed, q), out_sources])
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,29 @@ class SwapSpec:
         return step >= self.mask_start and block in self.reference_layers
 
 
+@dataclass(frozen=True)
+class SourceNeeds:
+    """What the target rows read from each source path at a step: ``(layer, kind)`` pairs."""
+
+    spec: SwapSpec
+    self_layers: tuple[Layer, ...]
+    cross_layers: tuple[Layer, ...]
+    masked: bool
+
+    def of(self, path: str, step: int) -> frozenset[Need]:
+        needs = set()
+        for layer in self.self_layers:
+            phase = self.spec.self_phase(layer[:2], step)
+            if path == "layout" and (phase is Phase.LAYOUT or (self.masked and self.spec.blends(layer[:2], step))):
+                needs.add((layer, SELF_OUT))
+            if path == "reference" and phase is Phase.REFERENCE:
+                needs.update({(layer, KEYS), (layer, VALUES)})
+        if path == "layout":
+            needs.update((layer, CROSS_OUT) for layer in self.cross_layers
+                         if self.spec.cross_phase(layer[:2], step) is Phase.LAYOUT)
+        return frozenset(needs)
+
+
 class SwapAttention:
     """An ``attn1`` (self) or ``attn2`` (cross) replace patch; a plain attention outside a retouch run."""
 
@@ -136,10 +174,12 @@ class SwapAttention:
         if rows is None:
             return attend(q, k, v)
         block = extra_options["block"]
+        layer, sources = (*block, extra_options.get("block_index", 0)), extra_options.get(SOURCES_KEY)
         if self.kind == "cross":
-            return swap_cross_attention(q, k, v, rows, self.spec.cross_phase(block, rows.step), attend)
+            return swap_cross_attention(q, k, v, rows, self.spec.cross_phase(block, rows.step), attend, layer, sources)
         mask = None
         if self.mask is not None and self.spec.blends(block, rows.step):
             h, w = extra_options["activations_shape"][-2:]
             mask = mask_tokens(self.mask, rows, (h, w), q)
-        return swap_self_attention(q, k, v, rows, self.spec.self_phase(block, rows.step), attend, mask)
+        return swap_self_attention(q, k, v, rows, self.spec.self_phase(block, rows.step), attend, mask, layer,
+                                   sources)

@@ -85,7 +85,7 @@ def euler_invert(denoise: Denoiser, x: torch.Tensor, sigmas_up: torch.Tensor,
 
 
 def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], steps: int, scheduler: str,
-                cfg: float) -> tuple[torch.Tensor, InversionTrajectory]:
+                cfg: float, attention_layers=None) -> tuple[torch.Tensor, InversionTrajectory]:
     """Invert a LATENT with ``model`` along the ``steps``-step ``scheduler`` schedule.
 
     The model runs through ComfyUI's own guider (conditioning, CFG, the model's patches and
@@ -98,6 +98,8 @@ def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], step
         latent: the LATENT to invert (``samples`` ``[B, C, H, W]``, a VAE-encoded image).
         steps, scheduler: the schedule, the same as the sampler that will start from the result.
         cfg: guidance scale (1.0 in the paper: plain conditional prediction).
+        attention_layers: a LayerSet: record there what a swap reads from this path, for the
+            swap's fast mode (one more model evaluation, at the schedule's top sigma); or None.
 
     Returns:
         ``(samples, trajectory)``: the inverted latent in LATENT space, ready for a stock
@@ -116,6 +118,13 @@ def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], step
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     progress = latent_preview.prepare_callback(model, sigmas_up.shape[0] - 1)
     recorded: list[torch.Tensor] = []
+    attention = None
+    if attention_layers is not None:
+        from ..attention.recording import add_recording
+        from ..attention.sources import AttentionRecord
+
+        attention = AttentionRecord(comfy.model_management.intermediate_device(), stand_in_half=True)
+        model = add_recording(model, attention_layers, attention, sigmas)
 
     def sampler_function(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
         store = comfy.model_management.intermediate_device()
@@ -128,6 +137,8 @@ def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], step
             progress(k, x0, x_next, sigmas.shape[0] - 1)
 
         path = euler_invert(denoise, x, sigmas_up.to(x.device, x.dtype), on_step)
+        if attention is not None:  # the sampler's first step starts at the top sigma: record it too
+            denoise(path[-1], sigmas_up[-1].to(x.device, x.dtype) * x.new_ones([x.shape[0]]))
         recorded.extend(p.detach().to(store) for p in path)
         return path[-1]
 
@@ -141,6 +152,6 @@ def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], step
     samples = samples.to(comfy.model_management.intermediate_device())
     trajectory = InversionTrajectory(
         latents=torch.stack(recorded), sigmas=sigmas_up.float(), steps=steps, scheduler=scheduler,
-        family=model_family(model),
+        family=model_family(model), attention=attention,
     )
     return samples, trajectory

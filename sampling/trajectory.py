@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from ..attention.sources import AttentionRecord, KeyedRecord
 
 
 def sigma_position(sigmas: torch.Tensor, sigma: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-8) -> int | None:
@@ -30,6 +32,10 @@ class InversionTrajectory:
         steps: the step count the schedule was made for.
         scheduler: the ComfyUI scheduler name.
         family: the model family it was made with (ComfyUI's model config name, e.g. ``SD15``).
+        attention: what a swap reads from this path (:mod:`..attention.sources`), recorded by the
+            inversion pass itself when asked (the swap's fast mode), per sampling step.
+        cache: the reference cache: filled by a retouch run that uses this inversion as its
+            reference, under that run's key; it lives as long as this object.
     """
 
     latents: torch.Tensor
@@ -37,6 +43,8 @@ class InversionTrajectory:
     steps: int
     scheduler: str
     family: str
+    attention: AttentionRecord | None = field(default=None, compare=False, repr=False)
+    cache: KeyedRecord = field(default_factory=KeyedRecord, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.latents.shape[0] != self.sigmas.shape[0]:

@@ -1,0 +1,59 @@
+"""Recording what a swap reads from a source while that source is inverted (the fast mode).
+
+DDIM inversion evaluates the model at the same latents and sigmas that the swap's source rows
+would be evaluated at later (the recorded path), except for the schedule's top sigma, which the
+inversion reaches but never evaluates: :func:`..sampling.inversion.ddim_invert` evaluates it once
+more when recording. Each evaluation keeps, per swapped layer, the self-attention keys, values
+and output and the cross-attention output of every CFG half it ran.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..sampling.trajectory import sigma_position
+from .layers import LayerSet, transformer_depths
+from .sources import CROSS_OUT, KEYS, SELF_OUT, VALUES, AttentionRecord
+from .swap import host_attention
+
+
+class RecordSourceAttention:
+    """An ``attn1`` (self) or ``attn2`` (cross) replace patch that attends as usual and records."""
+
+    def __init__(self, kind: str, record: AttentionRecord, sampling_sigmas: torch.Tensor, chained=None) -> None:
+        self.kind = kind
+        self.record = record
+        self.sigmas = sampling_sigmas[:-1]  # step s starts at sampling_sigmas[s]
+        self.chained = chained
+
+    def __call__(self, q, k, v, extra_options):
+        if self.chained is not None:
+            out = self.chained(q, k, v, extra_options)
+        else:
+            out = host_attention(extra_options["n_heads"], extra_options.get("attn_precision"))(q, k, v)
+        step = sigma_position(self.sigmas, extra_options["sigmas"][0].cpu())
+        if step is None:  # the inversion's first evaluation, near sigma 0: no sampling step starts there
+            return out
+        layer = (*extra_options["block"], extra_options["block_index"])
+        halves = list(extra_options["cond_or_uncond"])
+        n = q.shape[0] // len(halves)
+        kept = {SELF_OUT: out, KEYS: k, VALUES: v} if self.kind == "self" else {CROSS_OUT: out}
+        for h, half in enumerate(halves):
+            for kind, tensor in kept.items():
+                self.record.put(step, half, layer, kind, tensor[h * n:(h + 1) * n])
+        return out
+
+
+def add_recording(model, layers: LayerSet, record: AttentionRecord, sampling_sigmas: torch.Tensor):
+    """A clone of ``model`` recording into ``record`` on ``layers``; patches on the keys are chained."""
+    m = model.clone()
+    replaces = m.model_options.get("transformer_options", {}).get("patches_replace", {})
+    depths = transformer_depths(model)
+    for name, block_id in sorted(layers.keys_in(set(depths))):
+        for index in range(depths[(name, block_id)]):
+            key = (name, block_id, index)
+            for kind, attn in (("self", "attn1"), ("cross", "attn2")):
+                taken = replaces.get(attn, {})
+                patch = RecordSourceAttention(kind, record, sampling_sigmas, taken.get(key, taken.get(key[:2])))
+                m.set_model_patch_replace(patch, attn, name, block_id, index)
+    return m
