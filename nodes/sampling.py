@@ -113,12 +113,16 @@ class DDIMInversion(io.ComfyNode):
                 io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Guidance during inversion; 1.0 (the paper's) uses the positive prompt alone."),
                 io.Conditioning.Input("negative", optional=True,
-                                      tooltip="Negative prompt, needed only when cfg is not 1."),
+                                      tooltip="Negative prompt, needed when cfg is not 1, and for recording the "
+                                              "attention of both CFG halves."),
                 io.Boolean.Input("record_attention", default=False, optional=True,
                                  tooltip="Keep the attention a Multi-Source Attention Swap reads from this image, "
-                                         "for its fast mode (no source rows in the retouch pass). Costs one model "
-                                         "evaluation and RAM: about 2.4 GB per image for SD1.5 at 512x512, 50 "
-                                         "steps, output 6-11."),
+                                         "for its fast mode (no source rows in the retouch pass). Exact when this "
+                                         "node's positive and negative are the swap's prompts for this image; "
+                                         "without a negative the positive half stands in for both CFG halves. "
+                                         "Costs one more model evaluation (and the negative half, if connected) "
+                                         "and RAM: about 2.4 GB per image and half for SD1.5 at 512x512, 50 steps, "
+                                         "output 6-11."),
                 io.String.Input("attention_layers", default=MASACTRL_DECODER, optional=True,
                                 tooltip="Where to record: the blocks the swap uses (its layout_layers and "
                                         "reference_layers together), e.g. 'output 6-11' or 'all'."),

@@ -84,6 +84,10 @@ def euler_invert(denoise: Denoiser, x: torch.Tensor, sigmas_up: torch.Tensor,
     return path
 
 
+def _positive_only(args):
+    return args["cond_denoised"]
+
+
 def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], steps: int, scheduler: str,
                 cfg: float, attention_layers=None) -> tuple[torch.Tensor, InversionTrajectory]:
     """Invert a LATENT with ``model`` along the ``steps``-step ``scheduler`` schedule.
@@ -100,6 +104,7 @@ def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], step
         cfg: guidance scale (1.0 in the paper: plain conditional prediction).
         attention_layers: a LayerSet: record there what a swap reads from this path, for the
             swap's fast mode (one more model evaluation, at the schedule's top sigma); or None.
+            With a ``negative``, both CFG halves are recorded, also at ``cfg == 1``.
 
     Returns:
         ``(samples, trajectory)``: the inverted latent in LATENT space, ready for a stock
@@ -123,8 +128,11 @@ def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], step
         from ..attention.recording import add_recording
         from ..attention.sources import AttentionRecord
 
-        attention = AttentionRecord(comfy.model_management.intermediate_device(), stand_in_half=True)
+        attention = AttentionRecord(comfy.model_management.intermediate_device(), stand_in_half=negative is None)
         model = add_recording(model, attention_layers, attention, sigmas)
+        if negative is not None and cfg == 1.0:
+            # Record the negative half too; the step still takes the positive prediction alone.
+            model.set_model_sampler_post_cfg_function(_positive_only, disable_cfg1_optimization=True)
 
     def sampler_function(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
         store = comfy.model_management.intermediate_device()

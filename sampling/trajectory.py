@@ -50,6 +50,11 @@ class InversionTrajectory:
         if self.latents.shape[0] != self.sigmas.shape[0]:
             raise ValueError(f"{self.latents.shape[0]} latents for {self.sigmas.shape[0]} sigmas")
 
+    def __deepcopy__(self, memo) -> InversionTrajectory:
+        # ComfyUI deep-copies model_options on every ModelPatcher.clone(); a trajectory is
+        # immutable but for its cache, which clones of a patched model must share, so it is shared.
+        return self
+
     def __len__(self) -> int:
         return int(self.sigmas.shape[0])
 

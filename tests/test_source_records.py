@@ -1,0 +1,175 @@
+"""Which source rows the swap runs: only where read, none from the reference cache or the fast mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+STEPS = 6  # ddim_uniform gives 8 sigmas, so 7 denoising steps
+CFG = 7.5
+CACHE = "offloaded to RAM"
+FAST = "recorded, attention from the inversions (fast)"
+
+
+def invert(comfy, tiny, latent, record=False, layers="output 6-11", prompt=None, negative=None):
+    node = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
+    return node.execute(tiny.personalized, prompt or tiny.encode(""), {"samples": latent}, STEPS, "ddim_uniform",
+                        "ddim", 1.0, negative, record, layers).result
+
+
+@pytest.fixture(scope="module")
+def images(comfy, tiny):
+    gen = torch.Generator().manual_seed(1)
+    with torch.inference_mode():
+        latents = tiny.vae.encode(torch.rand(3, 64, 64, 3, generator=gen))
+    return {"layout": latents[:1], "reference": latents[1:2], "other_layout": latents[2:],
+            "y_r": tiny.encode("a photo of sks vase"), "y_p": tiny.encode("a sks vase on a beach"),
+            "neg": tiny.encode("blurry")}
+
+
+def swap(comfy, model, ref, lay, im, mode="recorded", cache="off", mask=None, y_r=None, layers="output 6-11"):
+    node = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"]
+    return node.execute(model, ref, lay, y_r or im["y_r"], im["neg"], im["y_p"], im["neg"], 2, 4, layers, layers,
+                        mode, cache, mask).result[0]
+
+
+def sample(comfy, model, im, latent, cfg=CFG):
+    return comfy.KSamplerAdvanced().sample(model, "disable", 0, STEPS, cfg, "ddim", "ddim_uniform", im["y_r"],
+                                           im["neg"], latent, 0, 10000, "disable")[0]["samples"]
+
+
+def rows_per_step(comfy, model, im, latent, cfg=CFG):
+    """Sample a probed clone; return the output and, per step, the (layout, reference) rows per half of its calls."""
+    from comfyui_layout_retouch.attention.swap import ROWS_KEY
+
+    seen = {}
+    probe = model.clone()
+    replaces = probe.model_options["transformer_options"]["patches_replace"]["attn1"]
+    for key, patch in list(replaces.items()):
+        def probed(q, k, v, extra, patch=patch):
+            rows = extra[ROWS_KEY]
+            seen.setdefault(rows.step, set()).add((rows.n_layout, rows.n_reference))
+            return patch(q, k, v, extra)
+        replaces[key] = probed
+    return sample(comfy, probe, im, latent, cfg), seen
+
+
+def rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def test_rows_run_only_where_the_target_reads_them(comfy, tiny, images):
+    lay_inv, lay = invert(comfy, tiny, images["layout"])
+    _, ref = invert(comfy, tiny, images["reference"])
+    _, seen = rows_per_step(comfy, swap(comfy, tiny.personalized, ref, lay, images), images, lay_inv)
+    # lambda2 = 2: layout rows in steps 0-1 only (no mask); reference rows from step 2 on
+    assert seen == {s: {(1, 0)} if s < 2 else {(0, 1)} for s in range(7)}
+    masked = swap(comfy, tiny.personalized, ref, lay, images, mask=torch.zeros(1, 64, 64))
+    _, seen = rows_per_step(comfy, masked, images, lay_inv)
+    # mask_start = 4: the blend reads the layout's self-attention again from step 4 on
+    assert seen == {s: {(1, 0)} if s < 2 else {(0, 1)} if s < 4 else {(1, 1)} for s in range(7)}
+
+
+def test_reference_cache_skips_reference_rows_in_later_runs(comfy, tiny, images, measured):
+    lay_inv, lay = invert(comfy, tiny, images["layout"])
+    _, ref = invert(comfy, tiny, images["reference"])
+    model = tiny.personalized
+    want = sample(comfy, swap(comfy, model, ref, lay, images), images, lay_inv)
+    assert ref.cache.record is None  # the cache off leaves nothing behind
+
+    cached = swap(comfy, model, ref, lay, images, cache=CACHE)
+    first, seen = rows_per_step(comfy, cached, images, lay_inv)
+    assert torch.equal(first, want)  # filling the cache runs the very same rows
+    assert all(n_ref == 1 for s in range(2, 7) for _, n_ref in seen[s])
+    record = ref.cache.record
+    assert record.nbytes > 0 and all(t.device.type == "cpu" for t in record.tensors.values())
+
+    second, seen = rows_per_step(comfy, cached, images, lay_inv)
+    assert all(n_ref == 0 for calls in seen.values() for _, n_ref in calls)
+    measured(f"reference cache: second run (no reference rows) vs cache off: max relative difference "
+             f"{rel(second, want):.2e}; cache holds {record.nbytes / 2**20:.2f} MiB")
+    assert rel(second, want) < 1e-5
+
+    # A new layout with the same reference, model and prompts: a new swap node run reuses the cache.
+    other_inv, other = invert(comfy, tiny, images["other_layout"])
+    want_other = sample(comfy, swap(comfy, model, ref, other, images), images, other_inv)
+    got_other, seen = rows_per_step(comfy, swap(comfy, model.clone(), ref, other, images, cache=CACHE), images,
+                                    other_inv)
+    assert all(n_ref == 0 for calls in seen.values() for _, n_ref in calls)
+    assert rel(got_other, want_other) < 1e-5
+
+
+@pytest.mark.parametrize("change", ["prompt", "model", "patch"])
+def test_reference_cache_is_keyed(comfy, tiny, images, change):
+    lay_inv, lay = invert(comfy, tiny, images["layout"])
+    _, ref = invert(comfy, tiny, images["reference"])
+    rows_per_step(comfy, swap(comfy, tiny.personalized, ref, lay, images, cache=CACHE), images, lay_inv)
+    model, y_r = tiny.personalized, None
+    if change == "prompt":
+        y_r = tiny.encode("a photo of sks cat")
+    elif change == "model":
+        model = tiny.vanilla
+    else:
+        model = tiny.personalized.clone()
+        model.set_model_attn2_output_patch(lambda out, extra: out * 1.01)
+    _, seen = rows_per_step(comfy, swap(comfy, model, ref, lay, images, cache=CACHE, y_r=y_r), images, lay_inv)
+    assert all(n_ref == 1 for s in range(2, 7) for _, n_ref in seen[s]), change
+
+
+def test_fast_mode_runs_no_source_rows(comfy, tiny, images, measured):
+    """Inverted with the sources' own prompts, the record is what the source rows would compute."""
+    y_p, y_r, neg = images["y_p"], images["y_r"], images["neg"]
+    lay_inv, lay = invert(comfy, tiny, images["layout"], prompt=y_p)
+    _, ref = invert(comfy, tiny, images["reference"], prompt=y_r)
+    fast_lay_inv, fast_lay = invert(comfy, tiny, images["layout"], record=True, prompt=y_p, negative=neg)
+    _, fast_ref = invert(comfy, tiny, images["reference"], record=True, prompt=y_r, negative=neg)
+    # recording both halves batches the negative beside the positive: the path moves by batch numerics only
+    assert rel(fast_lay.latents, lay.latents) < 1e-5 and rel(fast_lay_inv["samples"], lay_inv["samples"]) < 1e-5
+    assert {key[1] for key in fast_ref.attention.tensors} == {0, 1}
+
+    mask = torch.zeros(1, 64, 64)
+    patched = swap(comfy, tiny.personalized, fast_ref, fast_lay, images, mode=FAST, mask=mask)
+    recorded = swap(comfy, tiny.personalized, ref, lay, images, mask=mask)
+    for cfg in (1.0, CFG):
+        got, seen = rows_per_step(comfy, patched, images, lay_inv, cfg)
+        assert seen.keys() == set(range(7)) and all(calls == {(0, 0)} for calls in seen.values())
+        want = sample(comfy, recorded, images, lay_inv, cfg)
+        plain = sample(comfy, tiny.personalized, images, lay_inv, cfg)
+        diff = (got - want).abs()
+        measured(f"fast mode vs recorded (inverted with the source prompts), cfg {cfg}: max abs difference "
+                 f"{float(diff.max()):.2e}, mean {float(diff.mean()):.2e} (relative {rel(got, want):.2e}; unswapped "
+                 f"vs recorded: {rel(plain, want):.2e})")
+        assert not torch.isnan(got).any()
+        assert rel(got, want) < 1e-5  # both halves were recorded: only batch numerics differ
+
+
+@pytest.mark.parametrize("inversion", ["empty prompt, positive half only", "source prompts, positive half only"])
+def test_fast_mode_approximations(comfy, tiny, images, measured, inversion):
+    """Cheaper records (the paper's empty-prompt inversion; no negative half): their fidelity, measured."""
+    prompts = {"layout": None, "reference": None} if inversion.startswith("empty") else \
+        {"layout": images["y_p"], "reference": images["y_r"]}
+    lay_inv, lay = invert(comfy, tiny, images["layout"], record=True, prompt=prompts["layout"])
+    _, ref = invert(comfy, tiny, images["reference"], record=True, prompt=prompts["reference"])
+    assert {key[1] for key in ref.attention.tensors} == {0}
+    _, unrecorded = invert(comfy, tiny, images["layout"], prompt=prompts["layout"])
+    assert torch.equal(lay.latents, unrecorded.latents)  # recording the positive half changes nothing
+    got = sample(comfy, swap(comfy, tiny.personalized, ref, lay, images, mode=FAST), images, lay_inv)
+    want = sample(comfy, swap(comfy, tiny.personalized, ref, lay, images), images, lay_inv)
+    diff = (got - want).abs()
+    measured(f"fast mode vs recorded ({inversion}), cfg {CFG}: max abs difference {float(diff.max()):.2e}, mean "
+             f"{float(diff.mean()):.2e}, relative {rel(got, want):.2e} (random weights)")
+    assert not torch.isnan(got).any() and got.shape == want.shape
+
+
+def test_fast_mode_errors(comfy, tiny, images):
+    _, lay = invert(comfy, tiny, images["layout"])
+    _, ref = invert(comfy, tiny, images["reference"])
+    with pytest.raises(ValueError, match=r"input 'source_paths': is the fast mode but neither DDIM Inversion recorded "
+                                         r"attention.*record_attention"):
+        swap(comfy, tiny.personalized, ref, lay, images, mode=FAST)
+    _, partial = invert(comfy, tiny, images["reference"], record=True, layers="output 9-11")
+    with pytest.raises(ValueError, match=r"input 'reference_inversion': recorded no attention at output 6, output 7, "
+                                         r"output 8.*attention_layers"):
+        swap(comfy, tiny.personalized, partial, lay, images, mode=FAST)
+    with pytest.raises(ValueError, match=r"DDIM Inversion: input 'attention_layers': 'middle' cannot be read"):
+        invert(comfy, tiny, images["reference"], record=True, layers="middle")
