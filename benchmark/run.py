@@ -77,6 +77,7 @@ def run(size: int, steps: int, repeats: int, cpu: bool) -> dict:
     vp, pp, yr, neg, empty = (encode(t) for t in ("a red vase on a beach", "a sks vase on a beach",
                                                    "a photo of sks vase", "blurry", ""))
     latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
+    reference = {"samples": torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))}
     cfg = 7.5
     state: dict = {}
 
@@ -84,48 +85,87 @@ def run(size: int, steps: int, repeats: int, cpu: bool) -> dict:
         return nodes.KSampler().sample(personalized, 0, steps, cfg, "ddim", "ddim_uniform", pp, neg, latent)[0]
 
     def stage1():
-        state["layout"] = mapping["LR_StepBlendedKSampler"].execute(
+        state["stage1"] = mapping["LR_StepBlendedKSampler"].execute(
             vanilla, personalized, vp, neg, pp, neg, latent, 0, steps, min(5, steps), cfg, "ddim", "ddim_uniform",
-            1.0).result[0]
+            1.0).result
 
-    def invert(name: str, source: Callable[[], dict]):
+    def invert(name: str, source: Callable[[], dict], prompt=empty, negative=None, record=False):
         def fn():
-            state[name] = mapping["LR_DDIMInversion"].execute(personalized, empty, source(), steps, "ddim_uniform",
-                                                              "ddim", 1.0, None).result
+            state[name] = mapping["LR_DDIMInversion"].execute(
+                personalized, prompt, source(), steps, "ddim_uniform", "ddim", 1.0, negative, record,
+                "output 6-11").result
         return fn
 
-    reference = {"samples": torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))}
+    def mask(layout: str):
+        def fn():
+            state["mask"] = mapping["LR_CrossAttentionMask"].execute(
+                personalized, layout_path(layout), clip, "a sks vase on a beach", "vase",
+                "1/2 of the latent (32x32 at 512 px)", 10, 0.1).result[1]
+        return fn
 
-    def mask():
-        state["mask"] = mapping["LR_CrossAttentionMask"].execute(
-            personalized, state["layout_inv"][1], clip, "a sks vase on a beach", "vase",
-            "1/2 of the latent (32x32 at 512 px)", 10, 0.1).result[1]
+    def layout_path(layout: str):
+        return state["stage1"][1] if layout == "stage 1" else state[layout][1]
 
-    def stage2():
-        patched = mapping["LR_MultiSourceAttentionSwap"].execute(
-            personalized, state["reference_inv"][1], state["layout_inv"][1], yr, neg, pp, neg, min(10, steps),
-            min(30, steps), "output 6-11", "output 6-11", "recorded", state["mask"]).result[0]
-        return nodes.KSamplerAdvanced().sample(patched, "disable", 0, steps, cfg, "ddim", "ddim_uniform", yr, neg,
-                                               state["layout_inv"][0], 0, 10000, "disable")[0]
+    def stage2(reference_inv: str, layout: str, mode: str = "recorded", cache: str = "off"):
+        def fn():
+            patched = mapping["LR_MultiSourceAttentionSwap"].execute(
+                personalized, state[reference_inv][1], layout_path(layout), yr, neg, pp, neg, min(10, steps),
+                min(30, steps), "output 6-11", "output 6-11", mode, cache, state["mask"]).result[0]
+            start = state["stage1"][2] if layout == "stage 1" else state[layout][0]
+            state["out", reference_inv, layout, mode, cache] = nodes.KSamplerAdvanced().sample(
+                patched, "disable", 0, steps, cfg, "ddim", "ddim_uniform", yr, neg, start, 0, 10000, "disable")[0]
+        return fn
 
+    def chain(*parts):
+        def fn():
+            for part in parts:
+                part()
+        return fn
+
+    cached, fast = "offloaded to RAM", "recorded, attention from the inversions (fast)"
     invert_reference = invert("reference_inv", lambda: reference)
-    invert_layout = invert("layout_inv", lambda: state["layout"])
-
-    def pipeline():
-        for part in (stage1, invert_reference, invert_layout, mask, stage2):
-            part()
+    invert_layout = invert("layout_inv", lambda: state["stage1"][0])
+    # The fast mode's inversions use the sources' own prompts and the negative: then it is exact.
+    record_reference = invert("reference_rec", lambda: reference, yr, neg, True)
+    record_layout = invert("layout_rec", lambda: state["stage1"][0], pp, neg, True)
+    fill_cache = stage2("reference_inv", "layout_inv", cache=cached)
 
     plain()  # warm-up: loads the models
-    parts = [_measure("plain KSampler", plain, device, repeats),
-             _measure("stage 1 (step-blended)", stage1, device, repeats),
-             _measure("inversion (reference)", invert_reference, device, repeats),
-             _measure("inversion (layout)", invert_layout, device, repeats),
-             _measure("cross-attention mask (10 steps)", mask, device, repeats),
-             _measure("stage 2 (swap + KSampler)", stage2, device, repeats),
-             _measure("full pipeline", pipeline, device, repeats)]
+    measure = lambda name, fn: _measure(name, fn, device, repeats)  # noqa: E731
+    parts = [
+        measure("plain KSampler", plain),
+        measure("stage 1 (step-blended)", stage1),
+        measure("inversion (reference)", invert_reference),
+        measure("inversion (layout)", invert_layout),
+        measure("cross-attention mask (10 steps)", mask("layout_inv")),
+        measure("stage 2 (swap + KSampler)", stage2("reference_inv", "layout_inv")),
+    ]
+    fill_cache()  # an earlier generation with this reference (ComfyUI also keeps its inversion)
+    parts += [
+        measure("stage 2, reference cached", stage2("reference_inv", "layout_inv", cache=cached)),
+        measure("stage 2 on stage 1's path, cached", stage2("reference_inv", "stage 1", cache=cached)),
+        measure("inversion recording attention", record_layout),
+    ]
+    record_reference()  # once per reference, kept by ComfyUI's cache
+    parts += [
+        measure("stage 2, fast mode", stage2("reference_rec", "layout_rec", fast)),
+        measure("full pipeline", chain(stage1, invert_reference, invert_layout, mask("layout_inv"),
+                                       stage2("reference_inv", "layout_inv"))),
+        measure("full, reference cached", chain(stage1, invert_layout, mask("layout_inv"),
+                                                stage2("reference_inv", "layout_inv", cache=cached))),
+        measure("full, stage 1's path, cached", chain(stage1, mask("stage 1"),
+                                                      stage2("reference_inv", "stage 1", cache=cached))),
+        measure("full, fast mode", chain(stage1, record_layout, mask("layout_rec"),
+                                         stage2("reference_rec", "layout_rec", fast))),
+    ]
     for p in parts:
         p.time_ratio = round(p.seconds / parts[0].seconds, 2)
         p.memory_ratio = round(p.peak_mib / parts[0].peak_mib, 2)
+    # Fidelity of the fast mode: the same layout retouched both ways (recorded inversions at the same prompts).
+    stage2("reference_rec", "layout_rec")()
+    got = state["out", "reference_rec", "layout_rec", fast, "off"]["samples"].float()
+    want = state["out", "reference_rec", "layout_rec", "recorded", "off"]["samples"].float()
+    diff = (got - want).abs()
     return {
         "setting": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
                     or "cpu", "model": "random SD1.5 (fp16)" if full else "tiny random SD1.x",
@@ -133,6 +173,8 @@ def run(size: int, steps: int, repeats: int, cpu: bool) -> dict:
                     "torch": torch.__version__, "memory": "CUDA max allocated" if device.type == "cuda" else
                     "process peak RSS so far", "date": time.strftime("%Y-%m-%d")},
         "parts": [asdict(p) for p in parts],
+        "fast_mode_vs_recorded": {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+                                  "max_relative": float(diff.max() / want.abs().max())},
     }
 
 
@@ -149,4 +191,7 @@ def main(size: int, steps: int, repeats: int, cpu: bool, output: Path) -> dict:
     output.write_text(json.dumps(report, indent=1))
     print(json.dumps(report["setting"]))  # noqa: T201  (the command's output)
     print(table(report))  # noqa: T201
+    fidelity = report["fast_mode_vs_recorded"]
+    print(f"fast mode vs recorded, final latent: max abs difference {fidelity['max_abs']:.3g}, mean "  # noqa: T201
+          f"{fidelity['mean_abs']:.3g}, max relative {fidelity['max_relative']:.3g}")
     return report

@@ -82,9 +82,9 @@ def build(kind: str) -> WF:
     w.link(ref_img, 0, ref_scale, "image"); w.link(ref_scale, 0, ref_enc, "pixels"); w.link(*vae, ref_enc, "vae")
     inv_inputs = [("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"), ("negative", "CONDITIONING")]
     inv_out = [("inverted_latent", "LATENT"), ("inversion", "LR_INVERSION")]
-    ref_inv = w.node("LR_DDIMInversion", (1860, 620), [50, "ddim_uniform", "ddim", 1.0], inputs=inv_inputs,
+    ref_inv = w.node("LR_DDIMInversion", (1860, 620), [50, "ddim_uniform", "ddim", 1.0, False, "output 6-11"], inputs=inv_inputs,
                      outputs=inv_out, title="DDIM Inversion (reference)", size=(320, 200))
-    lay_inv = w.node("LR_DDIMInversion", (1520, 150), [50, "ddim_uniform", "ddim", 1.0], inputs=inv_inputs,
+    lay_inv = w.node("LR_DDIMInversion", (1520, 150), [50, "ddim_uniform", "ddim", 1.0, False, "output 6-11"], inputs=inv_inputs,
                      outputs=inv_out, title="DDIM Inversion (layout)", size=(320, 200))
     for inv, src in ((ref_inv, ref_enc), (lay_inv, sb)):
         w.link(*per_model, inv, "model"); w.link(empty, 0, inv, "positive"); w.link(src, 0, inv, "latent")
@@ -112,7 +112,7 @@ def build(kind: str) -> WF:
                       size=(230, 250))
         w.link(src, slot, m2i, "mask"); w.link(m2i, 0, prev, "images")
     # --- stage 2: swap and sampling ---
-    swap = w.node("LR_MultiSourceAttentionSwap", (2620, 150), [10, 30, "output 6-11", "output 6-11", "recorded"],
+    swap = w.node("LR_MultiSourceAttentionSwap", (2620, 150), [10, 30, "output 6-11", "output 6-11", "recorded", "offloaded to RAM"],
                   inputs=[("model", "MODEL"), ("reference_inversion", "LR_INVERSION"),
                           ("layout_inversion", "LR_INVERSION"), ("reference_positive", "CONDITIONING"),
                           ("reference_negative", "CONDITIONING"), ("layout_positive", "CONDITIONING"),

@@ -15,7 +15,7 @@ lay_scale = w.node("ImageScale", (360, 560), ["lanczos", 512, 512, "center"], in
 ref_enc = w.node("VAEEncode", (700, 200), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[LAT], size=(220, 50))
 lay_enc = w.node("VAEEncode", (700, 560), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[LAT], size=(220, 50))
 empty = w.node("CLIPTextEncode", (360, 0), [""], inputs=[("clip", "CLIP")], outputs=cond, title="Inversion prompt (empty)", size=(300, 100))
-inv_widgets = [50, "ddim_uniform", "ddim", 1.0]
+inv_widgets = [50, "ddim_uniform", "ddim", 1.0, False, "output 6-11"]
 inv_inputs = [("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"), ("negative", "CONDITIONING")]
 ref_inv = w.node("LR_DDIMInversion", (960, 160), inv_widgets, inputs=inv_inputs, outputs=[("inverted_latent", "LATENT"), INV], title="DDIM Inversion (reference)", size=(320, 200))
 lay_inv = w.node("LR_DDIMInversion", (960, 520), inv_widgets, inputs=inv_inputs, outputs=[("inverted_latent", "LATENT"), INV], title="DDIM Inversion (layout)", size=(320, 200))
@@ -25,7 +25,7 @@ neg = w.node("CLIPTextEncode", (960, 20), ["blurry, low quality"], inputs=[("cli
 mc = w.node("LR_CrossAttentionMask", (1340, 520), ["a photo of a sks vase floating in a swimming pool, top view", "vase", "1/2 of the latent (32x32 at 512 px)", 10, 0.1],
             inputs=[("model", "MODEL"), ("layout_inversion", "LR_INVERSION"), ("clip", "CLIP")],
             outputs=[("soft_map", "MASK"), ("mask", "MASK")], size=(360, 260))
-swap = w.node("LR_MultiSourceAttentionSwap", (1740, 60), [10, 30, "output 6-11", "output 6-11", "recorded"],
+swap = w.node("LR_MultiSourceAttentionSwap", (1740, 60), [10, 30, "output 6-11", "output 6-11", "recorded", "offloaded to RAM"],
               inputs=[("model", "MODEL"), ("reference_inversion", "LR_INVERSION"), ("layout_inversion", "LR_INVERSION"),
                       ("reference_positive", "CONDITIONING"), ("reference_negative", "CONDITIONING"),
                       ("layout_positive", "CONDITIONING"), ("layout_negative", "CONDITIONING"), ("mask", "MASK")],
