@@ -56,6 +56,9 @@ class SourcePaths:
     reference_cache: str = "off"
     cache_key: tuple = ()
 
+    def __deepcopy__(self, memo) -> SourcePaths:
+        return self  # immutable; ModelPatcher.clone() deep-copies model_options, where it lives
+
     def trajectory(self, path: str) -> InversionTrajectory:
         return self.layout if path == "layout" else self.reference
 

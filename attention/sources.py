@@ -108,6 +108,9 @@ class Same:
     def __hash__(self) -> int:
         return id(self.obj)
 
+    def __deepcopy__(self, memo) -> Same:
+        return self  # ModelPatcher.clone() deep-copies model_options, where keys travel
+
 
 def _options_key(value, skip: str):
     """A key of a model_options value: dicts and lists by content, anything else by identity."""

@@ -116,6 +116,31 @@ def test_reference_cache_is_keyed(comfy, tiny, images, change):
     assert all(n_ref == 1 for s in range(2, 7) for _, n_ref in seen[s]), change
 
 
+class Scale:
+    """An attn2 output patch object (deep-copied by every ModelPatcher.clone(), unlike a function)."""
+
+    def __init__(self, factor):
+        self.factor = factor
+
+    def __call__(self, out, extra):
+        return out * self.factor
+
+
+def test_reference_cache_survives_clones_of_a_patched_model(comfy, tiny, images):
+    lay_inv, lay = invert(comfy, tiny, images["layout"])
+    _, ref = invert(comfy, tiny, images["reference"])
+    model = tiny.personalized.clone()
+    model.set_model_attn2_output_patch(Scale(1.01))
+    patched = swap(comfy, model, ref, lay, images, cache=CACHE)
+    _, first = rows_per_step(comfy, patched.clone(), images, lay_inv)  # rows_per_step clones once more
+    _, second = rows_per_step(comfy, patched.clone(), images, lay_inv)
+    assert all(n_ref == 1 for s in range(2, 7) for _, n_ref in first[s])
+    assert all(n_ref == 0 for calls in second.values() for _, n_ref in calls)
+    other = model.clone()  # a clone carries copies of the patch objects: a different model to the key
+    _, third = rows_per_step(comfy, swap(comfy, other, ref, lay, images, cache=CACHE), images, lay_inv)
+    assert all(n_ref == 1 for s in range(2, 7) for _, n_ref in third[s])
+
+
 def test_fast_mode_runs_no_source_rows(comfy, tiny, images, measured):
     """Inverted with the sources' own prompts, the record is what the source rows would compute."""
     y_p, y_r, neg = images["y_p"], images["y_r"], images["neg"]

@@ -128,3 +128,28 @@ def test_parse_layers():
     for bad in ("decoder", "output 9-6", "", "output six"):
         with pytest.raises(ValueError):
             parse_layers(bad)
+
+
+@pytest.mark.parametrize("halves,batch,n_src", [((1, 0), 2, 1), ((0,), 3, 3)])
+@pytest.mark.parametrize("phase", [Phase.LAYOUT, Phase.REFERENCE])
+def test_records_stand_in_for_absent_source_rows(halves, batch, n_src, phase):
+    """A call whose source rows are replaced by what an earlier call recorded gives the same targets."""
+    from comfyui_layout_retouch.attention.sources import AttentionRecord, StepSources
+
+    layer = ("output", 7, 0)
+    full = RowLayout(halves, batch, n_src, n_src, 12)
+    q, k, v = tensors(full)
+    mask = torch.rand(full.n_target, TOKENS, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    mask = None if phase is Phase.LAYOUT else mask
+    records = {"layout": AttentionRecord(), "reference": AttentionRecord()}
+    want = swap_self_attention(q, k, v, full, phase, attend, mask, layer, StepSources(full, {}, records))
+    want_cross = swap_cross_attention(q, k, v, full, phase, attend, layer, StepSources(full, {}, records))
+    assert all(r.tensors for r in records.values()) or phase is Phase.LAYOUT
+
+    bare = RowLayout(halves, batch, 0, 0, 12)
+    t = full.target()
+    got = swap_self_attention(q[t], k[t], v[t], bare, phase, attend, mask, layer, StepSources(bare, records, {}))
+    assert torch.equal(got, want[t])
+    if phase is Phase.LAYOUT:
+        got = swap_cross_attention(q[t], k[t], v[t], bare, phase, attend, layer, StepSources(bare, records, {}))
+        assert torch.equal(got, want_cross[t])
