@@ -84,10 +84,12 @@ def run(size: int, steps: int, repeats: int, cpu: bool) -> dict:
     def plain():
         return nodes.KSampler().sample(personalized, 0, steps, cfg, "ddim", "ddim_uniform", pp, neg, latent)[0]
 
-    def stage1():
-        state["stage1"] = mapping["LR_StepBlendedKSampler"].execute(
-            vanilla, personalized, vp, neg, pp, neg, latent, 0, steps, min(5, steps), cfg, "ddim", "ddim_uniform",
-            1.0).result
+    def stage1(record: bool = False):
+        def fn():
+            state["stage1"] = mapping["LR_StepBlendedKSampler"].execute(
+                vanilla, personalized, vp, neg, pp, neg, latent, 0, steps, min(5, steps - 1), cfg, "ddim",
+                "ddim_uniform", 1.0, record, "output 6-11").result
+        return fn
 
     def invert(name: str, source: Callable[[], dict], prompt=empty, negative=None, record=False):
         def fn():
@@ -134,7 +136,7 @@ def run(size: int, steps: int, repeats: int, cpu: bool) -> dict:
     measure = lambda name, fn: _measure(name, fn, device, repeats)  # noqa: E731
     parts = [
         measure("plain KSampler", plain),
-        measure("stage 1 (step-blended)", stage1),
+        measure("stage 1 (step-blended)", stage1()),
         measure("inversion (reference)", invert_reference),
         measure("inversion (layout)", invert_layout),
         measure("cross-attention mask (10 steps)", mask("layout_inv")),
@@ -144,28 +146,36 @@ def run(size: int, steps: int, repeats: int, cpu: bool) -> dict:
     parts += [
         measure("stage 2, reference cached", stage2("reference_inv", "layout_inv", cache=cached)),
         measure("stage 2 on stage 1's path, cached", stage2("reference_inv", "stage 1", cache=cached)),
+        measure("stage 1 recording attention", stage1(record=True)),
+        measure("stage 2, fast mode, cached", stage2("reference_inv", "stage 1", fast, cached)),
         measure("inversion recording attention", record_layout),
     ]
     record_reference()  # once per reference, kept by ComfyUI's cache
     parts += [
-        measure("stage 2, fast mode", stage2("reference_rec", "layout_rec", fast)),
-        measure("full pipeline", chain(stage1, invert_reference, invert_layout, mask("layout_inv"),
+        measure("stage 2, fast mode from inversions", stage2("reference_rec", "layout_rec", fast)),
+        measure("full pipeline", chain(stage1(), invert_reference, invert_layout, mask("layout_inv"),
                                        stage2("reference_inv", "layout_inv"))),
-        measure("full, reference cached", chain(stage1, invert_layout, mask("layout_inv"),
+        measure("full, reference cached", chain(stage1(), invert_layout, mask("layout_inv"),
                                                 stage2("reference_inv", "layout_inv", cache=cached))),
-        measure("full, stage 1's path, cached", chain(stage1, mask("stage 1"),
+        measure("full, stage 1's path, cached", chain(stage1(), mask("stage 1"),
                                                       stage2("reference_inv", "stage 1", cache=cached))),
-        measure("full, fast mode", chain(stage1, record_layout, mask("layout_rec"),
-                                         stage2("reference_rec", "layout_rec", fast))),
+        measure("full, fast mode, cached", chain(stage1(record=True), mask("stage 1"),
+                                                 stage2("reference_inv", "stage 1", fast, cached))),
     ]
     for p in parts:
         p.time_ratio = round(p.seconds / parts[0].seconds, 2)
         p.memory_ratio = round(p.peak_mib / parts[0].peak_mib, 2)
-    # Fidelity of the fast mode: the same layout retouched both ways (recorded inversions at the same prompts).
-    stage2("reference_rec", "layout_rec")()
-    got = state["out", "reference_rec", "layout_rec", fast, "off"]["samples"].float()
-    want = state["out", "reference_rec", "layout_rec", "recorded", "off"]["samples"].float()
-    diff = (got - want).abs()
+    # Fidelity of the fast mode: the same layout and mask retouched both ways.
+    fidelity = {}
+    for name, ref, lay, cache in (("stage 1's path", "reference_inv", "stage 1", cached),
+                                  ("inversions at the source prompts", "reference_rec", "layout_rec", "off")):
+        stage2(ref, lay, fast, cache)()
+        stage2(ref, lay, "recorded", cache)()
+        got = state["out", ref, lay, fast, cache]["samples"].float()
+        want = state["out", ref, lay, "recorded", cache]["samples"].float()
+        diff = (got - want).abs()
+        fidelity[name] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+                          "max_relative": float(diff.max() / want.abs().max())}
     return {
         "setting": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
                     or "cpu", "model": "random SD1.5 (fp16)" if full else "tiny random SD1.x",
@@ -173,8 +183,7 @@ def run(size: int, steps: int, repeats: int, cpu: bool) -> dict:
                     "torch": torch.__version__, "memory": "CUDA max allocated" if device.type == "cuda" else
                     "process peak RSS so far", "date": time.strftime("%Y-%m-%d")},
         "parts": [asdict(p) for p in parts],
-        "fast_mode_vs_recorded": {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
-                                  "max_relative": float(diff.max() / want.abs().max())},
+        "fast_mode_vs_recorded": fidelity,
     }
 
 
@@ -191,7 +200,7 @@ def main(size: int, steps: int, repeats: int, cpu: bool, output: Path) -> dict:
     output.write_text(json.dumps(report, indent=1))
     print(json.dumps(report["setting"]))  # noqa: T201  (the command's output)
     print(table(report))  # noqa: T201
-    fidelity = report["fast_mode_vs_recorded"]
-    print(f"fast mode vs recorded, final latent: max abs difference {fidelity['max_abs']:.3g}, mean "  # noqa: T201
-          f"{fidelity['mean_abs']:.3g}, max relative {fidelity['max_relative']:.3g}")
+    for name, f in report["fast_mode_vs_recorded"].items():
+        print(f"fast mode vs recorded ({name}), final latent: max abs difference {f['max_abs']:.3g}, "  # noqa: T201
+              f"mean {f['mean_abs']:.3g}, max relative {f['max_relative']:.3g}")
     return report

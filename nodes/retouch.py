@@ -67,13 +67,14 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                                         "with the mask from mask_start on."),
                 io.Combo.Input("source_paths", options=SOURCE_MODES, default=SOURCE_MODES[0],
                                tooltip="recorded: the sources follow their inversions exactly. fast: as recorded, "
-                                       "but their attention is read from their DDIM Inversion (record_attention on), "
-                                       "so no source rows run. re-denoised (paper): they are denoised again from "
+                                       "but their attention is read from what their DDIM Inversion or Step-Blended "
+                                       "KSampler recorded (record_attention on), so those rows do not run. re-denoised (paper): they are denoised again from "
                                        "their inverted noise beside the target."),
                 io.Combo.Input("reference_cache", options=list(CACHE_MODES), default="offloaded to RAM",
                                tooltip="Keep the reference's attention after a run, so the next generation with "
                                        "the same reference, model and reference prompts runs no reference rows "
-                                       "(recorded mode). It lives as long as ComfyUI caches the reference's DDIM "
+                                       "(recorded and fast modes; in the fast mode only when the reference "
+                                       "inversion recorded nothing). It lives as long as ComfyUI caches the reference's DDIM "
                                        "Inversion; about 1.9 GB for SD1.5 at 512x512, 50 steps, output 6-11."),
                 io.Mask.Input("mask", optional=True, tooltip="Where the target keeps its own self-attention (1) or "
                               "takes the layout's (0), from mask_start on. No mask: no blend."),
@@ -108,7 +109,7 @@ class MultiSourceAttentionSwap(io.ComfyNode):
             check_recorded_attention(model, spec, mask, {"layout": lay, "reference": ref})
         reference_prompts = (prompt_tensor(NODE, "reference_positive", reference_positive),
                              prompt_tensor(NODE, "reference_negative", reference_negative))
-        cache = CACHE_MODES[reference_cache] if source_paths == SOURCE_MODES[0] else "off"
+        cache = CACHE_MODES[reference_cache] if source_paths != SOURCE_MODES[2] else "off"
         paths = SourcePaths(
             layout=lay, reference=ref,
             layout_prompts=(prompt_tensor(NODE, "layout_positive", layout_positive),
@@ -124,8 +125,9 @@ def check_recorded_attention(model, spec: SwapSpec, mask, inversions: dict) -> N
     """Fast mode: at least one inversion recorded attention, and each record holds every layer the
     swap reads from that path (a path without a record runs its rows as in recorded mode)."""
     if all(inv.attention is None for inv in inversions.values()):
-        raise NodeInputError(NODE, "source_paths", "is the fast mode but neither DDIM Inversion recorded attention.",
-                             "turn record_attention on in both DDIM Inversion nodes, or choose 'recorded'.")
+        raise NodeInputError(NODE, "source_paths", "is the fast mode but neither inversion recorded attention.",
+                             "turn record_attention on in the DDIM Inversion nodes (or in the Step-Blended KSampler "
+                             "whose trajectory is the layout path), or choose 'recorded'.")
     needs = source_needs(model, spec, mask)
     steps = range(len(inversions["layout"]) - 1)
     for path in PATHS:
@@ -137,5 +139,6 @@ def check_recorded_attention(model, spec: SwapSpec, mask, inversions: dict) -> N
         if missing:
             blocks = ", ".join(f"{n} {i}" for n, i in sorted({layer[:2] for layer in missing}))
             raise NodeInputError(NODE, f"{path}_inversion", f"recorded no attention at {blocks}, which the swap reads.",
-                                 "set that DDIM Inversion's attention_layers to cover the swap's layout_layers and "
+                                 "set attention_layers of the node that recorded it (DDIM Inversion, or Step-Blended "
+                                 "KSampler with lambda1 below steps) to cover the swap's layout_layers and "
                                  "reference_layers (e.g. 'output 6-11').")

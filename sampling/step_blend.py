@@ -104,21 +104,29 @@ def step_blended_sample(
     return run(personalized_model, personalized_conds, False, layout, lambda1, 10000, True)
 
 
-def recorded_trajectory(model, settings: SamplerSettings, record: list[torch.Tensor],
-                        samples: torch.Tensor) -> InversionTrajectory:
-    """Stage 1's own path as an :class:`InversionTrajectory`: the latent at the start of each
-    step and, at sigma 0, the layout latent itself, so the retouch can drive its layout path
-    along it without inverting the layout (valid for a retouch on the same schedule)."""
+def sampling_sigmas(model, settings: SamplerSettings) -> torch.Tensor:
+    """The schedule a KSampler with ``settings`` walks (descending, ending at 0), on the CPU."""
     import comfy.samplers
-
-    from .compat import model_family
 
     sampler = comfy.samplers.KSampler(model, settings.steps, "cpu", settings.sampler_name, settings.scheduler,
                                       settings.denoise, model_options=model.model_options)
-    sigmas = sampler.sigmas.cpu().float()
+    return sampler.sigmas.cpu().float()
+
+
+def recorded_trajectory(model, settings: SamplerSettings, record: list[torch.Tensor],
+                        samples: torch.Tensor, attention=None) -> InversionTrajectory:
+    """Stage 1's own path as an :class:`InversionTrajectory`: the latent at the start of each
+    step and, at sigma 0, the layout latent itself, so the retouch can drive its layout path
+    along it without inverting the layout (valid for a retouch on the same schedule).
+
+    ``attention``: what the personalized model's steps recorded for a swap (its fast mode), or None.
+    """
+    from .compat import model_family
+
+    sigmas = sampling_sigmas(model, settings)
     if len(record) != len(sigmas) - 1:
         raise RuntimeError(f"{NODE}: recorded {len(record)} steps for {len(sigmas) - 1} sigmas")
     final = model.get_model_object("latent_format").process_in(samples.to(record[0]))
     latents = torch.stack([final, *reversed(record)])
     return InversionTrajectory(latents=latents, sigmas=sigmas.flip(0), steps=settings.steps,
-                               scheduler=settings.scheduler, family=model_family(model))
+                               scheduler=settings.scheduler, family=model_family(model), attention=attention)

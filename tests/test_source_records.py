@@ -189,7 +189,7 @@ def test_fast_mode_approximations(comfy, tiny, images, measured, inversion):
 def test_fast_mode_errors(comfy, tiny, images):
     _, lay = invert(comfy, tiny, images["layout"])
     _, ref = invert(comfy, tiny, images["reference"])
-    with pytest.raises(ValueError, match=r"input 'source_paths': is the fast mode but neither DDIM Inversion recorded "
+    with pytest.raises(ValueError, match=r"input 'source_paths': is the fast mode but neither inversion recorded "
                                          r"attention.*record_attention"):
         swap(comfy, tiny.personalized, ref, lay, images, mode=FAST)
     _, partial = invert(comfy, tiny, images["reference"], record=True, layers="output 9-11")
@@ -198,3 +198,24 @@ def test_fast_mode_errors(comfy, tiny, images):
         swap(comfy, tiny.personalized, partial, lay, images, mode=FAST)
     with pytest.raises(ValueError, match=r"DDIM Inversion: input 'attention_layers': 'middle' cannot be read"):
         invert(comfy, tiny, images["reference"], record=True, layers="middle")
+
+
+def test_fast_mode_from_stage_1(comfy, tiny, images, measured):
+    """Stage 1 records its personalized steps; the swap reads them and runs layout rows only before lambda1."""
+    node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
+    empty = {"samples": torch.zeros(1, 4, 8, 8)}
+    args = (tiny.vanilla, tiny.personalized, images["y_p"], images["neg"], images["y_p"], images["neg"], empty, 7,
+            STEPS, 2, CFG, "ddim", "ddim_uniform", 1.0)
+    layout, traj, start = node.execute(*args).result
+    rec_layout, rec_traj, _ = node.execute(*args, True, "output 6-11").result
+    assert torch.equal(rec_layout["samples"], layout["samples"])  # recording changes nothing
+    assert {key[0] for key in rec_traj.attention.tensors} == set(range(2, 7))  # the personalized steps
+    _, ref = invert(comfy, tiny, images["reference"])
+    mask = torch.zeros(1, 64, 64)
+    want = sample(comfy, swap(comfy, tiny.personalized, ref, traj, images, mask=mask), images, start)
+    got, seen = rows_per_step(comfy, swap(comfy, tiny.personalized, ref, rec_traj, images, FAST, CACHE, mask), images,
+                              start)
+    # layout rows only at the vanilla steps 0-1; reference rows until the cache is filled, in this first run
+    assert all(n_lay == (1 if s < 2 else 0) for s, calls in seen.items() for n_lay, _ in calls)
+    measured(f"fast mode from stage 1's record vs recorded mode: max relative difference {rel(got, want):.2e}")
+    assert rel(got, want) < 1e-5

@@ -183,7 +183,7 @@ def test_retouch_along_stage1_trajectory_reproduces_the_layout(comfy, tiny, prom
                                     STEPS, 0, CFG, SAMPLER, SCHEDULER, 1.0).result
     swap = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"]
     patched = swap.execute(tiny.personalized, traj, traj, prompts["vanilla"][0], neg, pos, neg, 10_000, 10_000,
-                           "all", "all", "recorded", None).result[0]
+                           "all", "all", "recorded", "off", None).result[0]
     got = comfy.KSamplerAdvanced().sample(patched, "disable", 0, STEPS, CFG, SAMPLER, SCHEDULER, prompts["vanilla"][0],
                                           neg, start, 0, 10000, "disable")[0]["samples"]
     error = float((got - out["samples"]).abs().max() / out["samples"].abs().max())

@@ -56,7 +56,7 @@ def build(kind: str) -> WF:
     w.link(*per_clip, empty, "clip")
     # --- stage 1 ---
     lat = w.node("EmptyLatentImage", (800, 0), [512, 512, 1], outputs=[LAT], size=(300, 110))
-    sb = w.node("LR_StepBlendedKSampler", (800, 150), [0, "randomize", 50, 5, 7.5, "ddim", "ddim_uniform", 1.0],
+    sb = w.node("LR_StepBlendedKSampler", (800, 150), [0, "randomize", 50, 5, 7.5, "ddim", "ddim_uniform", 1.0, False, "output 6-11"],
                 inputs=[("vanilla_model", "MODEL"), ("personalized_model", "MODEL"), ("vanilla_positive", "CONDITIONING"),
                         ("vanilla_negative", "CONDITIONING"), ("personalized_positive", "CONDITIONING"),
                         ("personalized_negative", "CONDITIONING"), ("latent_image", "LATENT")],

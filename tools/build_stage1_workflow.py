@@ -13,7 +13,7 @@ vn = w.node("CLIPTextEncode", (380, 190), ["blurry, low quality"], inputs=[("cli
 pp = w.node("CLIPTextEncode", (380, 420), ["a photo of a sks vase floating in a swimming pool, top view"], inputs=[("clip", "CLIP")], outputs=cond, title="Personalized prompt (with token)", size=(400, 150))
 pn = w.node("CLIPTextEncode", (380, 610), ["blurry, low quality"], inputs=[("clip", "CLIP")], outputs=cond, title="Personalized negative", size=(400, 110))
 lat = w.node("EmptyLatentImage", (380, 770), [512, 512, 1], outputs=[("LATENT", "LATENT")], size=(320, 110))
-sb = w.node("LR_StepBlendedKSampler", (840, 200), [0, "randomize", 50, 5, 7.5, "ddim", "ddim_uniform", 1.0],
+sb = w.node("LR_StepBlendedKSampler", (840, 200), [0, "randomize", 50, 5, 7.5, "ddim", "ddim_uniform", 1.0, False, "output 6-11"],
             inputs=[("vanilla_model", "MODEL"), ("personalized_model", "MODEL"), ("vanilla_positive", "CONDITIONING"),
                     ("vanilla_negative", "CONDITIONING"), ("personalized_positive", "CONDITIONING"),
                     ("personalized_negative", "CONDITIONING"), ("latent_image", "LATENT")],
