@@ -2,7 +2,8 @@
 
 On a GPU: a randomly initialised full-size SD1.5 in fp16 (speed does not depend on the
 weights), peak memory as CUDA's max allocated per part. On the CPU: the tiny SD1.x, peak memory
-as the process's peak RSS so far (it only grows, so later parts show at least earlier peaks).
+as the process's peak RSS during the part (reset before each part through Linux's
+``/proc/self/clear_refs``; elsewhere the peak so far, which only grows).
 Every ratio is to the plain generation measured in the same run. Segment Anything is not part
 of the timed pipeline (its cost does not depend on the method; see the README).
 """
@@ -33,10 +34,23 @@ class Part:
     memory_ratio: float = 0.0
 
 
+def _reset_cpu_peak() -> bool:
+    """Reset the process's peak RSS (Linux: ``/proc/self/clear_refs`` 5); False where it cannot be."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _measure(name: str, fn: Callable[[], object], device: torch.device, repeats: int) -> Part:
@@ -45,6 +59,8 @@ def _measure(name: str, fn: Callable[[], object], device: torch.device, repeats:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
+        else:
+            _reset_cpu_peak()
         start = time.perf_counter()
         fn()
         if device.type == "cuda":
@@ -181,7 +197,8 @@ def run(size: int, steps: int, repeats: int, cpu: bool) -> dict:
                     or "cpu", "model": "random SD1.5 (fp16)" if full else "tiny random SD1.x",
                     "size": size, "steps": steps, "cfg": cfg, "sampler": "ddim/ddim_uniform", "repeats": repeats,
                     "torch": torch.__version__, "memory": "CUDA max allocated" if device.type == "cuda" else
-                    "process peak RSS so far", "date": time.strftime("%Y-%m-%d")},
+                    "process peak RSS during the part" if _reset_cpu_peak() else "process peak RSS so far",
+                    "date": time.strftime("%Y-%m-%d")},
         "parts": [asdict(p) for p in parts],
         "fast_mode_vs_recorded": fidelity,
     }
