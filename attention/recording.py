@@ -13,16 +13,20 @@ import torch
 
 from ..sampling.trajectory import sigma_position
 from .layers import LayerSet, transformer_depths
-from .sources import CROSS_OUT, KEYS, SELF_OUT, VALUES, AttentionRecord
+from .sources import CROSS_OUT, KEYS, KINDS, SELF_OUT, VALUES, AttentionRecord
+
+LAYOUT_KINDS = (SELF_OUT, CROSS_OUT)  # what a swap reads from its layout path
 from .swap import host_attention
 
 
 class RecordSourceAttention:
     """An ``attn1`` (self) or ``attn2`` (cross) replace patch that attends as usual and records."""
 
-    def __init__(self, kind: str, record: AttentionRecord, sampling_sigmas: torch.Tensor, chained=None) -> None:
+    def __init__(self, kind: str, record: AttentionRecord, sampling_sigmas: torch.Tensor, chained=None,
+                 kinds: tuple[str, ...] = KINDS) -> None:
         self.kind = kind
         self.record = record
+        self.kinds = kinds
         self.sigmas = sampling_sigmas[:-1]  # step s starts at sampling_sigmas[s]
         self.chained = chained
 
@@ -40,12 +44,15 @@ class RecordSourceAttention:
         kept = {SELF_OUT: out, KEYS: k, VALUES: v} if self.kind == "self" else {CROSS_OUT: out}
         for h, half in enumerate(halves):
             for kind, tensor in kept.items():
-                self.record.put(step, half, layer, kind, tensor[h * n:(h + 1) * n])
+                if kind in self.kinds:
+                    self.record.put(step, half, layer, kind, tensor[h * n:(h + 1) * n])
         return out
 
 
-def add_recording(model, layers: LayerSet, record: AttentionRecord, sampling_sigmas: torch.Tensor):
-    """A clone of ``model`` recording into ``record`` on ``layers``; patches on the keys are chained."""
+def add_recording(model, layers: LayerSet, record: AttentionRecord, sampling_sigmas: torch.Tensor,
+                  kinds: tuple[str, ...] = KINDS):
+    """A clone of ``model`` recording ``kinds`` into ``record`` on ``layers``; patches on the keys
+    are chained."""
     m = model.clone()
     replaces = m.model_options.get("transformer_options", {}).get("patches_replace", {})
     depths = transformer_depths(model)
@@ -54,6 +61,6 @@ def add_recording(model, layers: LayerSet, record: AttentionRecord, sampling_sig
             key = (name, block_id, index)
             for kind, attn in (("self", "attn1"), ("cross", "attn2")):
                 taken = replaces.get(attn, {})
-                patch = RecordSourceAttention(kind, record, sampling_sigmas, taken.get(key, taken.get(key[:2])))
+                patch = RecordSourceAttention(kind, record, sampling_sigmas, taken.get(key, taken.get(key[:2])), kinds)
                 m.set_model_patch_replace(patch, attn, name, block_id, index)
     return m

@@ -7,7 +7,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..attention.layers import MASACTRL_DECODER
-from ..attention.recording import add_recording
+from ..attention.recording import LAYOUT_KINDS, add_recording
 from ..attention.sources import AttentionRecord
 from ..errors import NodeInputError, raise_for
 from ..sampling import inversion, step_blend
@@ -59,7 +59,8 @@ class StepBlendedKSampler(io.ComfyNode):
                                          "personalized model's steps, for the swap's fast mode with 'trajectory' as "
                                          "its layout path (the vanilla steps still run as rows). Exact: it is the "
                                          "very computation the swap's layout rows would repeat. Costs RAM (about "
-                                         "2.1 GB for SD1.5 at 512x512, 45 personalized steps, output 6-11)."),
+                                         "2.1 GB for SD1.5 at 512x512, 45 personalized steps, cfg > 1, output "
+                                         "6-11)."),
                 io.String.Input("attention_layers", default=MASACTRL_DECODER, optional=True,
                                 tooltip="Where to record: the swap's layout_layers and reference_layers together."),
             ],
@@ -94,7 +95,7 @@ class StepBlendedKSampler(io.ComfyNode):
             layers = layer_input(node, "attention_layers", attention_layers, personalized_model)
             attention = AttentionRecord(comfy.model_management.intermediate_device())
             personalized = add_recording(personalized_model, layers, attention,
-                                         step_blend.sampling_sigmas(personalized_model, settings))
+                                         step_blend.sampling_sigmas(personalized_model, settings), LAYOUT_KINDS)
         samples = step_blend.step_blended_sample(
             vanilla_model, personalized, (vanilla_positive, vanilla_negative),
             (personalized_positive, personalized_negative), latent_image, settings, lambda1, record,
@@ -138,8 +139,8 @@ class DDIMInversion(io.ComfyNode):
                                          "node's positive and negative are the swap's prompts for this image; "
                                          "without a negative the positive half stands in for both CFG halves. "
                                          "Costs one more model evaluation (and the negative half, if connected) "
-                                         "and RAM: about 2.4 GB per image and half for SD1.5 at 512x512, 50 steps, "
-                                         "output 6-11."),
+                                         "and RAM: about 2.4 GB per image and CFG half for SD1.5 at 512x512 in "
+                                         "fp16, 50 steps, output 6-11."),
                 io.String.Input("attention_layers", default=MASACTRL_DECODER, optional=True,
                                 tooltip="Where to record: the blocks the swap uses (its layout_layers and "
                                         "reference_layers together), e.g. 'output 6-11' or 'all'."),

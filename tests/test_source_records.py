@@ -210,6 +210,7 @@ def test_fast_mode_from_stage_1(comfy, tiny, images, measured):
     rec_layout, rec_traj, _ = node.execute(*args, True, "output 6-11").result
     assert torch.equal(rec_layout["samples"], layout["samples"])  # recording changes nothing
     assert {key[0] for key in rec_traj.attention.tensors} == set(range(2, 7))  # the personalized steps
+    assert {key[3] for key in rec_traj.attention.tensors} == {"self_out", "cross_out"}  # what a layout gives
     _, ref = invert(comfy, tiny, images["reference"])
     mask = torch.zeros(1, 64, 64)
     want = sample(comfy, swap(comfy, tiny.personalized, ref, traj, images, mask=mask), images, start)
