@@ -8,7 +8,7 @@ import json
 def test_benchmark_smoke(comfy, tmp_path):
     from comfyui_layout_retouch.benchmark.run import main, table
 
-    report = main(size=64, steps=4, repeats=1, cpu=True, output=tmp_path / "bench.json")
+    report = main(size=64, steps=3, repeats=1, cpu=True, output=tmp_path / "bench.json")
     names = [p["name"] for p in report["parts"]]
     assert names == ["plain KSampler", "stage 1 (step-blended)", "inversion (reference)", "inversion (layout)",
                      "cross-attention mask (10 steps)", "stage 2 (swap + KSampler)", "stage 2, reference cached",
@@ -16,8 +16,13 @@ def test_benchmark_smoke(comfy, tmp_path):
                      "inversion recording attention", "stage 2, fast mode from inversions", "full pipeline",
                      "full, reference cached", "full, stage 1's path, cached", "full, fast mode, cached"]
     assert report["parts"][0]["time_ratio"] == 1.0 and report["parts"][0]["memory_ratio"] == 1.0
-    assert all(p["seconds"] > 0 and p["peak_mib"] > 0 for p in report["parts"])
-    assert report["setting"]["model"] == "tiny random SD1.x" and report["setting"]["steps"] == 4
+    assert all(p["seconds"] > 0 and p["peak_mib"] > 0 and p["unet_rows"] > 0 for p in report["parts"])
+    rows = {p["name"]: p["unet_rows"] for p in report["parts"]}
+    assert rows["plain KSampler"] == 3 * 2  # 3 steps, two CFG halves, one image
+    assert rows["inversion (reference)"] == 3  # cfg 1: the positive half only
+    assert rows["stage 2, reference cached"] < rows["stage 2 (swap + KSampler)"]
+    assert rows["stage 2, fast mode from inversions"] == rows["plain KSampler"]  # no source rows at all
+    assert report["setting"]["model"] == "tiny random SD1.x" and report["setting"]["steps"] == 3
     assert json.loads((tmp_path / "bench.json").read_text()) == report
     assert table(report).count("\n") == len(names) + 1
     for fidelity in report["fast_mode_vs_recorded"].values():
