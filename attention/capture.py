@@ -189,6 +189,7 @@ def record_on_trajectory(model, positive, trajectory, steps: list[int]) -> None:
     latents = trajectory.latents.flip(0)[steps]  # denoising order
     progress = comfy.utils.ProgressBar(len(steps))
 
+    @torch.no_grad()  # as k-diffusion's samplers: no autograd graph across the steps
     def sampler_function(model_k, x, sigmas_in, extra_args=None, callback=None, disable=None):
         s_in = x.new_ones([x.shape[0]])
         for i in range(len(steps)):

@@ -246,7 +246,8 @@ def table(report: dict) -> str:
 
 
 def main(size: int, steps: int, repeats: int, cpu: bool, output: Path) -> dict:
-    report = run(size, steps, repeats, cpu)
+    with torch.inference_mode():  # as ComfyUI's executor runs nodes
+        report = run(size, steps, repeats, cpu)
     output.write_text(json.dumps(report, indent=1))
     print(json.dumps(report["setting"]))  # noqa: T201  (the command's output)
     print(table(report))  # noqa: T201

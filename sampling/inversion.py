@@ -134,6 +134,7 @@ def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], step
             # Record the negative half too; the step still takes the positive prediction alone.
             model.set_model_sampler_post_cfg_function(_positive_only, disable_cfg1_optimization=True)
 
+    @torch.no_grad()  # as k-diffusion's samplers: no autograd graph across the steps
     def sampler_function(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
         store = comfy.model_management.intermediate_device()
 
