@@ -220,3 +220,12 @@ def test_fast_mode_from_stage_1(comfy, tiny, images, measured):
     assert all(n_lay == (1 if s < 2 else 0) for s, calls in seen.items() for n_lay, _ in calls)
     measured(f"fast mode from stage 1's record vs recorded mode: max relative difference {rel(got, want):.2e}")
     assert rel(got, want) < 1e-5
+
+
+def test_inversion_and_recording_build_no_autograd_graph(comfy, tiny, images):
+    """Outside ComfyUI's inference mode (another pack calling the node), no graph is kept across steps."""
+    with torch.inference_mode(False), torch.enable_grad():
+        latent = images["layout"].clone()
+        inverted, traj = invert(comfy, tiny, latent, record=True, negative=images["neg"])
+    assert traj.latents.grad_fn is None and inverted["samples"].grad_fn is None
+    assert all(t.grad_fn is None for t in traj.attention.tensors.values())
