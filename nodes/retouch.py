@@ -68,14 +68,16 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                 io.Combo.Input("source_paths", options=SOURCE_MODES, default=SOURCE_MODES[0],
                                tooltip="recorded: the sources follow their inversions exactly. fast: as recorded, "
                                        "but their attention is read from what their DDIM Inversion or Step-Blended "
-                                       "KSampler recorded (record_attention on), so those rows do not run. re-denoised (paper): they are denoised again from "
-                                       "their inverted noise beside the target."),
+                                       "KSampler recorded (record_attention on), so those rows do not run. "
+                                       "re-denoised (paper): they are denoised again from their inverted noise "
+                                       "beside the target."),
                 io.Combo.Input("reference_cache", options=list(CACHE_MODES), default="offloaded to RAM",
                                tooltip="Keep the reference's attention after a run, so the next generation with "
                                        "the same reference, model and reference prompts runs no reference rows "
                                        "(recorded and fast modes; in the fast mode only when the reference "
-                                       "inversion recorded nothing). It lives as long as ComfyUI caches the reference's DDIM "
-                                       "Inversion; about 1.9 GB for SD1.5 at 512x512, 50 steps, output 6-11."),
+                                       "inversion recorded nothing). It lives as long as ComfyUI caches the "
+                                       "reference's DDIM Inversion; about 1.9 GB for SD1.5 at 512x512 in fp16, 50 "
+                                       "steps, output 6-11."),
                 io.Mask.Input("mask", optional=True, tooltip="Where the target keeps its own self-attention (1) or "
                               "takes the layout's (0), from mask_start on. No mask: no blend."),
             ],
