@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..sampling.trajectory import sigma_position
-from .layers import LayerSet, transformer_depths
-from .swap import ROWS_KEY, host_attention
+from .layers import LayerSet, layer_keys, replace_patch
+from .swap import ROWS_KEY, attend_as_before
 
 CAPTURE_KEY = "lr_attention_capture"
 
@@ -113,10 +113,7 @@ class CaptureAttention:
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
-        if self.chained is not None:
-            out = self.chained(q, k, v, extra_options)
-        else:
-            out = host_attention(heads, extra_options.get("attn_precision"))(q, k, v)
+        out = attend_as_before(self.chained, q, k, v, extra_options)
         found = self.wanted(extra_options)
         if found is not None:
             layer, step, size = found
@@ -136,28 +133,18 @@ class CaptureAttention:
         return out
 
 
-def capture_keys(model, layers: LayerSet) -> list[tuple[str, int, int]]:
-    depths = transformer_depths(model)
-    return [(n, i, j) for (n, i) in sorted(layers.keys_in(set(depths))) for j in range(depths[(n, i)])]
-
-
 def add_capture(model, store: AttentionStore, layers: LayerSet, steps: range | None, resolution: int | None,
                 self_kv: bool = False):
     """A clone of ``model`` recording into ``store``; patches already on the keys are chained."""
     import comfy.patcher_extension as ext
 
     m = model.clone()
-    replaces = m.model_options.get("transformer_options", {}).get("patches_replace", {})
-
-    def existing(kind: str, key: tuple):
-        taken = replaces.get(kind, {})
-        return taken.get(key, taken.get(key[:2]))
-
-    for key in capture_keys(model, layers):
-        patch = CaptureAttention("cross", store, steps, resolution, existing("attn2", key))
+    for key in layer_keys(model, layers):
+        patch = CaptureAttention("cross", store, steps, resolution, replace_patch(model, "attn2", key))
         m.set_model_attn2_replace(patch, *key)
         if self_kv:
-            m.set_model_attn1_replace(CaptureAttention("self", store, steps, resolution, existing("attn1", key)), *key)
+            patch = CaptureAttention("self", store, steps, resolution, replace_patch(model, "attn1", key))
+            m.set_model_attn1_replace(patch, *key)
 
     def reset_each_run(executor, *args, **kwargs):
         store.clear()

@@ -62,6 +62,19 @@ def transformer_depths(model) -> dict[tuple[str, int], int]:
     return depths
 
 
+def layer_keys(model, layers: LayerSet) -> tuple[tuple[str, int, int], ...]:
+    """ComfyUI's patch keys ``(block_name, block_id, transformer_index)`` of ``model``'s transformer
+    blocks in ``layers``, in order."""
+    depths = transformer_depths(model)
+    return tuple((n, i, j) for (n, i) in sorted(layers.keys_in(set(depths))) for j in range(depths[(n, i)]))
+
+
+def replace_patch(model, attn: str, key: tuple[str, int, int]):
+    """The ``attn1``/``attn2`` replace patch already on ``key`` (or on its whole block), or None."""
+    taken = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get(attn, {})
+    return taken.get(key, taken.get(key[:2]))
+
+
 def attention_blocks(model) -> set[tuple[str, int]]:
     """The ``(block_name, block_id)`` keys of the UNet blocks that hold attention (SpatialTransformer)."""
     return set(transformer_depths(model))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from ..errors import NodeInputError
-from .layers import LayerSet, attention_blocks, transformer_depths
+from .layers import LayerSet, attention_blocks, layer_keys
 from .session import KEY, NODE, OuterSample, SourcePaths, apply_model_wrapper, post_cfg_function
 from .swap import SourceNeeds, SwapAttention, SwapSpec
 
 
-def check_free(model, kind: str, keys: list[tuple[str, int, int]]) -> None:
+def check_free(model, kind: str, keys: tuple[tuple[str, int, int], ...]) -> None:
     """Fail loudly where another patch already replaces attention on a key we need."""
     taken = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
     for key in keys:
@@ -23,11 +23,8 @@ def check_free(model, kind: str, keys: list[tuple[str, int, int]]) -> None:
 
 def source_needs(model, spec: SwapSpec, mask: torch.Tensor | None) -> SourceNeeds:
     """Which layers of ``model`` the swap patches, and what it reads from the sources there."""
-    depths = transformer_depths(model)
-    layout_blocks = spec.layout_layers.keys_in(set(depths))
-    self_blocks = layout_blocks | spec.reference_layers.keys_in(set(depths))
-    self_keys = tuple((n, i, j) for (n, i) in sorted(self_blocks) for j in range(depths[(n, i)]))
-    cross_keys = tuple((n, i, j) for (n, i) in sorted(layout_blocks) for j in range(depths[(n, i)]))
+    cross_keys = layer_keys(model, spec.layout_layers)
+    self_keys = tuple(sorted({*cross_keys, *layer_keys(model, spec.reference_layers)}))
     return SourceNeeds(spec, self_keys, cross_keys, mask is not None)
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 
 from ..sampling.trajectory import sigma_position
-from .layers import LayerSet, transformer_depths
+from .layers import LayerSet, layer_keys, replace_patch
 from .sources import CROSS_OUT, KEYS, KINDS, SELF_OUT, VALUES, AttentionRecord
 
 LAYOUT_KINDS = (SELF_OUT, CROSS_OUT)  # what a swap reads from its layout path
-from .swap import host_attention
+from .swap import attend_as_before
 
 
 class RecordSourceAttention:
@@ -31,10 +31,7 @@ class RecordSourceAttention:
         self.chained = chained
 
     def __call__(self, q, k, v, extra_options):
-        if self.chained is not None:
-            out = self.chained(q, k, v, extra_options)
-        else:
-            out = host_attention(extra_options["n_heads"], extra_options.get("attn_precision"))(q, k, v)
+        out = attend_as_before(self.chained, q, k, v, extra_options)
         step = sigma_position(self.sigmas, extra_options["sigmas"][0].cpu())
         if step is None:  # the inversion's first evaluation, near sigma 0: no sampling step starts there
             return out
@@ -54,13 +51,8 @@ def add_recording(model, layers: LayerSet, record: AttentionRecord, sampling_sig
     """A clone of ``model`` recording ``kinds`` into ``record`` on ``layers``; patches on the keys
     are chained."""
     m = model.clone()
-    replaces = m.model_options.get("transformer_options", {}).get("patches_replace", {})
-    depths = transformer_depths(model)
-    for name, block_id in sorted(layers.keys_in(set(depths))):
-        for index in range(depths[(name, block_id)]):
-            key = (name, block_id, index)
-            for kind, attn in (("self", "attn1"), ("cross", "attn2")):
-                taken = replaces.get(attn, {})
-                patch = RecordSourceAttention(kind, record, sampling_sigmas, taken.get(key, taken.get(key[:2])), kinds)
-                m.set_model_patch_replace(patch, attn, name, block_id, index)
+    for key in layer_keys(model, layers):
+        for kind, attn in (("self", "attn1"), ("cross", "attn2")):
+            patch = RecordSourceAttention(kind, record, sampling_sigmas, replace_patch(model, attn, key), kinds)
+            m.set_model_patch_replace(patch, attn, *key)
     return m

@@ -65,9 +65,6 @@ class AttentionRecord:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
-    def clear(self) -> None:
-        self.tensors.clear()
-
 
 @dataclass
 class KeyedRecord:
@@ -104,9 +101,6 @@ class Same:
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Same) and other.obj is self.obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
 
     def __deepcopy__(self, memo) -> Same:
         return self  # ModelPatcher.clone() deep-copies model_options, where keys travel

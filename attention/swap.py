@@ -57,6 +57,13 @@ def host_attention(heads: int, attn_precision=None) -> Attend:
     return lambda q, k, v: host.optimized_attention(q, k, v, heads, attn_precision=attn_precision)
 
 
+def attend_as_before(chained, q, k, v, extra_options) -> torch.Tensor:
+    """What a key computes without our patch: the patch that was on it (chained), or ComfyUI's attention."""
+    if chained is not None:
+        return chained(q, k, v, extra_options)
+    return host_attention(extra_options["n_heads"], extra_options.get("attn_precision"))(q, k, v)
+
+
 def mask_tokens(mask: torch.Tensor, rows: RowLayout, size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
     """Resize a MASK ``[Bm, H, W]`` (Bm = 1 or B) to ``[n_target, h * w, 1]`` for the target rows."""
     m = F.interpolate(mask[:, None].to(like.device, like.dtype), size=size, mode="bilinear", align_corners=False)
