@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# Set up the test environment in .venv and run the whole suite (lint, then pytest).
-# ComfyUI is found as the pack finds it: COMFYUI_PATH, else the ComfyUI holding this pack in
-# custom_nodes/, else ~/comfy/ComfyUI. Without one, the host tests are skipped with the reason.
+# Set up the test environment in .venv and run the whole suite (lint, then pytest tests/).
+# The ComfyUI host is found as the pack finds it (COMFYUI_PATH, else the ComfyUI holding this pack
+# in custom_nodes/, else ~/comfy/ComfyUI), else provided under .venv/ComfyUI: unpacked from the
+# archive named by COMFYUI_ARCHIVE, else cloned (ComfyUI v0.3.64, shallow) where git and the
+# network are (tests/provide_host.py). Only without any of these are the host tests skipped.
+# Arguments go to pytest (e.g. -q, or tests/unit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m venv .venv
+[ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --disable-pip-version-check -r requirements-test.txt
 
-comfy=$(python3 -c 'import host; print(host.find_comfyui() or "")' 2>/dev/null || true)
+comfy=$(python tests/provide_host.py)
 if [ -n "$comfy" ]; then
     echo "ComfyUI host: $comfy"
     # ComfyUI's requirements, less torch/torchvision (pinned above) and torchaudio (unused here).
     grep -vE '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$comfy/requirements.txt" > .venv/comfyui-requirements.txt
     pip install -q --disable-pip-version-check -r .venv/comfyui-requirements.txt
 else
-    echo "ComfyUI host: none found; the host tests will be skipped (set COMFYUI_PATH to run them)."
+    echo "ComfyUI host: none found or provided; the host tests will be skipped."
 fi
 
 # The real-client test needs a browser: Debian's chromium where apt can install it (else it skips).
@@ -26,4 +29,6 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id 
 fi
 
 ruff check .
-python -m pytest "$@"
+# pytest (not python -m pytest, which would put the current folder, the pack's, on sys.path).
+if [ $# -eq 0 ] || [ "${1#-}" != "$1" ]; then set -- tests "$@"; fi
+pytest "$@"

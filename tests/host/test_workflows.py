@@ -11,7 +11,7 @@ from PIL import Image
 
 from comfyui_layout_retouch.headless import executor, ui_format
 
-WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 SHIPPED = sorted(p.name for p in WORKFLOWS.glob("*.json"))
 CHECKPOINTS = {"Vanilla": "tiny_vanilla.safetensors", "Model": "tiny_vanilla.safetensors",
                "Personalized": "tiny_personalized.safetensors"}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
+PACK_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -56,7 +56,7 @@ def server(comfy, tiny_files, tiny_sam, tmp_path_factory):
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     pytest.importorskip("playwright", reason="Python's playwright is not installed (pip install playwright)")
-    from conftest import COMFYUI
+    from comfy_host import COMFYUI
 
     base = tmp_path_factory.mktemp("server")
     (base / "custom_nodes").mkdir()

@@ -1,0 +1,1 @@
+"""Host-free tests: only torch, numpy and scipy beside the pack; nothing here looks for ComfyUI."""
