@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..sampling.trajectory import sigma_position
+from ..records import sigma_position
+from .attend import ROWS_KEY, attend_as_before
 from .layers import LayerSet, layer_keys, replace_patch
-from .swap import ROWS_KEY, attend_as_before
 
 CAPTURE_KEY = "lr_attention_capture"
+
+
+class NothingRecorded(LookupError):
+    """A store holds no cross-attention for what was asked."""
 
 
 @dataclass
@@ -53,7 +57,7 @@ class AttentionStore:
         finest recorded size among them, ``[B, h, w]``."""
         layers = [k for k in (layers or self.maps) if self.counts.get(k)]
         if not layers:
-            raise LookupError("no cross-attention was recorded")
+            raise NothingRecorded("no cross-attention was recorded")
         h, w = max((self.sizes[k] for k in layers), key=lambda s: s[0] * s[1])
         total = None
         for k in layers:
@@ -193,3 +197,11 @@ def record_on_trajectory(model, positive, trajectory, steps: list[int]) -> None:
     schedule = torch.cat([sigmas, sigmas[-1:] * 0])
     guider.sample(torch.zeros(shape), torch.zeros(shape), comfy.samplers.KSAMPLER(sampler_function),
                   schedule.to(model.load_device), disable_pbar=True, seed=0)
+
+
+def capture_model(model, layers: LayerSet, steps: range | None, self_kv: bool = False):
+    """``(patched, store)``: a clone of ``model`` whose every sampler run records ``layers``'
+    cross-attention maps (and self-attention K/V when ``self_kv``) at ``steps`` into ``store``
+    (the Attention Capture node)."""
+    store = AttentionStore()
+    return add_capture(model, store, layers, steps, None, self_kv), store

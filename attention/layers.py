@@ -69,12 +69,27 @@ def layer_keys(model, layers: LayerSet) -> tuple[tuple[str, int, int], ...]:
     return tuple((n, i, j) for (n, i) in sorted(layers.keys_in(set(depths))) for j in range(depths[(n, i)]))
 
 
+def patched_key(model, attn: str, key: tuple[str, int, int]) -> tuple | None:
+    """Where an ``attn1``/``attn2`` replace patch covering ``key`` sits: ``key``, its whole block
+    ``key[:2]``, or None."""
+    taken = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get(attn, {})
+    return next((at for at in (key, key[:2]) if at in taken), None)
+
+
 def replace_patch(model, attn: str, key: tuple[str, int, int]):
     """The ``attn1``/``attn2`` replace patch already on ``key`` (or on its whole block), or None."""
-    taken = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get(attn, {})
-    return taken.get(key, taken.get(key[:2]))
+    at = patched_key(model, attn, key)
+    return None if at is None else model.model_options["transformer_options"]["patches_replace"][attn][at]
 
 
 def attention_blocks(model) -> set[tuple[str, int]]:
     """The ``(block_name, block_id)`` keys of the UNet blocks that hold attention (SpatialTransformer)."""
     return set(transformer_depths(model))
+
+
+def layer_problem(model, layers: LayerSet):
+    """Why a layer set selects no attention block of ``model``, or None."""
+    if not layers.keys_in(attention_blocks(model)):
+        blocks = ", ".join(f"{n} {i}" for n, i in sorted(attention_blocks(model)))
+        return ("selects no attention block of this model.", f"choose among: {blocks}; or 'all'.")
+    return None

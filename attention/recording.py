@@ -2,8 +2,8 @@
 
 DDIM inversion evaluates the model at the same latents and sigmas that the swap's source rows
 would be evaluated at later (the recorded path), except for the schedule's top sigma, which the
-inversion reaches but never evaluates: :func:`..sampling.inversion.ddim_invert` evaluates it once
-more when recording. Each evaluation keeps, per swapped layer, the self-attention keys, values
+inversion reaches but never evaluates: the inversion evaluates it once more when
+recording. Each evaluation keeps, per swapped layer, the self-attention keys, values
 and output and the cross-attention output of every CFG half it ran.
 """
 
@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from ..sampling.trajectory import sigma_position
+from ..records import CROSS_OUT, KEYS, KINDS, SELF_OUT, VALUES, AttentionRecord, sigma_position
+from .attend import attend_as_before
 from .layers import LayerSet, layer_keys, replace_patch
-from .sources import CROSS_OUT, KEYS, KINDS, SELF_OUT, VALUES, AttentionRecord
 
 LAYOUT_KINDS = (SELF_OUT, CROSS_OUT)  # what a swap reads from its layout path
-from .swap import attend_as_before
 
 
 class RecordSourceAttention:
@@ -46,10 +45,11 @@ class RecordSourceAttention:
         return out
 
 
-def add_recording(model, layers: LayerSet, record: AttentionRecord, sampling_sigmas: torch.Tensor,
+def add_recording(model, record: AttentionRecord, sampling_sigmas: torch.Tensor, layers: LayerSet,
                   kinds: tuple[str, ...] = KINDS):
-    """A clone of ``model`` recording ``kinds`` into ``record`` on ``layers``; patches on the keys
-    are chained."""
+    """A clone of ``model`` recording ``kinds`` into ``record`` on ``layers``, at the sampling steps
+    that start at ``sampling_sigmas``; patches on the keys are chained. Bound to its layers and
+    kinds, it is the ``recorder`` that ``sampling/`` takes from its caller."""
     m = model.clone()
     for key in layer_keys(model, layers):
         for kind, attn in (("self", "attn1"), ("cross", "attn2")):

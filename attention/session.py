@@ -18,21 +18,40 @@ The step comes from the sigma's place in the inversions' schedule, never from a 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 
-from ..errors import NodeInputError
-from ..sampling.trajectory import InversionTrajectory, sigma_position
+from ..errors import Problem
+from ..records import AttentionRecord, InversionTrajectory, sigma_position
+from .attend import ROWS_KEY, SOURCES_KEY
 from .rows import RowLayout
-from .sources import AttentionRecord, StepSources
-from .swap import ROWS_KEY, SOURCES_KEY, SourceNeeds
+from .sources import StepSources
+from .swap import SourceNeeds
 
-NODE = "Multi-Source Attention Swap"
+# (input name, problem) -> the exception raised: the node that made the patch words it for the artist.
+ErrorFor = Callable[[str, Problem], Exception]
 KEY = "lr_multi_source_swap"
 RUN_KEY = "lr_swap_run"
 PATHS = ("layout", "reference")
-CACHE_DEVICES = {"off": None, "offloaded": "cpu", "device": "device"}
+
+
+class SourceMode(Enum):
+    """How the source paths run beside the target."""
+
+    RECORDED = "recorded"  # along their recorded inversions, as rows of the target's calls
+    FAST = "fast"  # as recorded, their attention read from what their inversions recorded
+    REDENOISE = "re-denoised"  # the paper's: denoised again from their inverted noise
+
+
+class CacheMode(Enum):
+    """Where the reference cache keeps its tensors (:class:`~..records.KeyedRecord`)."""
+
+    OFFLOADED = "cpu"  # in RAM
+    DEVICE = "device"  # where they were computed
+    OFF = "off"  # no cache
 
 
 @dataclass(frozen=True)
@@ -40,10 +59,8 @@ class SourcePaths:
     """The two source paths: their recorded inversions and prompts (``[1, tokens, dim]`` per half).
 
     Attributes:
-        redenoise: the paper's mode (sources denoised again beside the target); else recorded.
-        fast: read each source's attention from its inversion's own record, where it has one.
-        reference_cache: where the reference cache keeps its tensors: "off", "offloaded" (CPU
-            RAM) or "device" (where they were computed).
+        mode: how the sources run (:class:`SourceMode`).
+        reference_cache: where the reference cache keeps its tensors (off in the paper's mode).
         cache_key: what the reference rows' attention depends on besides the reference inversion.
     """
 
@@ -51,13 +68,20 @@ class SourcePaths:
     reference: InversionTrajectory
     layout_prompts: tuple[torch.Tensor, torch.Tensor]
     reference_prompts: tuple[torch.Tensor, torch.Tensor]
-    redenoise: bool
-    fast: bool = False
-    reference_cache: str = "off"
+    mode: SourceMode = SourceMode.RECORDED
+    reference_cache: CacheMode = CacheMode.OFF
     cache_key: tuple = ()
 
     def __deepcopy__(self, memo) -> SourcePaths:
         return self  # immutable; ModelPatcher.clone() deep-copies model_options, where it lives
+
+    @property
+    def redenoise(self) -> bool:
+        return self.mode is SourceMode.REDENOISE
+
+    @property
+    def fast(self) -> bool:
+        return self.mode is SourceMode.FAST
 
     def trajectory(self, path: str) -> InversionTrajectory:
         return self.layout if path == "layout" else self.reference
@@ -72,6 +96,7 @@ class RunState:
 
     paths: SourcePaths
     needs: SourceNeeds
+    error_for: ErrorFor
     sigma: float | None = None
     latents: dict[str, torch.Tensor] = field(default_factory=dict)
     pending: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -84,9 +109,9 @@ class RunState:
             return  # the sources' latents advance with their own outputs: every row runs
         if paths.fast:
             self.read = {p: paths.trajectory(p).attention for p in PATHS if paths.trajectory(p).attention is not None}
-        device = CACHE_DEVICES[paths.reference_cache]
-        if device is not None and "reference" not in self.read:
-            record = paths.reference.cache.for_key(paths.cache_key, None if device == "device" else device)
+        cache = paths.reference_cache
+        if cache is not CacheMode.OFF and "reference" not in self.read:
+            record = paths.reference.cache.for_key(paths.cache_key, "cpu" if cache is CacheMode.OFFLOADED else None)
             self.read["reference"] = self.write["reference"] = record
 
     def runs(self, path: str, step: int, halves: tuple[int, ...]) -> bool:
@@ -109,8 +134,9 @@ class RunState:
             self.sigma = float(sigma)
             self.latents = {p: self.paths.trajectory(p).latent_at(sigma) for p in PATHS}
         if not math.isclose(self.sigma, float(sigma), rel_tol=1e-5):
-            raise RuntimeError(f"{NODE}: the sampler evaluated sigma {float(sigma):.5g} where the re-denoised "
-                               f"sources are at {self.sigma:.5g}; use sampler ddim or euler.")
+            raise self.error_for("source_paths", (
+                f"is re-denoised (paper) but the sampler evaluated sigma {float(sigma):.5g} where the sources are at "
+                f"{self.sigma:.5g}.", "use sampler ddim or euler in the KSampler, or another source_paths mode."))
         return self.latents[path]
 
     def keep_outputs(self, rows: RowLayout, denoised: torch.Tensor) -> None:
@@ -157,16 +183,16 @@ def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control
 
     comfy.model_management.throw_exception_if_processing_interrupted()
     if c_concat is not None or control is not None:
-        raise RuntimeError(f"{NODE}: ControlNets and inpainting models are not supported with the swap; remove "
-                           "the ControlNet or use a plain SD1.x model.")
+        raise run.error_for("model", ("is sampled with a ControlNet or an inpainting model's extra input, which the "
+                                      "swap does not support.", "remove the ControlNet, or use a plain SD1.x model."))
     halves = tuple(transformer_options["cond_or_uncond"])
     batch = x.shape[0] // len(halves)
     sigma = t[0]
     layout_size = run.paths.layout.latents.shape[-2:]
     if layout_size != x.shape[-2:]:
-        raise RuntimeError(f"{NODE}: the sampler's latent is {8 * x.shape[-1]}x{8 * x.shape[-2]} pixels but the "
-                           f"layout inversion is {8 * layout_size[-1]}x{8 * layout_size[-2]}; "
-                           "sample from the layout's inverted latent.")
+        raise run.error_for("layout_inversion", (
+            f"is {8 * layout_size[-1]}x{8 * layout_size[-2]} pixels but the sampler's latent is "
+            f"{8 * x.shape[-1]}x{8 * x.shape[-2]}.", "sample from the layout's inverted latent."))
     step = run.step_of(sigma)
     latents = {p: run.source_latent(p, sigma).to(x) for p in PATHS if run.runs(p, step, halves)}
     n = {p: latents[p].shape[0] if p in latents else 0 for p in PATHS}
@@ -200,16 +226,24 @@ def post_cfg_function(args):
 
 
 class OuterSample:
-    """OUTER_SAMPLE wrapper: check the schedule, create the run's state, remove it afterwards."""
+    """OUTER_SAMPLE wrapper: check the schedule, create the run's state, remove it afterwards.
 
-    def __init__(self, paths: SourcePaths, needs: SourceNeeds) -> None:
+    Args:
+        error_for: makes the exception raised for a problem found while sampling (a schedule
+            that is not the inversions', a ControlNet, a latent of another size).
+    """
+
+    def __init__(self, paths: SourcePaths, needs: SourceNeeds, error_for: ErrorFor) -> None:
         self.paths = paths
         self.needs = needs
+        self.error_for = error_for
 
     def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
-        self.check_schedule(sigmas)
+        problem = schedule_problem(self.paths.layout, sigmas)
+        if problem is not None:
+            raise self.error_for("model", problem)
         options = executor.class_obj.model_options.setdefault("transformer_options", {})
-        run = RunState(self.paths, self.needs)
+        run = RunState(self.paths, self.needs, self.error_for)
         options[RUN_KEY] = run
         try:
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
@@ -218,14 +252,13 @@ class OuterSample:
             run.latents.clear()
             run.pending.clear()
 
-    def check_schedule(self, sigmas: torch.Tensor) -> None:
-        traj = self.paths.layout
-        for sigma in sigmas[:-1].cpu():
-            try:
-                traj.index_of(sigma)
-            except KeyError:
-                raise NodeInputError(
-                    NODE, "model", f"is sampled on a schedule (sigma {float(sigma):.4g}) that is not the inversions' "
+
+def schedule_problem(traj: InversionTrajectory, sigmas: torch.Tensor) -> Problem | None:
+    """Why a sampler's schedule ``sigmas`` does not walk the inversions' schedule, or None."""
+    for sigma in sigmas[:-1].cpu():
+        if traj.position(sigma) is None:
+            return (f"is sampled on a schedule (sigma {float(sigma):.4g}) that is not the inversions' "
                     f"({traj.steps} steps, {traj.scheduler}).",
                     f"set the sampler's steps to {traj.steps} and scheduler to {traj.scheduler}, as in the DDIM "
-                    "Inversion nodes, with denoise 1.0.") from None
+                    "Inversion nodes, with denoise 1.0.")
+    return None

@@ -18,50 +18,23 @@ path has no rows in it (:class:`~.sources.StepSources`).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 import torch
 import torch.nn.functional as F
 
+from ..records import CROSS_OUT, KEYS, SELF_OUT, VALUES, Layer, Need
+from .attend import ROWS_KEY, SOURCES_KEY, Attend, host_attention
 from .layers import LayerSet
 from .rows import RowLayout
-from .sources import CROSS_OUT, KEYS, SELF_OUT, VALUES, Layer, Need, StepSources
-
-Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-ROWS_KEY = "lr_swap_rows"
-SOURCES_KEY = "lr_swap_sources"
+from .sources import StepSources
 
 
 class Phase(Enum):
     OWN = "own"  # the target attends as usual
     LAYOUT = "layout"  # the target takes the layout's Q, K, V: its output is the layout's
     REFERENCE = "reference"  # the target's Q with the reference's K, V (self-attention only)
-
-
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d)) V per head; ``[rows, tokens, heads * d]`` in and out."""
-    b, n, inner = q.shape
-    d = inner // heads
-    split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, d).transpose(1, 2)  # noqa: E731
-    weights = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(d), dim=-1)
-    return (weights @ split(v)).transpose(1, 2).reshape(b, n, inner)
-
-
-def host_attention(heads: int, attn_precision=None) -> Attend:
-    """ComfyUI's ``optimized_attention``, looked up at call time (ComfyUI picks it at start-up)."""
-    import comfy.ldm.modules.attention as host
-
-    return lambda q, k, v: host.optimized_attention(q, k, v, heads, attn_precision=attn_precision)
-
-
-def attend_as_before(chained, q, k, v, extra_options) -> torch.Tensor:
-    """What a key computes without our patch: the patch that was on it (chained), or ComfyUI's attention."""
-    if chained is not None:
-        return chained(q, k, v, extra_options)
-    return host_attention(extra_options["n_heads"], extra_options.get("attn_precision"))(q, k, v)
 
 
 def mask_tokens(mask: torch.Tensor, rows: RowLayout, size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:

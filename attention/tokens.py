@@ -8,15 +8,8 @@ ComfyUI's 77-token chunks, matching the conditioning's token axis.
 
 from __future__ import annotations
 
-import torch
-
 from ..errors import Problem
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
-    return a == b
+from ..records import keys_equal
 
 
 def _word_tokens(clip, text: str) -> list:
@@ -38,7 +31,7 @@ def subject_positions(clip, prompt: str, subject: str) -> list[int]:
     for word in subject.replace(",", " ").split():
         needle = _word_tokens(clip, word)
         hits = [i for i in range(len(sequence) - len(needle) + 1)
-                if needle and all(_same(sequence[i + j], needle[j]) for j in range(len(needle)))]
+                if needle and all(keys_equal(sequence[i + j], needle[j]) for j in range(len(needle)))]
         if not hits:
             raise KeyError(word)
         for i in hits:

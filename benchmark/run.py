@@ -85,155 +85,195 @@ def _measure(name: str, fn: Callable[[], object], device: torch.device, repeats:
     return part
 
 
-def run(size: int, steps: int, repeats: int, cpu: bool) -> dict:
-    """Measure every part; return the report (parts with ratios, and the setting)."""
-    import comfy.model_management as mm
-    import comfy.sd
+CACHED, FAST = "offloaded to RAM", "recorded, attention from the inversions (fast)"  # the swap's combo labels
 
-    import nodes
 
-    from .random_models import SD1_TINY_UNET, SD15_UNET, sd1_checkpoint
+class Pipeline:
+    """The benchmark's models, prompts and latents; each part of the pipeline as a callable.
 
-    device = mm.get_torch_device()
-    full = device.type == "cuda" and not cpu
-    unet = SD15_UNET if full else SD1_TINY_UNET
-    # Vanilla and personalized: two UNets, as with a DreamBooth checkpoint (one text encoder and VAE).
-    vanilla, clip, _ = comfy.sd.load_state_dict_guess_config(sd1_checkpoint(unet, 1), embedding_directory=None)[:3]
-    personalized_sd = sd1_checkpoint(unet, 2, with_text_and_vae=False)
-    personalized = comfy.sd.load_state_dict_guess_config(personalized_sd, output_vae=False, output_clip=False)[0]
-    mapping = nodes.NODE_CLASS_MAPPINGS
-    encode = lambda text: nodes.CLIPTextEncode().encode(clip, text)[0]  # noqa: E731
-    vp, pp, yr, neg, empty = (encode(t) for t in ("a red vase on a beach", "a sks vase on a beach",
-                                                   "a photo of sks vase", "blurry", ""))
-    latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
-    reference = {"samples": torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))}
-    cfg = 7.5
-    # The paper's 5, 10 and 30 of 50 steps, scaled to other step counts.
-    lambda1, lambda2, mask_start = max(1, steps // 10), steps // 5, 3 * steps // 5
-    state: dict = {}
+    On a GPU (unless ``cpu``): full-size random SD1.5; else the tiny SD1.x. Vanilla and
+    personalized are two UNets, as with a DreamBooth checkpoint (one text encoder and VAE).
+    The nodes' outputs are kept in ``state`` so later parts use earlier ones, as in a graph.
+    """
 
-    def plain():
-        return nodes.KSampler().sample(personalized, 0, steps, cfg, "ddim", "ddim_uniform", pp, neg, latent)[0]
+    def __init__(self, size: int, steps: int, cpu: bool) -> None:
+        import comfy.model_management as mm
+        import comfy.sd
 
-    def stage1(record: bool = False):
+        import nodes
+
+        from .random_models import SD1_TINY_UNET, SD15_UNET, sd1_checkpoint
+
+        self.nodes, self.mapping = nodes, nodes.NODE_CLASS_MAPPINGS
+        self.device = mm.get_torch_device()
+        self.full = self.device.type == "cuda" and not cpu
+        unet = SD15_UNET if self.full else SD1_TINY_UNET
+        self.vanilla, self.clip, _ = comfy.sd.load_state_dict_guess_config(sd1_checkpoint(unet, 1),
+                                                                           embedding_directory=None)[:3]
+        personalized_sd = sd1_checkpoint(unet, 2, with_text_and_vae=False)
+        self.personalized = comfy.sd.load_state_dict_guess_config(personalized_sd, output_vae=False,
+                                                                  output_clip=False)[0]
+        encode = lambda text: nodes.CLIPTextEncode().encode(self.clip, text)[0]  # noqa: E731
+        self.vp, self.pp, self.yr, self.neg, self.empty = (encode(t) for t in (
+            "a red vase on a beach", "a sks vase on a beach", "a photo of sks vase", "blurry", ""))
+        self.latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
+        self.reference = {"samples": torch.randn(1, 4, size // 8, size // 8,
+                                                 generator=torch.Generator().manual_seed(0))}
+        self.size, self.steps, self.cfg = size, steps, 7.5
+        # The paper's 5, 10 and 30 of 50 steps, scaled to other step counts.
+        self.lambda1, self.lambda2, self.mask_start = max(1, steps // 10), steps // 5, 3 * steps // 5
+        self.state: dict = {}
+        self.rows = [0]
+
+    def count_rows(self) -> None:
+        """Count latent rows through the UNet with a keyed DIFFUSION_MODEL wrapper on the benchmark's
+        own models (clones, the swap's included, carry it): the work of each part, whatever the hardware."""
+        import comfy.patcher_extension as ext
+
+        def count(executor, x, *args, **kwargs):
+            self.rows[0] += x.shape[0]
+            return executor(x, *args, **kwargs)
+
+        for model in (self.vanilla, self.personalized):
+            ext.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "lr_benchmark_rows", count,
+                                     model.model_options, is_model_options=True)
+
+    def plain(self):
+        return self.nodes.KSampler().sample(self.personalized, 0, self.steps, self.cfg, "ddim", "ddim_uniform",
+                                            self.pp, self.neg, self.latent)[0]
+
+    def stage1(self, record: bool = False) -> Callable[[], None]:
         def fn():
-            state["stage1"] = mapping["LR_StepBlendedKSampler"].execute(
-                vanilla, personalized, vp, neg, pp, neg, latent, 0, steps, lambda1, cfg, "ddim",
-                "ddim_uniform", 1.0, record, "output 6-11").result
+            self.state["stage1"] = self.mapping["LR_StepBlendedKSampler"].execute(
+                vanilla_model=self.vanilla, personalized_model=self.personalized, vanilla_positive=self.vp,
+                vanilla_negative=self.neg, personalized_positive=self.pp, personalized_negative=self.neg,
+                latent_image=self.latent, seed=0, steps=self.steps, lambda1=self.lambda1, cfg=self.cfg,
+                sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0, record_attention=record,
+                attention_layers="output 6-11").result
         return fn
 
-    def invert(name: str, source: Callable[[], dict], prompt=empty, negative=None, record=False):
+    def invert(self, name: str, source: Callable[[], dict], prompt=None, negative=None,
+               record: bool = False) -> Callable[[], None]:
         def fn():
-            state[name] = mapping["LR_DDIMInversion"].execute(
-                personalized, prompt, source(), steps, "ddim_uniform", "ddim", 1.0, negative, record,
-                "output 6-11").result
+            self.state[name] = self.mapping["LR_DDIMInversion"].execute(
+                model=self.personalized, positive=self.empty if prompt is None else prompt, latent=source(),
+                steps=self.steps, scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0, negative=negative,
+                record_attention=record, attention_layers="output 6-11").result
         return fn
 
-    def mask(layout: str):
+    def layout_path(self, layout: str):
+        return self.state["stage1"][1] if layout == "stage 1" else self.state[layout][1]
+
+    def mask(self, layout: str) -> Callable[[], None]:
         def fn():
-            state["mask"] = mapping["LR_CrossAttentionMask"].execute(
-                personalized, layout_path(layout), clip, "a sks vase on a beach", "vase",
-                "1/2 of the latent (32x32 at 512 px)", 10, 0.1).result[1]
+            self.state["mask"] = self.mapping["LR_CrossAttentionMask"].execute(
+                model=self.personalized, layout_inversion=self.layout_path(layout), clip=self.clip,
+                prompt="a sks vase on a beach", subject="vase", resolution="1/2 of the latent (32x32 at 512 px)",
+                steps_to_average=10, threshold=0.1).result[1]
         return fn
 
-    def layout_path(layout: str):
-        return state["stage1"][1] if layout == "stage 1" else state[layout][1]
-
-    def stage2(reference_inv: str, layout: str, mode: str = "recorded", cache: str = "off"):
+    def stage2(self, reference_inv: str, layout: str, mode: str = "recorded",
+               cache: str = "off") -> Callable[[], None]:
         def fn():
-            patched = mapping["LR_MultiSourceAttentionSwap"].execute(
-                personalized, state[reference_inv][1], layout_path(layout), yr, neg, pp, neg, lambda2,
-                mask_start, "output 6-11", "output 6-11", mode, cache, state["mask"]).result[0]
-            start = state["stage1"][2] if layout == "stage 1" else state[layout][0]
-            state["out", reference_inv, layout, mode, cache] = nodes.KSamplerAdvanced().sample(
-                patched, "disable", 0, steps, cfg, "ddim", "ddim_uniform", yr, neg, start, 0, 10000, "disable")[0]
+            patched = self.mapping["LR_MultiSourceAttentionSwap"].execute(
+                model=self.personalized, reference_inversion=self.state[reference_inv][1],
+                layout_inversion=self.layout_path(layout), reference_positive=self.yr, reference_negative=self.neg,
+                layout_positive=self.pp, layout_negative=self.neg, lambda2=self.lambda2, mask_start=self.mask_start,
+                layout_layers="output 6-11", reference_layers="output 6-11", source_paths=mode,
+                reference_cache=cache, mask=self.state["mask"]).result[0]
+            start = self.state["stage1"][2] if layout == "stage 1" else self.state[layout][0]
+            self.state["out", reference_inv, layout, mode, cache] = self.nodes.KSamplerAdvanced().sample(
+                patched, "disable", 0, self.steps, self.cfg, "ddim", "ddim_uniform", self.yr, self.neg, start, 0,
+                10000, "disable")[0]
         return fn
 
-    def chain(*parts):
-        def fn():
-            for part in parts:
-                part()
-        return fn
 
-    cached, fast = "offloaded to RAM", "recorded, attention from the inversions (fast)"
-    invert_reference = invert("reference_inv", lambda: reference)
-    invert_layout = invert("layout_inv", lambda: state["stage1"][0])
+def _chain(*parts: Callable[[], None]) -> Callable[[], None]:
+    def fn():
+        for part in parts:
+            part()
+    return fn
+
+
+def measure_parts(p: Pipeline, repeats: int) -> list[Part]:
+    """Every part, in an order where each finds what it needs (inversions, caches) as a graph would."""
+    invert_reference = p.invert("reference_inv", lambda: p.reference)
+    invert_layout = p.invert("layout_inv", lambda: p.state["stage1"][0])
     # The fast mode's inversions use the sources' own prompts and the negative: then it is exact.
-    record_reference = invert("reference_rec", lambda: reference, yr, neg, True)
-    record_layout = invert("layout_rec", lambda: state["stage1"][0], pp, neg, True)
-    fill_cache = stage2("reference_inv", "layout_inv", cache=cached)
-
-    plain()  # warm-up: loads the models
-    # Rows through the UNet, counted with a keyed DIFFUSION_MODEL wrapper on the benchmark's own models
-    # (clones, the swap's included, carry it): the work of each part, whatever the hardware.
-    import comfy.patcher_extension as ext
-
-    rows = [0]
-
-    def count_rows(executor, x, *args, **kwargs):
-        rows[0] += x.shape[0]
-        return executor(x, *args, **kwargs)
-
-    for model in (vanilla, personalized):
-        ext.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "lr_benchmark_rows", count_rows,
-                                 model.model_options, is_model_options=True)
-    measure = lambda name, fn: _measure(name, fn, device, repeats, rows)  # noqa: E731
+    record_reference = p.invert("reference_rec", lambda: p.reference, p.yr, p.neg, True)
+    record_layout = p.invert("layout_rec", lambda: p.state["stage1"][0], p.pp, p.neg, True)
+    fill_cache = p.stage2("reference_inv", "layout_inv", cache=CACHED)
+    p.plain()  # warm-up: loads the models
+    p.count_rows()
+    measure = lambda name, fn: _measure(name, fn, p.device, repeats, p.rows)  # noqa: E731
     parts = [
-        measure("plain KSampler", plain),
-        measure("stage 1 (step-blended)", stage1()),
+        measure("plain KSampler", p.plain),
+        measure("stage 1 (step-blended)", p.stage1()),
         measure("inversion (reference)", invert_reference),
         measure("inversion (layout)", invert_layout),
-        measure("cross-attention mask (10 steps)", mask("layout_inv")),
-        measure("stage 2 (swap + KSampler)", stage2("reference_inv", "layout_inv")),
+        measure("cross-attention mask (10 steps)", p.mask("layout_inv")),
+        measure("stage 2 (swap + KSampler)", p.stage2("reference_inv", "layout_inv")),
     ]
     fill_cache()  # an earlier generation with this reference (ComfyUI also keeps its inversion)
     parts += [
-        measure("stage 2, reference cached", stage2("reference_inv", "layout_inv", cache=cached)),
-        measure("stage 2 on stage 1's path, cached", stage2("reference_inv", "stage 1", cache=cached)),
-        measure("stage 1 recording attention", stage1(record=True)),
-        measure("stage 2, fast mode, cached", stage2("reference_inv", "stage 1", fast, cached)),
+        measure("stage 2, reference cached", p.stage2("reference_inv", "layout_inv", cache=CACHED)),
+        measure("stage 2 on stage 1's path, cached", p.stage2("reference_inv", "stage 1", cache=CACHED)),
+        measure("stage 1 recording attention", p.stage1(record=True)),
+        measure("stage 2, fast mode, cached", p.stage2("reference_inv", "stage 1", FAST, CACHED)),
         measure("inversion recording attention", record_layout),
     ]
     record_reference()  # once per reference, kept by ComfyUI's cache
     parts += [
-        measure("stage 2, fast mode from inversions", stage2("reference_rec", "layout_rec", fast)),
-        measure("full pipeline", chain(stage1(), invert_reference, invert_layout, mask("layout_inv"),
-                                       stage2("reference_inv", "layout_inv"))),
+        measure("stage 2, fast mode from inversions", p.stage2("reference_rec", "layout_rec", FAST)),
+        measure("full pipeline", _chain(p.stage1(), invert_reference, invert_layout, p.mask("layout_inv"),
+                                        p.stage2("reference_inv", "layout_inv"))),
     ]
     fill_cache()  # the full pipeline inverted the reference anew: an earlier generation with it
     parts += [
-        measure("full, reference cached", chain(stage1(), invert_layout, mask("layout_inv"),
-                                                stage2("reference_inv", "layout_inv", cache=cached))),
-        measure("full, stage 1's path, cached", chain(stage1(), mask("stage 1"),
-                                                      stage2("reference_inv", "stage 1", cache=cached))),
-        measure("full, fast mode, cached", chain(stage1(record=True), mask("stage 1"),
-                                                 stage2("reference_inv", "stage 1", fast, cached))),
+        measure("full, reference cached", _chain(p.stage1(), invert_layout, p.mask("layout_inv"),
+                                                 p.stage2("reference_inv", "layout_inv", cache=CACHED))),
+        measure("full, stage 1's path, cached", _chain(p.stage1(), p.mask("stage 1"),
+                                                       p.stage2("reference_inv", "stage 1", cache=CACHED))),
+        measure("full, fast mode, cached", _chain(p.stage1(record=True), p.mask("stage 1"),
+                                                  p.stage2("reference_inv", "stage 1", FAST, CACHED))),
     ]
-    for p in parts:
-        p.time_ratio = round(p.seconds / parts[0].seconds, 2)
-        p.memory_ratio = round(p.peak_mib / parts[0].peak_mib, 2)
-        p.rows_ratio = round(p.unet_rows / parts[0].unet_rows, 2)
-    # Fidelity of the fast mode: the same layout and mask retouched both ways.
+    for part in parts:
+        part.time_ratio = round(part.seconds / parts[0].seconds, 2)
+        part.memory_ratio = round(part.peak_mib / parts[0].peak_mib, 2)
+        part.rows_ratio = round(part.unet_rows / parts[0].unet_rows, 2)
+    return parts
+
+
+def fast_mode_fidelity(p: Pipeline) -> dict:
+    """The same layout and mask retouched in the fast and the recorded mode: final latents compared."""
     fidelity = {}
-    for name, ref, lay, cache in (("stage 1's path", "reference_inv", "stage 1", cached),
+    for name, ref, lay, cache in (("stage 1's path", "reference_inv", "stage 1", CACHED),
                                   ("inversions at the source prompts", "reference_rec", "layout_rec", "off")):
-        stage2(ref, lay, fast, cache)()
-        stage2(ref, lay, "recorded", cache)()
-        got = state["out", ref, lay, fast, cache]["samples"].float()
-        want = state["out", ref, lay, "recorded", cache]["samples"].float()
+        p.stage2(ref, lay, FAST, cache)()
+        p.stage2(ref, lay, "recorded", cache)()
+        got = p.state["out", ref, lay, FAST, cache]["samples"].float()
+        want = p.state["out", ref, lay, "recorded", cache]["samples"].float()
         diff = (got - want).abs()
         fidelity[name] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
                           "max_relative": float(diff.max() / want.abs().max())}
+    return fidelity
+
+
+def run(size: int, steps: int, repeats: int, cpu: bool) -> dict:
+    """Measure every part; return the report (parts with ratios, the fast mode's fidelity, the setting)."""
+    p = Pipeline(size, steps, cpu)
+    parts = measure_parts(p, repeats)
+    device = p.device
     return {
         "setting": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-                    or "cpu", "model": "random SD1.5 (fp16)" if full else "tiny random SD1.x",
-                    "size": size, "steps": steps, "lambda1": lambda1, "lambda2": lambda2,
-                    "mask_start": mask_start, "cfg": cfg, "sampler": "ddim/ddim_uniform", "repeats": repeats,
+                    or "cpu", "model": "random SD1.5 (fp16)" if p.full else "tiny random SD1.x",
+                    "size": size, "steps": steps, "lambda1": p.lambda1, "lambda2": p.lambda2,
+                    "mask_start": p.mask_start, "cfg": p.cfg, "sampler": "ddim/ddim_uniform", "repeats": repeats,
                     "torch": torch.__version__, "memory": "CUDA max allocated" if device.type == "cuda" else
                     "process peak RSS during the part" if _reset_cpu_peak() else "process peak RSS so far",
                     "date": time.strftime("%Y-%m-%d")},
-        "parts": [asdict(p) for p in parts],
-        "fast_mode_vs_recorded": fidelity,
+        "parts": [asdict(part) for part in parts],
+        "fast_mode_vs_recorded": fast_mode_fidelity(p),
     }
 
 

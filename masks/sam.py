@@ -171,3 +171,23 @@ def segment(sam: SamModel, image: np.ndarray, prompt_mask: np.ndarray, points: n
         model.to("cpu")
     target = foreground(prompt_mask)
     return masks[int(np.argmax([iou(m, target) for m in masks]))]
+
+
+def segment_images(sam: SamModel, images: torch.Tensor, prompt_masks: torch.Tensor, points: np.ndarray | None = None,
+                   box: np.ndarray | None = None) -> torch.Tensor:
+    """M^SAM ``[B, H, W]`` for an IMAGE batch ``[B or 1, H, W, C]`` in [0, 1] and its prompt masks
+    ``[B, H, W]`` (at the image's size, none empty), on ComfyUI's device, with its progress bar
+    and interruption (the SAM Segment from Mask node)."""
+    import comfy.model_management
+    import comfy.utils
+
+    pixels = (images[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    device = comfy.model_management.get_torch_device()
+    progress = comfy.utils.ProgressBar(prompt_masks.shape[0])
+    out = []
+    for i, m in enumerate(prompt_masks.cpu().numpy()):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        picture = pixels[i if pixels.shape[0] > 1 else 0]
+        out.append(torch.from_numpy(segment(sam, picture, m, points, box, device)).float())
+        progress.update(1)
+    return torch.stack(out)

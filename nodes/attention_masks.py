@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..attention.capture import AttentionStore, add_capture, averaged_steps, record_on_trajectory
-from ..attention.layers import parse_layers
-from ..attention.tokens import subject_positions, subject_problem
-from ..errors import NodeInputError, raise_for
-from ..masks.cross_attention import cross_attention_mask
-from .retouch import layer_input
-from .types import AttentionStore as AttentionStoreType
-from .types import Inversion
+from ..attention.capture import NothingRecorded, capture_model
+from ..attention.tokens import subject_problem
+from ..masks.cross_attention import mask_from_store, mask_on_path
+from .inputs import NodeInputError, layer_input, raise_for
+from .types import AttentionStore, Inversion
 
 CATEGORY = "layout_retouch/masks"
 RESOLUTIONS = {"1/2 of the latent (32x32 at 512 px)": 2, "1/4 of the latent (16x16 at 512 px)": 4,
                "1/1 of the latent (64x64 at 512 px)": 1}
-DECODER = "output 0-11"
 
 
 def subject_inputs():
@@ -68,20 +64,13 @@ class CrossAttentionMask(io.ComfyNode):
                 threshold) -> io.NodeOutput:
         node = "Cross-Attention Mask"
         raise_for(subject_problem(clip, prompt, subject), node, "subject")
-        positions = subject_positions(clip, prompt, subject)
-        positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-        store = AttentionStore()
-        traj = layout_inversion
-        patched = add_capture(model, store, parse_layers(DECODER), None, RESOLUTIONS[resolution])
-        record_on_trajectory(patched, positive, traj, averaged_steps(len(traj) - 1, steps_to_average))
-        if not store.maps:
+        try:
+            return io.NodeOutput(*mask_on_path(model, layout_inversion, clip, prompt, subject, RESOLUTIONS[resolution],
+                                               steps_to_average, threshold))
+        except NothingRecorded:
+            h, w = (8 * s for s in layout_inversion.latents.shape[-2:])
             raise NodeInputError(node, "resolution", f"'{resolution}' matches no decoder attention layer of this "
-                                 f"{traj.latents.shape[-2] * 8}x{traj.latents.shape[-1] * 8} image.",
-                                 "choose another resolution.")
-        maps = store.average(positions)
-        soft, binary = cross_attention_mask(maps, (traj.latents.shape[-2] * 8, traj.latents.shape[-1] * 8),
-                                            threshold)
-        return io.NodeOutput(soft, binary)
+                                 f"{h}x{w} image.", "choose another resolution.") from None
 
 
 class AttentionCapture(io.ComfyNode):
@@ -105,7 +94,7 @@ class AttentionCapture(io.ComfyNode):
                                          "(large: use a narrow step range)."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="Sample with this model to fill the store."),
-                     AttentionStoreType.Output(display_name="store", tooltip="What the latest run recorded.")],
+                     AttentionStore.Output(display_name="store", tooltip="What the latest run recorded.")],
         )
 
     @classmethod
@@ -114,10 +103,8 @@ class AttentionCapture(io.ComfyNode):
         if end_step < start_step:
             raise NodeInputError(node, "end_step", f"is {end_step}, before start_step {start_step}.",
                                  "set end_step at or after start_step.")
-        store = AttentionStore()
-        patched = add_capture(model, store, layer_input(node, "layers", layers, model),
-                              range(start_step, end_step + 1), None, record_self_kv)
-        return io.NodeOutput(patched, store)
+        return io.NodeOutput(*capture_model(model, layer_input(node, "layers", layers, model),
+                                            range(start_step, end_step + 1), record_self_kv))
 
 
 class AttentionMapToMask(io.ComfyNode):
@@ -130,7 +117,7 @@ class AttentionMapToMask(io.ComfyNode):
             description="Turns the cross-attention recorded by Attention Capture into the subject's soft map and "
                         "binary mask; connect the sampler's LATENT to 'after' so it runs after the sampler.",
             inputs=[
-                AttentionStoreType.Input("store", tooltip="The store of an Attention Capture node."),
+                AttentionStore.Input("store", tooltip="The store of an Attention Capture node."),
                 io.Latent.Input("after", tooltip="The output of the sampler that used the captured model (only "
                                 "orders the graph; its values are not used)."),
                 *subject_inputs(),
@@ -143,10 +130,9 @@ class AttentionMapToMask(io.ComfyNode):
     def execute(cls, store, after, clip, prompt, subject, threshold) -> io.NodeOutput:
         node = "Attention Map to Mask"
         raise_for(subject_problem(clip, prompt, subject), node, "subject")
-        if not store.maps or store.latent_size is None:
+        try:
+            return io.NodeOutput(*mask_from_store(store, clip, prompt, subject, threshold))
+        except NothingRecorded:
             raise NodeInputError(node, "store", "holds no cross-attention: the captured model has not been sampled.",
                                  "sample with the Attention Capture's model and connect that sampler's LATENT to "
-                                 "'after'.")
-        maps = store.average(subject_positions(clip, prompt, subject))
-        h, w = store.latent_size
-        return io.NodeOutput(*cross_attention_mask(maps, (h * 8, w * 8), threshold))
+                                 "'after'.") from None

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 from comfy_api.latest import io
 
-from ..errors import NodeInputError
 from ..masks import sam as sam_lib
 from ..masks.adaptive import adaptive_mask, match_batches, resize_mask
+from .inputs import NodeInputError
 from .types import Sam
 
 CATEGORY = "layout_retouch/masks"
@@ -164,9 +163,6 @@ class SAMSegment(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, sam, prompt_mask, extra_points, box) -> io.NodeOutput:
-        import comfy.model_management
-        import comfy.utils
-
         node = "SAM Segment from Mask"
         points = parse_numbers(node, "extra_points", extra_points, 2)
         box_xyxy = parse_numbers(node, "box", box, 4)
@@ -181,14 +177,5 @@ class SAMSegment(io.ComfyNode):
         if empty:
             raise NodeInputError(node, "prompt_mask", f"is empty (all zeros) for image {empty[0]}: SAM needs a prompt.",
                                  "check the cross-attention mask (subject word, threshold), or give a box.")
-        pixels = (image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        device = comfy.model_management.get_torch_device()
-        progress = comfy.utils.ProgressBar(masks.shape[0])
-        out = []
-        for i, m in enumerate(masks.cpu().numpy()):
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            picture = pixels[i if pixels.shape[0] > 1 else 0]
-            out.append(torch.from_numpy(sam_lib.segment(sam, picture, m, points, box_xyxy[0] if box_xyxy is not None
-                                                        else None, device)).float())
-            progress.update(1)
-        return io.NodeOutput(torch.stack(out))
+        return io.NodeOutput(sam_lib.segment_images(sam, image, masks, points,
+                                                    box_xyxy[0] if box_xyxy is not None else None))

@@ -5,34 +5,20 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..attention.layers import MASACTRL_DECODER, parse_layers
-from ..attention.patching import layer_problem, patch_model, source_needs
-from ..attention.session import KEY, NODE, PATHS, SourcePaths
-from ..attention.sources import model_key
+from ..attention.layers import MASACTRL_DECODER
+from ..attention.patching import record_problem, swap_model
+from ..attention.session import CacheMode, SourceMode
 from ..attention.swap import SwapSpec
-from ..errors import NodeInputError, raise_for
-from ..sampling.compat import check_same_size, model_family
+from ..records import model_family
+from .inputs import NodeInputError, check_same_size, layer_input, prompt_tensor, raise_for
 from .types import Inversion
 
 CATEGORY = "layout_retouch/retouch"
-SOURCE_MODES = ["recorded", "recorded, attention from the inversions (fast)", "re-denoised (paper)"]
-CACHE_MODES = {"offloaded to RAM": "offloaded", "kept on the GPU": "device", "off": "off"}
-
-
-def prompt_tensor(node: str, name: str, conditioning) -> torch.Tensor:
-    """The text embedding ``[1, tokens, dim]`` of a CONDITIONING's first entry."""
-    if not conditioning:
-        raise NodeInputError(node, name, "is an empty CONDITIONING.", "connect a CLIP Text Encode output.")
-    return conditioning[0][0][:1].detach()
-
-
-def layer_input(node: str, name: str, text: str, model):
-    try:
-        parsed = parse_layers(text)
-    except ValueError as e:
-        raise NodeInputError(node, name, f"'{text}' cannot be read: {e}.", "write e.g. 'output 6-11'.") from None
-    raise_for(layer_problem(model, name, parsed), node, name)
-    return parsed
+NODE = "Multi-Source Attention Swap"
+# The combo labels, as saved workflows store them, and what each means.
+SOURCE_MODES = {"recorded": SourceMode.RECORDED, "recorded, attention from the inversions (fast)": SourceMode.FAST,
+                "re-denoised (paper)": SourceMode.REDENOISE}
+CACHE_MODES = {"offloaded to RAM": CacheMode.OFFLOADED, "kept on the GPU": CacheMode.DEVICE, "off": CacheMode.OFF}
 
 
 class MultiSourceAttentionSwap(io.ComfyNode):
@@ -40,7 +26,7 @@ class MultiSourceAttentionSwap(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LR_MultiSourceAttentionSwap",
-            display_name="Multi-Source Attention Swap",
+            display_name=NODE,
             category=CATEGORY,
             description="Layout-and-Retouch stage 2: patches the personalized model so that a stock KSampler, started "
                         "from the layout's inverted latent, keeps the layout's structure and takes the subject's "
@@ -65,7 +51,7 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                 io.String.Input("reference_layers", default=MASACTRL_DECODER,
                                 tooltip="Blocks that take the reference's keys and values from lambda2 on, and blend "
                                         "with the mask from mask_start on."),
-                io.Combo.Input("source_paths", options=SOURCE_MODES, default=SOURCE_MODES[0],
+                io.Combo.Input("source_paths", options=list(SOURCE_MODES), default="recorded",
                                tooltip="recorded: the sources follow their inversions exactly. fast: as recorded, "
                                        "but their attention is read from what their DDIM Inversion or Step-Blended "
                                        "KSampler recorded (record_attention on), so those rows do not run. "
@@ -76,8 +62,7 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                                        "the same reference, model and reference prompts runs no reference rows "
                                        "(recorded and fast modes; in the fast mode only when the reference "
                                        "inversion recorded nothing). It lives as long as ComfyUI caches the "
-                                       "reference's DDIM Inversion; about 1.9 GB for SD1.5 at 512x512 in fp16, 50 "
-                                       "steps, output 6-11."),
+                                       "reference's DDIM Inversion; its size is in the README (Speed)."),
                 io.Mask.Input("mask", optional=True, tooltip="Where the target keeps its own self-attention (1) or "
                               "takes the layout's (0), from mask_start on. No mask: no blend."),
             ],
@@ -106,41 +91,14 @@ class MultiSourceAttentionSwap(io.ComfyNode):
         check_same_size(NODE, "layout_inversion", lay.latents[0], "reference_inversion", ref.latents[0])
         spec = SwapSpec(lambda2, mask_start, layer_input(NODE, "layout_layers", layout_layers, model),
                         layer_input(NODE, "reference_layers", reference_layers, model))
-        fast = source_paths == SOURCE_MODES[1]
-        if fast:
-            check_recorded_attention(model, spec, mask, {"layout": lay, "reference": ref})
-        reference_prompts = (prompt_tensor(NODE, "reference_positive", reference_positive),
-                             prompt_tensor(NODE, "reference_negative", reference_negative))
-        cache = CACHE_MODES[reference_cache] if source_paths != SOURCE_MODES[2] else "off"
-        paths = SourcePaths(
-            layout=lay, reference=ref,
-            layout_prompts=(prompt_tensor(NODE, "layout_positive", layout_positive),
-                            prompt_tensor(NODE, "layout_negative", layout_negative)),
-            reference_prompts=reference_prompts,
-            redenoise=source_paths == SOURCE_MODES[2], fast=fast, reference_cache=cache,
-            cache_key=(model_key(model, KEY), *reference_prompts) if cache != "off" else (),
-        )
-        return io.NodeOutput(patch_model(model, paths, spec, mask))
-
-
-def check_recorded_attention(model, spec: SwapSpec, mask, inversions: dict) -> None:
-    """Fast mode: at least one inversion recorded attention, and each record holds every layer the
-    swap reads from that path (a path without a record runs its rows as in recorded mode)."""
-    if all(inv.attention is None for inv in inversions.values()):
-        raise NodeInputError(NODE, "source_paths", "is the fast mode but neither inversion recorded attention.",
-                             "turn record_attention on in the DDIM Inversion nodes (or in the Step-Blended KSampler "
-                             "whose trajectory is the layout path), or choose 'recorded'.")
-    needs = source_needs(model, spec, mask)
-    steps = range(len(inversions["layout"]) - 1)
-    for path in PATHS:
-        record = inversions[path].attention
-        if record is None:
-            continue
-        wanted = {layer for step in steps for layer, _ in needs.of(path, step)}
-        missing = sorted(wanted - record.layers())
-        if missing:
-            blocks = ", ".join(f"{n} {i}" for n, i in sorted({layer[:2] for layer in missing}))
-            raise NodeInputError(NODE, f"{path}_inversion", f"recorded no attention at {blocks}, which the swap reads.",
-                                 "set attention_layers of the node that recorded it (DDIM Inversion, or Step-Blended "
-                                 "KSampler with lambda1 below steps) to cover the swap's layout_layers and "
-                                 "reference_layers (e.g. 'output 6-11').")
+        mode = SOURCE_MODES[source_paths]
+        if mode is SourceMode.FAST:
+            found = record_problem(model, spec, mask, {"layout": lay, "reference": ref})
+            if found is not None:
+                raise_for(found[1], NODE, found[0])
+        return io.NodeOutput(swap_model(
+            model, lay, ref,
+            (prompt_tensor(NODE, "layout_positive", layout_positive), prompt_tensor(NODE, "layout_negative", layout_negative)),
+            (prompt_tensor(NODE, "reference_positive", reference_positive),
+             prompt_tensor(NODE, "reference_negative", reference_negative)),
+            spec, mode, CACHE_MODES[reference_cache], mask, lambda name, problem: NodeInputError(NODE, name, *problem)))

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import comfy.model_management
+from functools import partial
+
 import comfy.samplers
 from comfy_api.latest import io
 
 from ..attention.layers import MASACTRL_DECODER
 from ..attention.recording import LAYOUT_KINDS, add_recording
-from ..attention.sources import AttentionRecord
-from ..errors import NodeInputError, raise_for
 from ..sampling import inversion, step_blend
-from ..sampling.compat import check_latent, check_same_family
-from .retouch import layer_input
+from .inputs import NodeInputError, check_latent, check_same_family, layer_input, raise_for
 from .types import Inversion
 
 CATEGORY = "layout_retouch/sampling"
+STEP_BLENDED = "Step-Blended KSampler"
+DDIM_INVERSION = "DDIM Inversion"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
@@ -24,7 +24,7 @@ class StepBlendedKSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LR_StepBlendedKSampler",
-            display_name="Step-Blended KSampler",
+            display_name=STEP_BLENDED,
             category=CATEGORY,
             description="Layout-and-Retouch stage 1: the vanilla model draws the first lambda1 steps (a free layout), "
                         "the personalized model the rest (the subject), on one noise and one schedule.",
@@ -58,9 +58,8 @@ class StepBlendedKSampler(io.ComfyNode):
                                  tooltip="Keep what a Multi-Source Attention Swap reads from the layout at the "
                                          "personalized model's steps, for the swap's fast mode with 'trajectory' as "
                                          "its layout path (the vanilla steps still run as rows). Exact: it is the "
-                                         "very computation the swap's layout rows would repeat. Costs RAM (about "
-                                         "2.1 GB for SD1.5 at 512x512, 45 personalized steps, cfg > 1, output "
-                                         "6-11)."),
+                                         "very computation the swap's layout rows would repeat. Costs RAM: the "
+                                         "README's Speed section gives the size."),
                 io.String.Input("attention_layers", default=MASACTRL_DECODER, optional=True,
                                 tooltip="Where to record: the swap's layout_layers and reference_layers together."),
             ],
@@ -78,33 +77,24 @@ class StepBlendedKSampler(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, steps: int | None = None, lambda1: int | None = None) -> bool | str:
         problem = step_blend.lambda1_problem(steps, lambda1)
-        return True if problem is None else str(NodeInputError(step_blend.NODE, "lambda1", *problem))
+        return True if problem is None else str(NodeInputError(STEP_BLENDED, "lambda1", *problem))
 
     @classmethod
     def execute(cls, vanilla_model, personalized_model, vanilla_positive, vanilla_negative, personalized_positive,
                 personalized_negative, latent_image, seed, steps, lambda1, cfg, sampler_name, scheduler,
                 denoise, record_attention=False, attention_layers=MASACTRL_DECODER) -> io.NodeOutput:
-        node = step_blend.NODE
+        node = STEP_BLENDED
         raise_for(step_blend.lambda1_problem(steps, lambda1), node, "lambda1")
         check_same_family(node, "vanilla_model", vanilla_model, "personalized_model", personalized_model)
         check_latent(node, "latent_image", latent_image["samples"], personalized_model)
-        settings = step_blend.SamplerSettings(seed, steps, cfg, sampler_name, scheduler, denoise)
-        record: list = []
-        personalized, attention = personalized_model, None
+        recorder = None
         if record_attention:
             layers = layer_input(node, "attention_layers", attention_layers, personalized_model)
-            attention = AttentionRecord(comfy.model_management.intermediate_device())
-            personalized = add_recording(personalized_model, layers, attention,
-                                         step_blend.sampling_sigmas(personalized_model, settings), LAYOUT_KINDS)
-        samples = step_blend.step_blended_sample(
-            vanilla_model, personalized, (vanilla_positive, vanilla_negative),
-            (personalized_positive, personalized_negative), latent_image, settings, lambda1, record,
-        )
-        trajectory = step_blend.recorded_trajectory(personalized_model, settings, record, samples, attention)
-        out = latent_image.copy()
-        out["samples"] = samples
-        start = {"samples": personalized_model.get_model_object("latent_format").process_out(trajectory.latents[-1])}
-        return io.NodeOutput(out, trajectory, start)
+            recorder = partial(add_recording, layers=layers, kinds=LAYOUT_KINDS)
+        return io.NodeOutput(*step_blend.layout_stage(
+            vanilla_model, personalized_model, (vanilla_positive, vanilla_negative),
+            (personalized_positive, personalized_negative), latent_image,
+            step_blend.SamplerSettings(seed, steps, cfg, sampler_name, scheduler, denoise), lambda1, recorder))
 
 
 class DDIMInversion(io.ComfyNode):
@@ -112,7 +102,7 @@ class DDIMInversion(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="LR_DDIMInversion",
-            display_name="DDIM Inversion",
+            display_name=DDIM_INVERSION,
             category=CATEGORY,
             description="Runs deterministic DDIM backwards from an encoded image to noise, so that a KSampler "
                         "(add_noise disabled) on the same schedule redraws the image; keeps the whole path.",
@@ -139,8 +129,7 @@ class DDIMInversion(io.ComfyNode):
                                          "node's positive and negative are the swap's prompts for this image; "
                                          "without a negative the positive half stands in for both CFG halves. "
                                          "Costs one more model evaluation (and the negative half, if connected) "
-                                         "and RAM: about 2.4 GB per image and CFG half for SD1.5 at 512x512 in "
-                                         "fp16, 50 steps, output 6-11."),
+                                         "and RAM: the README's Speed section gives the size."),
                 io.String.Input("attention_layers", default=MASACTRL_DECODER, optional=True,
                                 tooltip="Where to record: the blocks the swap uses (its layout_layers and "
                                         "reference_layers together), e.g. 'output 6-11' or 'all'."),
@@ -156,12 +145,12 @@ class DDIMInversion(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, sampler_name: str | None = None) -> bool | str:
         problem = inversion.sampler_problem(sampler_name)
-        return True if problem is None else str(NodeInputError(inversion.NODE, "sampler_name", *problem))
+        return True if problem is None else str(NodeInputError(DDIM_INVERSION, "sampler_name", *problem))
 
     @classmethod
     def execute(cls, model, positive, latent, steps, scheduler, sampler_name, cfg, negative=None,
                 record_attention=False, attention_layers=MASACTRL_DECODER) -> io.NodeOutput:
-        node = inversion.NODE
+        node = DDIM_INVERSION
         raise_for(inversion.sampler_problem(sampler_name), node, "sampler_name")
         if negative is None and abs(cfg - 1.0) > 1e-6:
             raise NodeInputError(node, "negative", f"is not connected but cfg is {cfg}.",
@@ -169,8 +158,10 @@ class DDIMInversion(io.ComfyNode):
         check_latent(node, "latent", latent["samples"], model)
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
         raise_for(inversion.schedule_problem(sigmas, scheduler, steps), node, "scheduler")
-        layers = layer_input(node, "attention_layers", attention_layers, model) if record_attention else None
-        samples, trajectory = inversion.ddim_invert(model, positive, negative, latent, steps, scheduler, cfg, layers)
+        recorder = None
+        if record_attention:
+            recorder = partial(add_recording, layers=layer_input(node, "attention_layers", attention_layers, model))
+        samples, trajectory = inversion.ddim_invert(model, positive, negative, latent, steps, scheduler, cfg, recorder)
         out = {k: v for k, v in latent.items() if k != "noise_mask"}
         out["samples"] = samples
         return io.NodeOutput(out, trajectory)

@@ -1,15 +1,17 @@
-"""The pack's own socket types. Each carries one frozen dataclass of the algorithm layer."""
+"""The pack's own socket types, each carrying one object of the layers below (who owns it: records/)."""
 
 from __future__ import annotations
 
 from comfy_api.latest import io
 
-# Carries sampling.trajectory.InversionTrajectory: every latent of a DDIM inversion, in
-# sampler space, with its sigmas.
+# Carries records.InversionTrajectory: every latent of a DDIM inversion (or of stage 1), in
+# sampler space, with its sigmas, its attention record and the reference cache.
 Inversion = io.Custom("LR_INVERSION")
 
 # Carries attention.capture.AttentionStore: cross-attention maps (and optional self-attention
-# K/V) recorded during a sampler run by the Attention Capture patch.
+# K/V) recorded during a sampler run by the Attention Capture patch. For experimenters' own
+# nodes: ``maps``, ``counts``, ``sizes``, ``latent_size`` and ``kv`` (per (layer, step), the
+# conditional rows' self-attention keys and values) are its public fields.
 AttentionStore = io.Custom("LR_ATTENTION_STORE")
 
 # Carries masks.sam.SamModel: a Segment Anything model, its size and its file.

@@ -17,9 +17,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import Problem
-from .trajectory import InversionTrajectory
-
-NODE = "DDIM Inversion"
+from ..records import AttentionRecord, InversionTrajectory, model_family
 
 # Samplers that are Euler on eps with no injected noise: the ones this inversion inverts.
 # In ComfyUI "ddim" is Euler (comfy/samplers.py, sampler_object).
@@ -31,6 +29,8 @@ SIGMA_FLOOR = 1e-4
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+# (model, record, sampling sigmas) -> a clone of the model that records into the record.
+Recorder = Callable[[object, AttentionRecord, torch.Tensor], object]
 
 
 def sampler_problem(sampler_name: str | None) -> Problem | None:
@@ -89,7 +89,7 @@ def _positive_only(args):
 
 
 def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], steps: int, scheduler: str,
-                cfg: float, attention_layers=None) -> tuple[torch.Tensor, InversionTrajectory]:
+                cfg: float, recorder: Recorder | None = None) -> tuple[torch.Tensor, InversionTrajectory]:
     """Invert a LATENT with ``model`` along the ``steps``-step ``scheduler`` schedule.
 
     The model runs through ComfyUI's own guider (conditioning, CFG, the model's patches and
@@ -102,9 +102,10 @@ def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], step
         latent: the LATENT to invert (``samples`` ``[B, C, H, W]``, a VAE-encoded image).
         steps, scheduler: the schedule, the same as the sampler that will start from the result.
         cfg: guidance scale (1.0 in the paper: plain conditional prediction).
-        attention_layers: a LayerSet: record there what a swap reads from this path, for the
-            swap's fast mode (one more model evaluation, at the schedule's top sigma); or None.
-            With a ``negative``, both CFG halves are recorded, also at ``cfg == 1``.
+        recorder: patches the model to record what a swap reads from this path, for the swap's
+            fast mode (one more model evaluation, at the schedule's top sigma); or None. The
+            caller gives it (``attention.recording.add_recording`` bound to its layers). With a
+            ``negative``, both CFG halves are recorded, also at ``cfg == 1``.
 
     Returns:
         ``(samples, trajectory)``: the inverted latent in LATENT space, ready for a stock
@@ -116,20 +117,15 @@ def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], step
     import comfy.utils
     import latent_preview
 
-    from .compat import model_family
-
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
     sigmas_up = sigmas.flip(0)
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     progress = latent_preview.prepare_callback(model, sigmas_up.shape[0] - 1)
     recorded: list[torch.Tensor] = []
     attention = None
-    if attention_layers is not None:
-        from ..attention.recording import add_recording
-        from ..attention.sources import AttentionRecord
-
+    if recorder is not None:
         attention = AttentionRecord(comfy.model_management.intermediate_device(), stand_in_half=negative is None)
-        model = add_recording(model, attention_layers, attention, sigmas)
+        model = recorder(model, attention, sigmas)
         if negative is not None and cfg == 1.0:
             # Record the negative half too; the step still takes the positive prediction alone.
             model.set_model_sampler_post_cfg_function(_positive_only, disable_cfg1_optimization=True)

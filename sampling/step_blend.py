@@ -16,9 +16,8 @@ from typing import Any
 import torch
 
 from ..errors import Problem
-from .trajectory import InversionTrajectory
-
-NODE = "Step-Blended KSampler"
+from ..records import AttentionRecord, InversionTrajectory, model_family
+from .inversion import Recorder
 
 
 @dataclass(frozen=True)
@@ -121,12 +120,39 @@ def recorded_trajectory(model, settings: SamplerSettings, record: list[torch.Ten
 
     ``attention``: what the personalized model's steps recorded for a swap (its fast mode), or None.
     """
-    from .compat import model_family
-
     sigmas = sampling_sigmas(model, settings)
     if len(record) != len(sigmas) - 1:
-        raise RuntimeError(f"{NODE}: recorded {len(record)} steps for {len(sigmas) - 1} sigmas")
+        raise RuntimeError(f"stage 1 recorded {len(record)} steps for {len(sigmas) - 1} sigmas")
     final = model.get_model_object("latent_format").process_in(samples.to(record[0]))
     latents = torch.stack([final, *reversed(record)])
     return InversionTrajectory(latents=latents, sigmas=sigmas.flip(0), steps=settings.steps,
                                scheduler=settings.scheduler, family=model_family(model), attention=attention)
+
+
+def layout_stage(vanilla_model, personalized_model, vanilla_conds: tuple[Any, Any], personalized_conds: tuple[Any, Any],
+                 latent: dict[str, torch.Tensor], settings: SamplerSettings, lambda1: int,
+                 recorder: Recorder | None = None) -> tuple[dict, InversionTrajectory, dict]:
+    """Stage 1 as the Step-Blended KSampler node runs it (arguments as :func:`step_blended_sample`).
+
+    Args:
+        recorder: patches the personalized model to record what a swap reads from the layout at
+            its steps (the swap's fast mode with this stage's trajectory as the layout path); or None.
+
+    Returns:
+        ``(layout, trajectory, start)``: the layout LATENT, stage 1's own path
+        (:func:`recorded_trajectory`) and the LATENT it started from (its noise), where a retouch
+        along that path starts.
+    """
+    import comfy.model_management
+
+    record: list[torch.Tensor] = []
+    personalized, attention = personalized_model, None
+    if recorder is not None:
+        attention = AttentionRecord(comfy.model_management.intermediate_device())
+        personalized = recorder(personalized_model, attention, sampling_sigmas(personalized_model, settings))
+    samples = step_blended_sample(vanilla_model, personalized, vanilla_conds, personalized_conds, latent, settings,
+                                  lambda1, record)
+    trajectory = recorded_trajectory(personalized_model, settings, record, samples, attention)
+    layout = {**latent, "samples": samples}
+    start = {"samples": personalized_model.get_model_object("latent_format").process_out(trajectory.latents[-1])}
+    return layout, trajectory, start

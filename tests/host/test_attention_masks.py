@@ -15,8 +15,8 @@ def layout(comfy, tiny):
     with torch.inference_mode():
         lat = tiny.vae.encode(torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3)))
     invert = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
-    return invert.execute(tiny.personalized, tiny.encode(""), {"samples": lat}, STEPS, "ddim_uniform", "ddim", 1.0,
-                          None).result
+    return invert.execute(model=tiny.personalized, positive=tiny.encode(""), latent={"samples": lat}, steps=STEPS,
+                          scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0).result
 
 
 def test_subject_positions(tiny):
@@ -34,7 +34,8 @@ def mask_node(comfy, tiny, traj, prompt="a photo of sks vase on a beach", subjec
               steps=4, threshold=0.1):
     node = comfy.NODE_CLASS_MAPPINGS["LR_CrossAttentionMask"]
     resolution = resolution or "1/2 of the latent (32x32 at 512 px)"
-    return node.execute(tiny.personalized, traj, tiny.clip, prompt, subject, resolution, steps, threshold).result
+    return node.execute(model=tiny.personalized, layout_inversion=traj, clip=tiny.clip, prompt=prompt, subject=subject,
+                        resolution=resolution, steps_to_average=steps, threshold=threshold).result
 
 
 def test_cross_attention_mask(comfy, tiny, layout):
@@ -59,7 +60,8 @@ def test_capture_records_without_changing_the_result(comfy, tiny):
     lat = {"samples": torch.zeros(1, 4, 8, 8)}
     pos, neg = tiny.encode("a photo of sks vase"), tiny.encode("")
     capture = comfy.NODE_CLASS_MAPPINGS["LR_AttentionCapture"]
-    patched, store = capture.execute(tiny.personalized, "output 3-11", 1, 3, True).result
+    patched, store = capture.execute(model=tiny.personalized, layers="output 3-11", start_step=1, end_step=3,
+                                     record_self_kv=True).result
     run = lambda m: comfy.KSampler().sample(m, 5, STEPS, 7.5, "ddim", "ddim_uniform", pos, neg, lat)[0]  # noqa: E731
     plain, captured = run(tiny.personalized), run(patched)
     assert torch.equal(plain["samples"], captured["samples"])
@@ -71,7 +73,8 @@ def test_capture_records_without_changing_the_result(comfy, tiny):
         torch.testing.assert_close(maps.sum(-1), torch.full((1, h * w), 3.0))  # probabilities, summed over steps
     assert {step for _, step in store.kv} == {1, 2, 3}
     to_mask = comfy.NODE_CLASS_MAPPINGS["LR_AttentionMapToMask"]
-    soft, mask = to_mask.execute(store, captured, tiny.clip, "a photo of sks vase", "vase", 0.1).result
+    soft, mask = to_mask.execute(store=store, after=captured, clip=tiny.clip, prompt="a photo of sks vase",
+                                 subject="vase", threshold=0.1).result
     assert soft.shape == (1, 64, 64) and torch.equal(mask, (soft > 0.1).float())
     run(patched)  # a second run starts a fresh record
     assert all(c == 3 for c in store.counts.values())
@@ -82,4 +85,5 @@ def test_map_to_mask_before_any_run(comfy, tiny):
 
     to_mask = comfy.NODE_CLASS_MAPPINGS["LR_AttentionMapToMask"]
     with pytest.raises(ValueError, match=r"input 'store': holds no cross-attention"):
-        to_mask.execute(AttentionStore(), {"samples": torch.zeros(1, 4, 8, 8)}, tiny.clip, "a vase", "vase", 0.1)
+        to_mask.execute(store=AttentionStore(), after={"samples": torch.zeros(1, 4, 8, 8)}, clip=tiny.clip,
+                        prompt="a vase", subject="vase", threshold=0.1)

@@ -38,7 +38,8 @@ def empty(tiny):
 
 def invert(comfy, model, cond, lat, steps, scheduler="ddim_uniform", sampler="ddim", cfg=CFG1, negative=None):
     node = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
-    return node.execute(model, cond, lat, steps, scheduler, sampler, cfg, negative).result
+    return node.execute(model=model, positive=cond, latent=lat, steps=steps, scheduler=scheduler, sampler_name=sampler,
+                        cfg=cfg, negative=negative).result
 
 
 def redraw(comfy, model, cond, inverted, steps, scheduler="ddim_uniform", sampler="ddim"):

@@ -66,18 +66,18 @@ def test_sam_nodes(comfy, sams_folder):
     loader = comfy.NODE_CLASS_MAPPINGS["LR_SAMLoader"]
     schema = loader.GET_SCHEMA()
     assert "tiny_sam.pth" in schema.inputs[0].options
-    sam = loader.execute("tiny_sam.pth").result[0]
+    sam = loader.execute(sam_name="tiny_sam.pth").result[0]
     segment = comfy.NODE_CLASS_MAPPINGS["LR_SAMSegment"]
     image = torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(0))
     prompt = torch.zeros(1, 6, 8)  # latent-size prompt: resized to the image
     prompt[0, 1:4, 2:6] = 1
-    mask = segment.execute(image, sam, prompt, "30,20", "").result[0]
+    mask = segment.execute(image=image, sam=sam, prompt_mask=prompt, extra_points="30,20", box="").result[0]
     assert mask.shape == (1, 48, 64) and mask.dtype == torch.float32
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
     with pytest.raises(ValueError, match=r"input 'prompt_mask': is empty"):
-        segment.execute(image, sam, torch.zeros(1, 48, 64), "", "")
+        segment.execute(image=image, sam=sam, prompt_mask=torch.zeros(1, 48, 64), extra_points="", box="")
     with pytest.raises(ValueError, match=r"input 'box': '1,2,3' cannot be read"):
-        segment.execute(image, sam, prompt, "", "1,2,3")
+        segment.execute(image=image, sam=sam, prompt_mask=prompt, extra_points="", box="1,2,3")
 
 
 def test_sam_loader_errors(comfy, sams_folder, tmp_path):
@@ -89,7 +89,7 @@ def test_sam_loader_errors(comfy, sams_folder, tmp_path):
     (sams_folder / "broken.pth").write_bytes(b"not a checkpoint")
     try:
         with pytest.raises(ValueError, match=r"SAM Loader: input 'sam_name': 'broken.pth' cannot be loaded"):
-            loader.execute("broken.pth")
+            loader.execute(sam_name="broken.pth")
     finally:
         (sams_folder / "broken.pth").unlink()
     empty = tmp_path / "empty_sams"
@@ -98,22 +98,27 @@ def test_sam_loader_errors(comfy, sams_folder, tmp_path):
     folder_paths.folder_names_and_paths["sams"] = ([str(empty)], saved[1])
     try:
         with pytest.raises(ValueError, match=r"no Segment Anything checkpoint in .*empty_sams.*sam_vit_b_01ec64.pth"):
-            loader.execute("sam_vit_h_4b8939.pth")
+            loader.execute(sam_name="sam_vit_h_4b8939.pth")
     finally:
         folder_paths.folder_names_and_paths["sams"] = saved
 
 
 def test_adaptive_mask_node(comfy):
     node = comfy.NODE_CLASS_MAPPINGS["LR_AdaptiveMask"]
+
+    def adaptive(mc, msam, low=0.5, high=1.0):
+        return node.execute(cross_attention_mask=mc, sam_mask=msam, threshold=0.5, min_component_area=0.01,
+                            normalize_low=low, normalize_high=high)
+
     mc = torch.zeros(1, 8, 8)
     mc[0, 2:6, 2:6] = 1
     msam = torch.zeros(2, 64, 64)
     msam[:, 10:50, 10:50] = 1
-    mask, union, distance, components = node.execute(mc, msam, 0.5, 0.01, 0.5, 1.0).result
+    mask, union, distance, components = adaptive(mc, msam).result
     assert all(t.shape == (2, 64, 64) for t in (mask, union, distance, components))
     with pytest.raises(ValueError, match=r"Adaptive Mask: input 'cross_attention_mask': and sam_mask are both empty"):
-        node.execute(torch.zeros(1, 8, 8), torch.zeros(1, 64, 64), 0.5, 0.01, 0.5, 1.0)
+        adaptive(torch.zeros(1, 8, 8), torch.zeros(1, 64, 64))
     with pytest.raises(ValueError, match=r"input 'sam_mask': batches of 2 and 3"):
-        node.execute(torch.ones(2, 8, 8), torch.ones(3, 64, 64), 0.5, 0.01, 0.5, 1.0)
+        adaptive(torch.ones(2, 8, 8), torch.ones(3, 64, 64))
     with pytest.raises(ValueError, match=r"input 'normalize_low'"):
-        node.execute(mc, msam, 0.5, 0.01, 0.9, 0.5)
+        adaptive(mc, msam, 0.9, 0.5)

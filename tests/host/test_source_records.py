@@ -13,8 +13,9 @@ FAST = "recorded, attention from the inversions (fast)"
 
 def invert(comfy, tiny, latent, record=False, layers="output 6-11", prompt=None, negative=None):
     node = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
-    return node.execute(tiny.personalized, prompt or tiny.encode(""), {"samples": latent}, STEPS, "ddim_uniform",
-                        "ddim", 1.0, negative, record, layers).result
+    return node.execute(model=tiny.personalized, positive=prompt or tiny.encode(""), latent={"samples": latent},
+                        steps=STEPS, scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0, negative=negative,
+                        record_attention=record, attention_layers=layers).result
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,10 @@ def images(comfy, tiny):
 
 def swap(comfy, model, ref, lay, im, mode="recorded", cache="off", mask=None, y_r=None, layers="output 6-11"):
     node = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"]
-    return node.execute(model, ref, lay, y_r or im["y_r"], im["neg"], im["y_p"], im["neg"], 2, 4, layers, layers,
-                        mode, cache, mask).result[0]
+    return node.execute(model=model, reference_inversion=ref, layout_inversion=lay,
+                        reference_positive=y_r or im["y_r"], reference_negative=im["neg"], layout_positive=im["y_p"],
+                        layout_negative=im["neg"], lambda2=2, mask_start=4, layout_layers=layers,
+                        reference_layers=layers, source_paths=mode, reference_cache=cache, mask=mask).result[0]
 
 
 def sample(comfy, model, im, latent, cfg=CFG):
@@ -204,10 +207,12 @@ def test_fast_mode_from_stage_1(comfy, tiny, images, measured):
     """Stage 1 records its personalized steps; the swap reads them and runs layout rows only before lambda1."""
     node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
     empty = {"samples": torch.zeros(1, 4, 8, 8)}
-    args = (tiny.vanilla, tiny.personalized, images["y_p"], images["neg"], images["y_p"], images["neg"], empty, 7,
-            STEPS, 2, CFG, "ddim", "ddim_uniform", 1.0)
-    layout, traj, start = node.execute(*args).result
-    rec_layout, rec_traj, _ = node.execute(*args, True, "output 6-11").result
+    args = dict(vanilla_model=tiny.vanilla, personalized_model=tiny.personalized, vanilla_positive=images["y_p"],
+                vanilla_negative=images["neg"], personalized_positive=images["y_p"], personalized_negative=images["neg"],
+                latent_image=empty, seed=7, steps=STEPS, lambda1=2, cfg=CFG, sampler_name="ddim",
+                scheduler="ddim_uniform", denoise=1.0)
+    layout, traj, start = node.execute(**args).result
+    rec_layout, rec_traj, _ = node.execute(**args, record_attention=True, attention_layers="output 6-11").result
     assert torch.equal(rec_layout["samples"], layout["samples"])  # recording changes nothing
     assert {key[0] for key in rec_traj.attention.tensors} == set(range(2, 7))  # the personalized steps
     assert {key[3] for key in rec_traj.attention.tensors} == {"self_out", "cross_out"}  # what a layout gives

@@ -26,9 +26,19 @@ def latent(batch: int = 1, size: int = 8) -> dict:
 
 def blended(comfy, vanilla, personalized, vconds, pconds, lat, lambda1, denoise=1.0, seed=SEED, steps=STEPS):
     node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
-    out = node.execute(vanilla, personalized, vconds[0], vconds[1], pconds[0], pconds[1], lat, seed, steps,
-                       lambda1, CFG, SAMPLER, SCHEDULER, denoise)
+    out = node.execute(vanilla_model=vanilla, personalized_model=personalized, vanilla_positive=vconds[0],
+                       vanilla_negative=vconds[1], personalized_positive=pconds[0], personalized_negative=pconds[1],
+                       latent_image=lat, seed=seed, steps=steps, lambda1=lambda1, cfg=CFG, sampler_name=SAMPLER,
+                       scheduler=SCHEDULER, denoise=denoise)
     return out.result[0]["samples"]
+
+
+def stage1_inputs(tiny, vanilla_conds, personalized_conds, lambda1: int) -> dict:
+    """The Step-Blended KSampler's inputs for the tiny models at SEED and STEPS."""
+    return dict(vanilla_model=tiny.vanilla, personalized_model=tiny.personalized, vanilla_positive=vanilla_conds[0],
+                vanilla_negative=vanilla_conds[1], personalized_positive=personalized_conds[0],
+                personalized_negative=personalized_conds[1], latent_image=latent(), seed=SEED, steps=STEPS,
+                lambda1=lambda1, cfg=CFG, sampler_name=SAMPLER, scheduler=SCHEDULER, denoise=1.0)
 
 
 def ksampler(comfy, model, conds, lat, denoise=1.0):
@@ -156,8 +166,7 @@ def test_trajectory_is_stage1s_own_path(comfy, tiny, prompts):
 
     node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
     lambda1 = 2
-    out, traj, start = node.execute(tiny.vanilla, tiny.personalized, *prompts["vanilla"], *prompts["personalized"],
-                                    latent(), SEED, STEPS, lambda1, CFG, SAMPLER, SCHEDULER, 1.0).result
+    out, traj, start = node.execute(**stage1_inputs(tiny, prompts["vanilla"], prompts["personalized"], lambda1)).result
     fmt = tiny.personalized.get_model_object("latent_format")
     sigmas = samplers.calculate_sigmas(tiny.personalized.get_model_object("model_sampling"), SCHEDULER, STEPS)
     assert torch.equal(traj.sampling_sigmas, sigmas.float()) and len(traj) == len(sigmas)
@@ -179,11 +188,12 @@ def test_retouch_along_stage1_trajectory_reproduces_the_layout(comfy, tiny, prom
     """lambda1 = 0, every layer copied from the layout for every step: the retouch retraces stage 1."""
     node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
     pos, neg = prompts["personalized"]
-    out, traj, start = node.execute(tiny.vanilla, tiny.personalized, *prompts["vanilla"], pos, neg, latent(), SEED,
-                                    STEPS, 0, CFG, SAMPLER, SCHEDULER, 1.0).result
+    out, traj, start = node.execute(**stage1_inputs(tiny, prompts["vanilla"], (pos, neg), 0)).result
     swap = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"]
-    patched = swap.execute(tiny.personalized, traj, traj, prompts["vanilla"][0], neg, pos, neg, 10_000, 10_000,
-                           "all", "all", "recorded", "off", None).result[0]
+    patched = swap.execute(model=tiny.personalized, reference_inversion=traj, layout_inversion=traj,
+                           reference_positive=prompts["vanilla"][0], reference_negative=neg, layout_positive=pos,
+                           layout_negative=neg, lambda2=10_000, mask_start=10_000, layout_layers="all",
+                           reference_layers="all", source_paths="recorded", reference_cache="off").result[0]
     got = comfy.KSamplerAdvanced().sample(patched, "disable", 0, STEPS, CFG, SAMPLER, SCHEDULER, prompts["vanilla"][0],
                                           neg, start, 0, 10000, "disable")[0]["samples"]
     error = float((got - out["samples"]).abs().max() / out["samples"].abs().max())

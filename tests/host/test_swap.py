@@ -19,8 +19,8 @@ def setup(comfy, tiny):
     empty = tiny.encode("")
     out = {}
     for name, lat in (("layout", latents[:1]), ("reference", latents[1:])):
-        inverted, traj = invert.execute(tiny.personalized, empty, {"samples": lat}, STEPS, "ddim_uniform", "ddim",
-                                        1.0, None).result
+        inverted, traj = invert.execute(model=tiny.personalized, positive=empty, latent={"samples": lat}, steps=STEPS,
+                                        scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0).result
         out[name] = (inverted, traj)
     return {"inv": out, "y_r": tiny.encode("a photo of sks vase"), "y_p": tiny.encode("a sks vase on a beach"),
             "neg": tiny.encode("blurry")}
@@ -29,8 +29,10 @@ def setup(comfy, tiny):
 def swap(comfy, model, ref, lay, y_r, y_p, neg, lambda2=2, mask_start=4, layout_layers="output 6-11",
          reference_layers="output 6-11", mode="recorded", mask=None, cache="off"):
     node = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"]
-    return node.execute(model, ref, lay, y_r, neg, y_p, neg, lambda2, mask_start, layout_layers, reference_layers,
-                        mode, cache, mask).result[0]
+    return node.execute(model=model, reference_inversion=ref, layout_inversion=lay, reference_positive=y_r,
+                        reference_negative=neg, layout_positive=y_p, layout_negative=neg, lambda2=lambda2,
+                        mask_start=mask_start, layout_layers=layout_layers, reference_layers=reference_layers,
+                        source_paths=mode, reference_cache=cache, mask=mask).result[0]
 
 
 def sample(comfy, model, cond, neg, latent, cfg=CFG, start=0, end=10000):
@@ -218,16 +220,17 @@ class TestBadInput:
     def test_inversions_on_different_schedules(self, comfy, tiny, setup):
         invert = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
         lay_inv, lay_traj = setup["inv"]["layout"]
-        _, other = invert.execute(tiny.personalized, setup["neg"], lay_inv, STEPS + 2, "ddim_uniform", "ddim", 1.0,
-                                  None).result
+        _, other = invert.execute(model=tiny.personalized, positive=setup["neg"], latent=lay_inv, steps=STEPS + 2,
+                                  scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0).result
         with pytest.raises(ValueError, match=r"input 'reference_inversion': uses 8 steps.*same steps and scheduler"):
             swap(comfy, tiny.personalized, other, lay_traj, setup["y_r"], setup["y_p"], setup["neg"])
 
     def test_sizes_differ(self, comfy, tiny, setup):
         invert = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
         _, lay_traj = setup["inv"]["layout"]
-        _, small = invert.execute(tiny.personalized, setup["neg"], {"samples": torch.zeros(1, 4, 8, 6)}, STEPS,
-                                  "ddim_uniform", "ddim", 1.0, None).result
+        _, small = invert.execute(model=tiny.personalized, positive=setup["neg"],
+                                  latent={"samples": torch.zeros(1, 4, 8, 6)}, steps=STEPS, scheduler="ddim_uniform",
+                                  sampler_name="ddim", cfg=1.0).result
         with pytest.raises(ValueError, match=r"input 'reference_inversion': is 48x64 pixels but layout_inversion is "
                                              r"64x64"):
             swap(comfy, tiny.personalized, small, lay_traj, setup["y_r"], setup["y_p"], setup["neg"])
@@ -247,3 +250,21 @@ class TestBadInput:
         other.set_model_attn1_replace(lambda q, k, v, extra: q, "output", 7, 0)
         with pytest.raises(ValueError, match=r"already has a attn1 replace patch on \('output', 7, 0\)"):
             swap(comfy, other, lay_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"])
+
+    def test_errors_while_sampling_name_the_node_and_input(self, comfy, tiny, setup):
+        """Found only when a stock sampler runs the patched model: still node, input and fix, and nothing left on it."""
+        from comfyui_layout_retouch.attention.session import RUN_KEY
+
+        lay_inv, lay_traj = setup["inv"]["layout"]
+        patched = swap(comfy, tiny.personalized, lay_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"])
+        with pytest.raises(ValueError, match=r"Multi-Source Attention Swap: input 'layout_inversion': is 64x64 pixels "
+                                             r"but the sampler's latent is 48x48.*Fix: sample from the layout's"):
+            sample(comfy, patched, setup["y_r"], setup["neg"], {"samples": torch.zeros(1, 4, 6, 6)})
+        paper = swap(comfy, tiny.personalized, lay_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"],
+                     mode="re-denoised (paper)")
+        with pytest.raises(ValueError, match=r"Multi-Source Attention Swap: input 'source_paths': is re-denoised "
+                                             r"\(paper\) but the sampler evaluated sigma .*Fix: use sampler ddim or euler"):
+            comfy.KSamplerAdvanced().sample(paper, "disable", 0, STEPS, CFG, "heun", "ddim_uniform", setup["y_r"],
+                                            setup["neg"], lay_inv, 0, 10000, "disable")
+        for model in (patched, paper):
+            assert RUN_KEY not in model.model_options.get("transformer_options", {})

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
+from comfyui_layout_retouch.records import InversionTrajectory
 from comfyui_layout_retouch.sampling.inversion import (
     euler_invert,
     sampler_problem,
     schedule_problem,
 )
-from comfyui_layout_retouch.sampling.trajectory import InversionTrajectory
 
 
 def smooth_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

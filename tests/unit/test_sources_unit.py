@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from comfyui_layout_retouch.attention.sources import AttentionRecord, KeyedRecord, Same, keys_equal
+from comfyui_layout_retouch.records import AttentionRecord, KeyedRecord, Same, keys_equal
 
 LAYER = ("output", 6, 0)
 

@@ -13,7 +13,6 @@ from comfyui_layout_retouch.attention.swap import (
     Phase,
     SwapSpec,
     mask_tokens,
-    reference_attention,
     swap_cross_attention,
     swap_self_attention,
 )
@@ -34,6 +33,15 @@ def explicit(q, k, v):
 def tensors(rows: RowLayout, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(rows.total, TOKENS, HEADS * DIM, generator=g, dtype=torch.float64) for _ in range(3)]
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V per head; ``[rows, tokens, heads * d]`` in and out."""
+    b, n, inner = q.shape
+    d = inner // heads
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, d).transpose(1, 2)  # noqa: E731
+    weights = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(d), dim=-1)
+    return (weights @ split(v)).transpose(1, 2).reshape(b, n, inner)
 
 
 def attend(q, k, v):
@@ -134,7 +142,8 @@ def test_parse_layers():
 @pytest.mark.parametrize("phase", [Phase.LAYOUT, Phase.REFERENCE])
 def test_records_stand_in_for_absent_source_rows(halves, batch, n_src, phase):
     """A call whose source rows are replaced by what an earlier call recorded gives the same targets."""
-    from comfyui_layout_retouch.attention.sources import AttentionRecord, StepSources
+    from comfyui_layout_retouch.attention.sources import StepSources
+    from comfyui_layout_retouch.records import AttentionRecord
 
     layer = ("output", 7, 0)
     full = RowLayout(halves, batch, n_src, n_src, 12)

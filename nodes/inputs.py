@@ -1,15 +1,52 @@
-"""Checks that models and latents fit together, with errors an artist can act on."""
+"""Input checks of the nodes, and the one error type they raise: what the artist reads.
+
+Algorithms (``sampling/``, ``attention/``, ``masks/``) return a :data:`~..errors.Problem`, or raise
+plain exceptions; the node that called them turns either into a :class:`NodeInputError` naming
+the node, the input and the fix.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from ..errors import NodeInputError
+from ..attention.layers import layer_problem, parse_layers
+from ..errors import Problem
+from ..records import model_family
 
 
-def model_family(model) -> str:
-    """ComfyUI's name for the model's architecture, e.g. ``SD15``, ``SDXL``, ``Segmind_Vega``."""
-    return type(model.model.model_config).__name__
+class NodeInputError(ValueError):
+    """Bad input to a node: the message names the node, the input, the problem and the fix.
+
+    ComfyUI shows the message in its error dialog, so it is written for the artist.
+    """
+
+    def __init__(self, node: str, input_name: str, problem: str, fix: str) -> None:
+        self.node = node
+        self.input_name = input_name
+        super().__init__(f"{node}: input '{input_name}': {problem} Fix: {fix}")
+
+
+def raise_for(problem: Problem | None, node: str, input_name: str) -> None:
+    """Raise a :class:`NodeInputError` for ``problem``; do nothing when it is None."""
+    if problem is not None:
+        raise NodeInputError(node, input_name, *problem)
+
+
+def prompt_tensor(node: str, name: str, conditioning) -> torch.Tensor:
+    """The text embedding ``[1, tokens, dim]`` of a CONDITIONING's first entry."""
+    if not conditioning:
+        raise NodeInputError(node, name, "is an empty CONDITIONING.", "connect a CLIP Text Encode output.")
+    return conditioning[0][0][:1].detach()
+
+
+def layer_input(node: str, name: str, text: str, model):
+    """The layer set written in a node's text input, checked against ``model``'s attention blocks."""
+    try:
+        parsed = parse_layers(text)
+    except ValueError as e:
+        raise NodeInputError(node, name, f"'{text}' cannot be read: {e}.", "write e.g. 'output 6-11'.") from None
+    raise_for(layer_problem(model, parsed), node, name)
+    return parsed
 
 
 def check_same_family(node: str, name_a: str, model_a, name_b: str, model_b) -> None:
