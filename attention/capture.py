@@ -108,7 +108,8 @@ class CaptureAttention:
     def wanted(self, extra_options: dict) -> tuple | None:
         h, w = extra_options["activations_shape"][-2:]
         latent_h = extra_options["original_shape"][-2]
-        if self.resolution is not None and h * self.resolution != latent_h:
+        # The UNet halves odd sizes rounding up (stride-2 convolutions, padding 1): ceil at each level.
+        if self.resolution is not None and h != -(-latent_h // self.resolution):
             return None
         step = self.step_of(extra_options)
         if step is None or (self.steps is not None and step not in self.steps):

@@ -188,11 +188,6 @@ def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control
     halves = tuple(transformer_options["cond_or_uncond"])
     batch = x.shape[0] // len(halves)
     sigma = t[0]
-    layout_size = run.paths.layout.latents.shape[-2:]
-    if layout_size != x.shape[-2:]:
-        raise run.error_for("layout_inversion", (
-            f"is {8 * layout_size[-1]}x{8 * layout_size[-2]} pixels but the sampler's latent is "
-            f"{8 * x.shape[-1]}x{8 * x.shape[-2]}.", "sample from the layout's inverted latent."))
     step = run.step_of(sigma)
     latents = {p: run.source_latent(p, sigma).to(x) for p in PATHS if run.runs(p, step, halves)}
     n = {p: latents[p].shape[0] if p in latents else 0 for p in PATHS}
@@ -239,7 +234,9 @@ class OuterSample:
         self.error_for = error_for
 
     def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
-        problem = schedule_problem(self.paths.layout, sigmas)
+        latent_format = executor.class_obj.model_patcher.get_model_object("latent_format")
+        problem = schedule_problem(self.paths.layout, sigmas) or sampler_problem(noise, sampler) or \
+            start_problem(self.paths.layout, latent_format.process_in(latent_image.float().cpu()), sigmas)
         if problem is not None:
             raise self.error_for("model", problem)
         options = executor.class_obj.model_options.setdefault("transformer_options", {})
@@ -262,3 +259,38 @@ def schedule_problem(traj: InversionTrajectory, sigmas: torch.Tensor) -> Problem
                     f"set the sampler's steps to {traj.steps} and scheduler to {traj.scheduler}, as in the DDIM "
                     "Inversion nodes, with denoise 1.0.")
     return None
+
+
+# What retraces an inversion: Euler on eps with no added noise (ComfyUI's "ddim" is its Euler).
+RETRACING_SAMPLERS = ("sample_euler",)
+
+
+def sampler_problem(noise: torch.Tensor, sampler) -> Problem | None:
+    """Why the sampler run does not retrace the inversions: noise added, or a sampler other than
+    ddim/euler (read from ComfyUI's KSAMPLER; a sampler object without one is not judged)."""
+    if bool(noise.ne(0).any()):
+        return ("is sampled with fresh noise added (add_noise enabled, or a KSampler, which always adds it); the "
+                "retouch must start from the layout's inverted latent alone.",
+                "use KSampler (Advanced) with add_noise disabled, start_at_step 0 and end_at_step 10000.")
+    function = getattr(getattr(sampler, "sampler_function", None), "__name__", None)
+    if function is not None and function not in RETRACING_SAMPLERS:
+        return (f"is sampled with {function.removeprefix('sample_')}, which does not retrace a DDIM inversion.",
+                "set the KSampler's sampler_name to ddim or euler, as in the DDIM Inversion nodes.")
+    return None
+
+
+def start_problem(traj: InversionTrajectory, start: torch.Tensor, sigmas: torch.Tensor) -> Problem | None:
+    """Why the sampler's start latent (sampler space) is not the layout path's latent at the
+    sampler's first sigma (start_at_step above 0, denoise below 1, or another latent)."""
+    expected = traj.latent_at(sigmas[0].cpu()).float()
+    try:
+        if bool((start - expected).abs().max() <= 1e-3 * expected.abs().max()):
+            return None
+    except RuntimeError:  # shapes that do not broadcast: another latent altogether
+        pass
+    first = traj.position(sigmas[0].cpu())
+    step = len(traj) - 1 - first if first is not None else "?"
+    return (f"starts at step {step} of {len(traj) - 1} from a latent that is not the layout path's there (another "
+            "latent, start_at_step above 0, or denoise below 1).",
+            "connect the layout's DDIM Inversion inverted_latent (or the Step-Blended KSampler's start_latent) to "
+            "the KSampler (Advanced) with start_at_step 0 and denoise 1.0.")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from ..errors import Problem
 from ..records import keys_equal
 
+EMBEDDING = "embedding:"  # ComfyUI's prefix of an embedding in a prompt
+
 
 def _word_tokens(clip, text: str) -> list:
     """The tokens of ``text``'s words (ints, or embedding vectors), without start, end and padding."""
@@ -48,7 +50,14 @@ def subject_problem(clip, prompt: str, subject: str) -> Problem | None:
     try:
         subject_positions(clip, prompt, subject)
     except KeyError as e:
-        return (f"'{e.args[0]}' is not in the prompt '{prompt}'.",
+        word = e.args[0]
+        if word.startswith(EMBEDDING) and not _word_tokens(clip, word):
+            name = word[len(EMBEDDING):]
+            return (f"'{word}': ComfyUI finds no embedding file '{name}' (models/embeddings), so neither the prompt "
+                    "nor the subject has a token for it.",
+                    f"put {name}.safetensors (or .pt, .bin) into models/embeddings, or fix the name after "
+                    "'embedding:' in both the prompt and the subject.")
+        return (f"'{word}' is not in the prompt '{prompt}'.",
                 "write the subject word exactly as in the prompt (the class noun for DreamBooth, e.g. 'dog' in "
                 "'a sks dog'; the embedding for Textual Inversion, e.g. 'embedding:my_cat').")
     return None

@@ -99,3 +99,21 @@ def check_same_size(node: str, name_a: str, a: torch.Tensor, name_b: str, b: tor
         hb, wb = (8 * s for s in b.shape[-2:])
         raise NodeInputError(node, name_b, f"is {wb}x{hb} pixels but {name_a} is {wa}x{ha}.",
                              "resize both images to one size before VAE Encode (e.g. Upscale Image to 512x512).")
+
+
+def schedule_text(trajectory) -> str:
+    """A trajectory's schedule in the words of a message: the sampling steps it really has (ComfyUI's
+    ddim_uniform makes one more than asked) and its top sigma (below the model's own after denoise < 1)."""
+    return (f"{len(trajectory) - 1} sampling steps of {trajectory.scheduler} ({trajectory.steps} asked) from sigma "
+            f"{float(trajectory.sigmas[-1]):.4g}")
+
+
+def check_mask(node: str, input_name: str, mask: torch.Tensor, batch: int) -> None:
+    """Raise unless ``mask`` is a MASK of 1 or ``batch`` images with some foreground."""
+    if mask.ndim != 3 or mask.shape[0] not in (1, batch):
+        raise NodeInputError(node, input_name, f"has shape {tuple(mask.shape)}: {mask.shape[0] if mask.ndim == 3 else 1} "
+                             f"masks for {batch} image(s).", f"give one mask, or one per image ({batch}).")
+    if not bool((mask > 0).any()):
+        raise NodeInputError(node, input_name, "is all zeros: the target would take the layout's attention "
+                             "everywhere from mask_start on.", "check the mask (Adaptive Mask refuses an empty one), "
+                             "or disconnect it for no blend.")

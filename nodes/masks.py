@@ -166,6 +166,9 @@ class SAMSegment(io.ComfyNode):
         node = "SAM Segment from Mask"
         points = parse_numbers(node, "extra_points", extra_points, 2)
         box_xyxy = parse_numbers(node, "box", box, 4)
+        if box_xyxy is not None and (box_xyxy[0, 2] <= box_xyxy[0, 0] or box_xyxy[0, 3] <= box_xyxy[0, 1]):
+            raise NodeInputError(node, "box", f"'{box}' has x1 <= x0 or y1 <= y0.",
+                                 "write the top-left corner first: 'x0,y0,x1,y1' with x0 < x1 and y0 < y1.")
         size = tuple(image.shape[1:3])
         masks = resize_mask(prompt_mask, size)
         try:

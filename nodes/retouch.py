@@ -10,7 +10,7 @@ from ..attention.patching import record_problem, swap_model
 from ..attention.session import CacheMode, SourceMode
 from ..attention.swap import SwapSpec
 from ..records import model_family
-from .inputs import NodeInputError, check_same_size, layer_input, prompt_tensor, raise_for
+from .inputs import NodeInputError, check_mask, check_same_size, layer_input, prompt_tensor, raise_for, schedule_text
 from .types import Inversion
 
 CATEGORY = "layout_retouch/retouch"
@@ -44,7 +44,8 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                              tooltip="Steps in which the target copies the layout's attention (structure); later "
                                      "steps take the reference's self-attention keys and values. Paper: 10 of 50."),
                 io.Int.Input("mask_start", default=30, min=0, max=10000,
-                             tooltip="First step of the mask blend (paper: 30, the 31st of 50). Needs a mask."),
+                             tooltip="First step of the mask blend (paper: 30, the 31st of 50), at or after lambda2. Needs a "
+                                     "mask."),
                 io.String.Input("layout_layers", default=MASACTRL_DECODER,
                                 tooltip="Blocks swapped with the layout while step < lambda2, e.g. 'output 6-11' "
                                         "(SD1.x decoder at 32x32 and 64x64, as MasaCtrl), or 'all'."),
@@ -72,6 +73,14 @@ class MultiSourceAttentionSwap(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, lambda2: int | None = None, mask_start: int | None = None) -> bool | str:
+        if lambda2 is not None and mask_start is not None and mask_start < lambda2:
+            return str(NodeInputError(NODE, "mask_start", f"is {mask_start}, before lambda2 = {lambda2}: the blend "
+                                      "acts only from the reference phase on, so it would start at lambda2 anyway.",
+                                      "set mask_start at or after lambda2 (paper: 30 and 10 of 50)."))
+        return True
+
+    @classmethod
     def execute(cls, model, reference_inversion, layout_inversion, reference_positive, reference_negative,
                 layout_positive, layout_negative, lambda2, mask_start, layout_layers, reference_layers,
                 source_paths, reference_cache, mask=None) -> io.NodeOutput:
@@ -85,10 +94,13 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                 raise NodeInputError(NODE, name, f"was made with a {traj.family} model, not this {family} model.",
                                      "invert with the same personalized model.")
         if not torch.equal(ref.sigmas, lay.sigmas):
-            raise NodeInputError(NODE, "reference_inversion", f"uses {ref.steps} steps of {ref.scheduler} but "
-                                 f"layout_inversion uses {lay.steps} steps of {lay.scheduler}.",
-                                 "give both DDIM Inversion nodes the same steps and scheduler.")
+            raise NodeInputError(NODE, "reference_inversion", f"walks {schedule_text(ref)} but layout_inversion walks "
+                                 f"{schedule_text(lay)}.", "give both DDIM Inversion nodes the same steps and "
+                                 "scheduler; a Step-Blended KSampler whose trajectory is the layout path needs "
+                                 "denoise 1.0 and the inversion's steps and scheduler.")
         check_same_size(NODE, "layout_inversion", lay.latents[0], "reference_inversion", ref.latents[0])
+        if mask is not None:
+            check_mask(NODE, "mask", mask, lay.latents.shape[1])
         spec = SwapSpec(lambda2, mask_start, layer_input(NODE, "layout_layers", layout_layers, model),
                         layer_input(NODE, "reference_layers", reference_layers, model))
         mode = SOURCE_MODES[source_paths]

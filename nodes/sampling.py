@@ -75,9 +75,13 @@ class StepBlendedKSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps: int | None = None, lambda1: int | None = None) -> bool | str:
-        problem = step_blend.lambda1_problem(steps, lambda1)
-        return True if problem is None else str(NodeInputError(STEP_BLENDED, "lambda1", *problem))
+    def validate_inputs(cls, steps: int | None = None, lambda1: int | None = None,
+                        denoise: float | None = None) -> bool | str:
+        for name, problem in (("lambda1", step_blend.lambda1_problem(steps, lambda1)),
+                              ("denoise", step_blend.denoise_problem(denoise))):
+            if problem is not None:
+                return str(NodeInputError(STEP_BLENDED, name, *problem))
+        return True
 
     @classmethod
     def execute(cls, vanilla_model, personalized_model, vanilla_positive, vanilla_negative, personalized_positive,
@@ -85,6 +89,7 @@ class StepBlendedKSampler(io.ComfyNode):
                 denoise, record_attention=False, attention_layers=MASACTRL_DECODER) -> io.NodeOutput:
         node = STEP_BLENDED
         raise_for(step_blend.lambda1_problem(steps, lambda1), node, "lambda1")
+        raise_for(step_blend.denoise_problem(denoise), node, "denoise")
         check_same_family(node, "vanilla_model", vanilla_model, "personalized_model", personalized_model)
         check_latent(node, "latent_image", latent_image["samples"], personalized_model)
         recorder = None

@@ -44,6 +44,14 @@ def lambda1_problem(steps: int | None, lambda1: int | None) -> Problem | None:
     return None
 
 
+def denoise_problem(denoise: float | None) -> Problem | None:
+    """Why ``denoise`` runs no step, or None."""
+    if denoise is not None and denoise <= 0:
+        return (f"is {denoise}: no step would run, so there is no layout and no trajectory.",
+                "set denoise above 0 (1.0 for a new image).")
+    return None
+
+
 def step_blended_sample(
     vanilla_model,
     personalized_model,

@@ -35,6 +35,20 @@ def swap(comfy, model, ref, lay, y_r, y_p, neg, lambda2=2, mask_start=4, layout_
                         source_paths=mode, reference_cache=cache, mask=mask).result[0]
 
 
+def swap_unchecked(model, ref, lay, y_r, y_p, neg, mask, mask_start=4, lambda2=2):
+    """The swap's patch made by its algorithm entry point, without the node's input checks."""
+    from comfyui_layout_retouch.attention.layers import parse_layers
+    from comfyui_layout_retouch.attention.patching import swap_model
+    from comfyui_layout_retouch.attention.session import CacheMode, SourceMode
+    from comfyui_layout_retouch.attention.swap import SwapSpec
+
+    layers = parse_layers("output 6-11")
+    first = lambda conditioning: conditioning[0][0][:1]  # noqa: E731
+    return swap_model(model, lay, ref, (first(y_p), first(neg)), (first(y_r), first(neg)),
+                      SwapSpec(lambda2, mask_start, layers, layers), SourceMode.RECORDED, CacheMode.OFF, mask,
+                      lambda name, problem: ValueError(f"{name}: {problem}"))
+
+
 def sample(comfy, model, cond, neg, latent, cfg=CFG, start=0, end=10000):
     return comfy.KSamplerAdvanced().sample(model, "disable", 0, STEPS, cfg, "ddim", "ddim_uniform", cond, neg, latent,
                                            start, end, "disable" if end == 10000 else "enable")[0]["samples"]
@@ -150,7 +164,8 @@ def test_mask_of_ones_and_zeros(comfy, tiny, setup, measured):
     # The mask brings the layout rows back into steps >= mask_start, so only batch numerics differ.
     measured(f"swap, mask of ones vs no mask: max relative difference {rel(ones, plain):.2e}")
     assert rel(ones, plain) < 1e-5
-    probe, log = probed(swap(*args, mask_start=4, mask=torch.zeros(1, 64, 64)))
+    # The node refuses an all-zero mask (a user's mistake); the math for M = 0 is checked on the patch itself.
+    probe, log = probed(swap_unchecked(*args[1:], mask_start=4, mask=torch.zeros(1, 64, 64)))
     zeros = sample(comfy, probe, setup["y_r"], setup["neg"], lay_inv)
     blended = [c for c in log if c["kind"] == "attn1" and c["step"] >= 4]
     assert blended and all(torch.equal(c["target"], c["layout"]) for c in blended)
@@ -182,7 +197,8 @@ def test_step_comes_from_sigma(comfy, tiny, setup):
     lay_inv, lay_traj = setup["inv"]["layout"]
     _, ref_traj = setup["inv"]["reference"]
     probe, log = probed(swap(comfy, tiny.personalized, ref_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"]))
-    sample(comfy, probe, setup["y_r"], setup["neg"], lay_inv, start=3)
+    at_step_3 = {"samples": lay_traj.latent_at(lay_traj.sampling_sigmas[3]) / 0.18215}  # the path's latent there
+    sample(comfy, probe, setup["y_r"], setup["neg"], at_step_3, start=3)
     assert sorted({c["step"] for c in log}) == list(range(3, len(lay_traj) - 1))
     log.clear()
     sample(comfy, probe, setup["y_r"], setup["neg"], lay_inv)  # a second run on the same patched model
@@ -203,8 +219,7 @@ def test_callers_model_unchanged_after_runs_and_failures(comfy, tiny, setup):
     mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            comfy.KSampler().sample(patched, 0, STEPS, CFG, "ddim", "ddim_uniform", setup["y_r"], setup["neg"],
-                                    lay_inv, denoise=1.0)
+            sample(comfy, patched, setup["y_r"], setup["neg"], lay_inv)
     finally:
         mm.interrupt_current_processing(False)
     with pytest.raises(ValueError, match=r"Multi-Source Attention Swap: input 'model'.*schedule.*set the sampler's "
@@ -222,7 +237,9 @@ class TestBadInput:
         lay_inv, lay_traj = setup["inv"]["layout"]
         _, other = invert.execute(model=tiny.personalized, positive=setup["neg"], latent=lay_inv, steps=STEPS + 2,
                                   scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0).result
-        with pytest.raises(ValueError, match=r"input 'reference_inversion': uses 8 steps.*same steps and scheduler"):
+        with pytest.raises(ValueError, match=r"input 'reference_inversion': walks 8 sampling steps of ddim_uniform "
+                                             r"\(8 asked\) from sigma .* but layout_inversion walks 7 sampling steps "
+                                             r"of ddim_uniform \(6 asked\).*same steps and scheduler"):
             swap(comfy, tiny.personalized, other, lay_traj, setup["y_r"], setup["y_p"], setup["neg"])
 
     def test_sizes_differ(self, comfy, tiny, setup):
@@ -257,13 +274,14 @@ class TestBadInput:
 
         lay_inv, lay_traj = setup["inv"]["layout"]
         patched = swap(comfy, tiny.personalized, lay_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"])
-        with pytest.raises(ValueError, match=r"Multi-Source Attention Swap: input 'layout_inversion': is 64x64 pixels "
-                                             r"but the sampler's latent is 48x48.*Fix: sample from the layout's"):
+        with pytest.raises(ValueError, match=r"Multi-Source Attention Swap: input 'model': starts at step 0 of 7 from a "
+                                             r"latent that is not the layout path's.*Fix: connect the layout's"):
             sample(comfy, patched, setup["y_r"], setup["neg"], {"samples": torch.zeros(1, 4, 6, 6)})
         paper = swap(comfy, tiny.personalized, lay_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"],
                      mode="re-denoised (paper)")
-        with pytest.raises(ValueError, match=r"Multi-Source Attention Swap: input 'source_paths': is re-denoised "
-                                             r"\(paper\) but the sampler evaluated sigma .*Fix: use sampler ddim or euler"):
+        with pytest.raises(ValueError, match=r"Multi-Source Attention Swap: input 'model': is sampled with heun, which "
+                                             r"does not retrace a DDIM inversion.*Fix: set the KSampler's sampler_name "
+                                             r"to ddim or euler"):
             comfy.KSamplerAdvanced().sample(paper, "disable", 0, STEPS, CFG, "heun", "ddim_uniform", setup["y_r"],
                                             setup["neg"], lay_inv, 0, 10000, "disable")
         for model in (patched, paper):
