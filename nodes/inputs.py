@@ -103,7 +103,7 @@ def check_same_size(node: str, name_a: str, a: torch.Tensor, name_b: str, b: tor
 
 def schedule_text(trajectory) -> str:
     """A trajectory's schedule in the words of a message: the sampling steps it really has (ComfyUI's
-    ddim_uniform makes one more than asked) and its top sigma (below the model's own after denoise < 1)."""
+    ddim_uniform can make more than asked: 7 for 6) and its top sigma (lower after denoise < 1)."""
     return (f"{len(trajectory) - 1} sampling steps of {trajectory.scheduler} ({trajectory.steps} asked) from sigma "
             f"{float(trajectory.sigmas[-1]):.4g}")
 

@@ -57,6 +57,13 @@ def rows_per_step(comfy, model, im, latent, cfg=CFG):
     return sample(comfy, probe, im, latent, cfg), seen
 
 
+def subject_mask() -> torch.Tensor:
+    """A mask as the adaptive mask gives one: the subject (a centre square) kept, the rest from the layout."""
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:48, 16:48] = 1
+    return mask
+
+
 def rel(a, b):
     return float((a - b).abs().max() / b.abs().max())
 
@@ -67,7 +74,7 @@ def test_rows_run_only_where_the_target_reads_them(comfy, tiny, images):
     _, seen = rows_per_step(comfy, swap(comfy, tiny.personalized, ref, lay, images), images, lay_inv)
     # lambda2 = 2: layout rows in steps 0-1 only (no mask); reference rows from step 2 on
     assert seen == {s: {(1, 0)} if s < 2 else {(0, 1)} for s in range(7)}
-    masked = swap(comfy, tiny.personalized, ref, lay, images, mask=torch.zeros(1, 64, 64))
+    masked = swap(comfy, tiny.personalized, ref, lay, images, mask=subject_mask())
     _, seen = rows_per_step(comfy, masked, images, lay_inv)
     # mask_start = 4: the blend reads the layout's self-attention again from step 4 on
     assert seen == {s: {(1, 0)} if s < 2 else {(0, 1)} if s < 4 else {(1, 1)} for s in range(7)}
@@ -155,7 +162,7 @@ def test_fast_mode_runs_no_source_rows(comfy, tiny, images, measured):
     assert rel(fast_lay.latents, lay.latents) < 1e-5 and rel(fast_lay_inv["samples"], lay_inv["samples"]) < 1e-5
     assert {key[1] for key in fast_ref.attention.tensors} == {0, 1}
 
-    mask = torch.zeros(1, 64, 64)
+    mask = subject_mask()
     patched = swap(comfy, tiny.personalized, fast_ref, fast_lay, images, mode=FAST, mask=mask)
     recorded = swap(comfy, tiny.personalized, ref, lay, images, mask=mask)
     for cfg in (1.0, CFG):
@@ -217,7 +224,7 @@ def test_fast_mode_from_stage_1(comfy, tiny, images, measured):
     assert {key[0] for key in rec_traj.attention.tensors} == set(range(2, 7))  # the personalized steps
     assert {key[3] for key in rec_traj.attention.tensors} == {"self_out", "cross_out"}  # what a layout gives
     _, ref = invert(comfy, tiny, images["reference"])
-    mask = torch.zeros(1, 64, 64)
+    mask = subject_mask()
     want = sample(comfy, swap(comfy, tiny.personalized, ref, traj, images, mask=mask), images, start)
     got, seen = rows_per_step(comfy, swap(comfy, tiny.personalized, ref, rec_traj, images, FAST, CACHE, mask), images,
                               start)
