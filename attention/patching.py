@@ -27,7 +27,7 @@ def taken_problem(model, kind: str, keys: tuple[tuple[str, int, int], ...]) -> P
         existing = patched_key(model, kind, key)
         if existing is not None:
             return (f"already has a {kind} replace patch on {existing} from another node.",
-                    "apply the Multi-Source Attention Swap to the model before that node, or remove that node.")
+                    "apply the swap to the model before that node, or remove that node.")
     return None
 
 
