@@ -42,7 +42,8 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                 io.Conditioning.Input("layout_negative", tooltip="Negative prompt of the layout path."),
                 io.Int.Input("lambda2", default=10, min=0, max=10000,
                              tooltip="Steps in which the target copies the layout's attention (structure); later "
-                                     "steps take the reference's self-attention keys and values. Paper: 10 of 50."),
+                                     "steps take the reference's self-attention keys and values. Paper: 10 of 50; "
+                                     "the schedule's step count means never the reference."),
                 io.Int.Input("mask_start", default=30, min=0, max=10000,
                              tooltip="First step of the mask blend (paper: 30, the 31st of 50), at or after lambda2. Needs a "
                                      "mask."),
@@ -99,6 +100,14 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                                  "scheduler; a Step-Blended KSampler whose trajectory is the layout path needs "
                                  "denoise 1.0 and the inversion's steps and scheduler.")
         check_same_size(NODE, "layout_inversion", lay.latents[0], "reference_inversion", ref.latents[0])
+        steps = len(lay) - 1
+        for name, value, meaning in (("lambda2", lambda2, "the layout in every step, never the reference"),
+                                     ("mask_start", mask_start, "no blend")):
+            if value > steps:
+                raise NodeInputError(NODE, name, f"is {value} but the inversions' schedule has {steps} sampling steps "
+                                     f"({lay.steps} asked of {lay.scheduler}), so it would never be reached.",
+                                     f"set {name} to at most {steps} ({steps}: {meaning}); the paper uses 10 and 30 "
+                                     "of 50 steps.")
         if mask is not None:
             check_mask(NODE, "mask", mask, lay.latents.shape[1])
         spec = SwapSpec(lambda2, mask_start, layer_input(NODE, "layout_layers", layout_layers, model),

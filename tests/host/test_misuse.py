@@ -52,6 +52,15 @@ def test_swap_mask_checked_before_any_run(comfy, tiny, paths, mask, said):
         swap(comfy, tiny, paths, mask=mask)
 
 
+@pytest.mark.parametrize("name,value", [("lambda2", 50), ("mask_start", 8)])
+def test_swap_steps_beyond_the_schedule(comfy, tiny, paths, name, value):
+    """6 steps of ddim_uniform are 7 sampling steps: 7 is the last legal value ("never"), 8 and 50 never happen."""
+    with pytest.raises(ValueError, match=rf"input '{name}': is {value} but the inversions' schedule has 7 sampling "
+                                         rf"steps \(6 asked of ddim_uniform\).*Fix: set {name} to at most 7"):
+        swap(comfy, tiny, paths, **{name: value, "mask_start": max(value, 4)} if name == "lambda2" else {name: value})
+    assert swap(comfy, tiny, paths, lambda2=7, mask_start=7).result[0] is not None
+
+
 def test_stage1_denoise_zero(comfy, tiny):
     node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
     message = node.validate_inputs(steps=6, lambda1=2, denoise=0.0)

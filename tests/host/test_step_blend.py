@@ -192,7 +192,7 @@ def test_retouch_along_stage1_trajectory_reproduces_the_layout(comfy, tiny, prom
     swap = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"]
     patched = swap.execute(model=tiny.personalized, reference_inversion=traj, layout_inversion=traj,
                            reference_positive=prompts["vanilla"][0], reference_negative=neg, layout_positive=pos,
-                           layout_negative=neg, lambda2=10_000, mask_start=10_000, layout_layers="all",
+                           layout_negative=neg, lambda2=len(traj) - 1, mask_start=len(traj) - 1, layout_layers="all",
                            reference_layers="all", source_paths="recorded", reference_cache="off").result[0]
     got = comfy.KSamplerAdvanced().sample(patched, "disable", 0, STEPS, CFG, SAMPLER, SCHEDULER, prompts["vanilla"][0],
                                           neg, start, 0, 10000, "disable")[0]["samples"]
