@@ -73,8 +73,8 @@ def swap_model(model, layout: InversionTrajectory, reference: InversionTrajector
         layout, reference: the source paths' recorded inversions (or stage 1's trajectory).
         layout_prompts, reference_prompts: each path's ``(positive, negative)`` text embeddings.
         mode, cache: how the sources run, and where the reference cache lives (off in the paper's mode).
-        error_for: turns a problem with an input into the exception raised, here or when a
-            sampler runs the model on a schedule that is not the inversions'.
+        error_for: turns a problem with an input into the exception raised, here (a key taken by
+            another patch) or when a sampler runs the model (:class:`~.session.OuterSample`).
     """
     cache = CacheMode.OFF if mode is SourceMode.REDENOISE else cache
     paths = SourcePaths(layout, reference, layout_prompts, reference_prompts, mode, cache,

@@ -221,11 +221,12 @@ def post_cfg_function(args):
 
 
 class OuterSample:
-    """OUTER_SAMPLE wrapper: check the schedule, create the run's state, remove it afterwards.
+    """OUTER_SAMPLE wrapper: check the run (schedule, sampler, start latent), create the run's
+    state, remove it afterwards.
 
     Args:
         error_for: makes the exception raised for a problem found while sampling (a schedule
-            that is not the inversions', a ControlNet, a latent of another size).
+            that is not the inversions', added noise, another sampler, another start, a ControlNet).
     """
 
     def __init__(self, paths: SourcePaths, needs: SourceNeeds, error_for: ErrorFor) -> None:
@@ -288,8 +289,7 @@ def start_problem(traj: InversionTrajectory, start: torch.Tensor, sigmas: torch.
             return None
     except RuntimeError:  # shapes that do not broadcast: another latent altogether
         pass
-    first = traj.position(sigmas[0].cpu())
-    step = len(traj) - 1 - first if first is not None else "?"
+    step = len(traj) - 1 - traj.index_of(sigmas[0].cpu())  # on the schedule: checked before
     return (f"starts at step {step} of {len(traj) - 1} from a latent that is not the layout path's there (another "
             "latent, start_at_step above 0, or denoise below 1).",
             "connect the layout's DDIM Inversion inverted_latent (or the Step-Blended KSampler's start_latent) to "
