@@ -37,7 +37,8 @@ class StepSources:
 
     def for_targets(self, path: str, layer: Layer, kind: str, computed: torch.Tensor | None,
                     like: torch.Tensor) -> torch.Tensor:
-        """``[n_target, tokens, inner]``: each target row's source tensor of ``path``.
+        """``[n_target, tokens, inner]``: each target row's source tensor of ``path``: the layout row
+        paired with it, or all reference rows of its half joined along the tokens (``M * tokens``).
 
         Args:
             computed: the path's rows' tensor in this call (``len(halves) * n`` rows), or None
@@ -51,4 +52,6 @@ class StepSources:
             n = computed.shape[0] // len(halves)
             for h, half in enumerate(halves):
                 self.write[path].put(step, half, layer, kind, computed[h * n:(h + 1) * n])
+        if path == "reference":
+            return self.rows.joined_for_targets(computed)
         return computed[self.rows.pair(computed.shape[0] // len(halves))]

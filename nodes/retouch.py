@@ -33,7 +33,9 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                         "appearance from the reference.",
             inputs=[
                 io.Model.Input("model", tooltip="The personalized model."),
-                Inversion.Input("reference_inversion", tooltip="DDIM Inversion of the reference photo."),
+                Inversion.Input("reference_inversion", tooltip="DDIM Inversion of the reference photo, or of several "
+                                "photos of the subject in one batch (as the paper's {I_r^m}): every target "
+                                "reads the keys and values of all of them."),
                 Inversion.Input("layout_inversion", tooltip="DDIM Inversion of the layout image (stage 1's output)."),
                 io.Conditioning.Input("reference_positive", tooltip="The reference prompt y_r, e.g. 'a photo of sks "
                                       "vase'; also give it to the KSampler."),

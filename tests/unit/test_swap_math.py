@@ -51,12 +51,28 @@ def attend(q, k, v):
 @pytest.mark.parametrize("halves,batch,n_src", [((1, 0), 2, 1), ((0,), 3, 3), ((1,), 1, 1)])
 def test_row_pairing(halves, batch, n_src):
     rows = RowLayout(halves, batch, n_src, n_src, 0)
-    lay, ref = rows.layout_for_targets(), rows.reference_for_targets()
-    assert len(lay) == rows.n_target == len(ref)
+    lay = rows.layout_for_targets()
+    assert len(lay) == rows.n_target
     for i in range(rows.n_target):
         half, b = divmod(i, batch)
         assert lay[i] == rows.n_target + half * n_src + (b if n_src == batch else 0)
-        assert ref[i] == rows.n_target + len(halves) * n_src + half * n_src + (b if n_src == batch else 0)
+
+
+@pytest.mark.parametrize("halves,batch,m", [((1, 0), 2, 3), ((0,), 1, 1), ((0,), 3, 2)])
+def test_reference_rows_joined_for_every_target(halves, batch, m):
+    """Every target of a half gets all M reference rows of that half, joined along the tokens."""
+    rows = RowLayout(halves, batch, 1, m, 0)
+    reference = torch.randn(len(halves) * m, TOKENS, 5)
+    joined = rows.joined_for_targets(reference)
+    assert joined.shape == (rows.n_target, m * TOKENS, 5)
+    for i in range(rows.n_target):
+        half = i // batch
+        assert torch.equal(joined[i], torch.cat(list(reference[half * m:(half + 1) * m])))
+
+
+def reference_keys(rows: RowLayout, k: torch.Tensor) -> torch.Tensor:
+    """Each target row's reference keys (or values): its half's M reference rows, joined."""
+    return rows.joined_for_targets(k[rows.reference_rows()])
 
 
 def test_reference_attention_is_explicit():
@@ -67,16 +83,37 @@ def test_reference_attention_is_explicit():
         torch.testing.assert_close(got[r], explicit(q[r], k[r], v[r]))
 
 
-@pytest.mark.parametrize("halves,batch", [((1, 0), 2), ((0,), 1)])
-def test_reference_phase_uses_target_q_with_reference_kv(halves, batch):
-    rows = RowLayout(halves, batch, 1, 1, 12)
+@pytest.mark.parametrize("halves,batch,m", [((1, 0), 2, 1), ((0,), 1, 1), ((1, 0), 2, 3)])
+def test_reference_phase_uses_target_q_with_reference_kv(halves, batch, m):
+    rows = RowLayout(halves, batch, 1, m, 12)
     q, k, v = tensors(rows)
     out = swap_self_attention(q, k, v, rows, Phase.REFERENCE, attend)
-    ref = rows.reference_for_targets()
+    k_ref, v_ref = reference_keys(rows, k), reference_keys(rows, v)
     for t in range(rows.n_target):
-        torch.testing.assert_close(out[t], explicit(q[t], k[ref[t]], v[ref[t]]))
+        half = t // batch
+        refs = range(rows.reference_rows().start + half * m, rows.reference_rows().start + (half + 1) * m)
+        torch.testing.assert_close(out[t], explicit(q[t], torch.cat([k[r] for r in refs]),
+                                                    torch.cat([v[r] for r in refs])))
+        torch.testing.assert_close(out[t], explicit(q[t], k_ref[t], v_ref[t]))
     for s in range(rows.n_target, rows.total):  # the sources attend to themselves
         torch.testing.assert_close(out[s], explicit(q[s], k[s], v[s]))
+
+
+def test_reference_order_does_not_matter():
+    """Two references in either order give the target the same attention (up to rounding)."""
+    rows = RowLayout((0, 1), 1, 1, 2, 12)
+    q, k, v = tensors(rows)
+    swapped = torch.arange(rows.total)
+    ref = rows.reference_rows()
+    for half in range(2):
+        a = ref.start + 2 * half
+        swapped[a], swapped[a + 1] = a + 1, a
+    out = swap_self_attention(q, k, v, rows, Phase.REFERENCE, attend)
+    out_swapped = swap_self_attention(q, k[swapped], v[swapped], rows, Phase.REFERENCE, attend)
+    torch.testing.assert_close(out[rows.target()], out_swapped[rows.target()], rtol=1e-12, atol=1e-12)
+    first = ref.start
+    first_only = torch.stack([explicit(q[t], k[first + 2 * t], v[first + 2 * t]) for t in range(rows.n_target)])
+    assert (out[rows.target()] - first_only).abs().max() > 1e-3  # both references are read, not the first alone
 
 
 def test_layout_phase_copies_layout_output():
