@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .attention_masks import AttentionCapture, AttentionMapToMask, CrossAttentionMask
+from .custom_diffusion import CustomDiffusionLoader
 from .masks import AdaptiveMask, SAMLoader, SAMSegment
 from .retouch import MultiSourceAttentionSwap
 from .sampling import DDIMInversion, StepBlendedKSampler
@@ -13,4 +14,4 @@ from .sampling import DDIMInversion, StepBlendedKSampler
 class LayoutRetouchExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [StepBlendedKSampler, DDIMInversion, MultiSourceAttentionSwap, CrossAttentionMask, AttentionCapture,
-                AttentionMapToMask, AdaptiveMask, SAMLoader, SAMSegment]
+                AttentionMapToMask, AdaptiveMask, SAMLoader, SAMSegment, CustomDiffusionLoader]

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 EXPECTED = {"LR_StepBlendedKSampler", "LR_DDIMInversion", "LR_MultiSourceAttentionSwap", "LR_CrossAttentionMask",
-            "LR_AttentionCapture", "LR_AttentionMapToMask", "LR_AdaptiveMask", "LR_SAMLoader", "LR_SAMSegment"}
+            "LR_AttentionCapture", "LR_AttentionMapToMask", "LR_AdaptiveMask", "LR_SAMLoader", "LR_SAMSegment",
+            "LR_CustomDiffusionLoader"}
 
 
 @pytest.fixture(scope="module")

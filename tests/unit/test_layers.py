@@ -16,7 +16,7 @@ PACK_NAME = "comfyui_layout_retouch"
 # and packages of one layer import nothing of each other.
 LAYERS = {
     "errors": 0, "host": 0, "records": 0,  # records and the host
-    "attention": 1, "sampling": 1,  # algorithms
+    "attention": 1, "sampling": 1, "personalize": 1,  # algorithms
     "masks": 2,  # algorithms built on attention/ (the cross-attention mask)
     "nodes": 3,  # thin V3 nodes: input checks, one algorithm call each
     "benchmark": 4, "headless": 5,  # tools that run the nodes
