@@ -1,6 +1,7 @@
 """The adaptive mask ``M`` (L&R Sec. 3.2.2, "Adaptive mask blending"; Eq. 3-4 and Appendix C.2).
 
-    M^k = OR(Resize(M^c), M^SAM)
+    M^k = OR(Resize(C(M^c)), M^SAM)       (clean_union, the default)
+    M^k = OR(Resize(M^c), M^SAM)          (clean_union off: Eq. 3 as printed)
     M   = clip(Normalize(EDT_2(M^k)) + C(M^c), 0, 1)
 
 ``EDT_2`` is the exact Euclidean distance of each foreground pixel to the nearest background
@@ -8,6 +9,15 @@ pixel (scipy's ``distance_transform_edt``); ``Normalize`` maps the foreground's 
 linearly onto ``[low, high]`` (paper: [0.5, 1.0]) and leaves the background at exactly 0;
 ``C`` removes the connected sets of ``M^c`` smaller than a volume threshold (8-connectivity;
 the paper gives no threshold: ours is a fraction of the image, default 1%).
+
+Why ``clean_union`` is on by default: the paper introduces Eq. 3 with "we first discard noisy
+regions of M^c based on M^SAM", after saying that M^c "includes noisy regions"; Appendix C.2
+blames exactly those regions for the artifacts of an M^c-only mask. The OR as printed cannot
+discard anything: every speck of M^c enters M^k, and through ``Normalize`` enters M at 0.5 or
+more. Removing the small sets first (the paper's own ``C``, the operation it names "to discard
+noisy pixel mask areas") does what the sentence says; the large parts of M^c still add to
+M^SAM, so the OR keeps its stated purpose of covering what SAM misses. ``clean_union=False``
+gives the formula as printed.
 
 All masks here are ComfyUI MASKs, ``[B, H, W]`` floats in [0, 1].
 """
@@ -73,15 +83,36 @@ def normalize_foreground(distance: torch.Tensor, low: float, high: float) -> tor
     return out
 
 
+def area_threshold(fraction: float, size: tuple[int, int]) -> int:
+    """``C``'s volume threshold: ``fraction`` of an ``(H, W)`` image, in whole pixels (at least 1)."""
+    return max(1, round(fraction * size[0] * size[1]))
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 8-connected components of a boolean ``[H, W]``: labels ``[H, W]`` (0: background) and
+    the pixel count of each label (index 0 counts the background)."""
+    labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    return labels, np.bincount(labels.ravel(), minlength=count + 1)
+
+
+def keep_large_components(mask: np.ndarray, min_pixels: int, largest_if_none: bool = False) -> np.ndarray:
+    """``C`` on one boolean ``[H, W]``: its components of at least ``min_pixels`` pixels.
+
+    ``largest_if_none``: where no component is that large, keep the largest one (ties: the first
+    in scan order) rather than nothing.
+    """
+    labels, sizes = label_components(mask)
+    keep = sizes >= min_pixels
+    keep[0] = False
+    if largest_if_none and not keep.any() and len(sizes) > 1:
+        keep[1 + int(np.argmax(sizes[1:]))] = True
+    return keep[labels]
+
+
 def remove_small_components(mask: torch.Tensor, min_area: int) -> torch.Tensor:
-    """Drop the 8-connected foreground components with fewer than ``min_area`` pixels."""
-    out = []
-    for m in mask.cpu().numpy() > 0.5:
-        labels, count = ndimage.label(m, structure=EIGHT_CONNECTED)
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)
-        keep = sizes >= min_area
-        keep[0] = False
-        out.append(keep[labels])
+    """``C`` on a batch ``[B, H, W]``: drop the 8-connected foreground components with fewer than
+    ``min_area`` pixels."""
+    out = [keep_large_components(m, min_area) for m in mask.cpu().numpy() > 0.5]
     return torch.from_numpy(np.stack(out)).float()
 
 
@@ -90,13 +121,14 @@ class AdaptiveMask:
     """The adaptive mask and every intermediate, all ``[B, H, W]`` at the SAM mask's size."""
 
     mask: torch.Tensor  # M
-    union: torch.Tensor  # M^k
+    union: torch.Tensor  # M^k (from C(M^c) when clean_union)
     distance: torch.Tensor  # Normalize(EDT(M^k))
     components: torch.Tensor  # C(M^c)
 
 
 def adaptive_mask(cross_attention: torch.Tensor, sam: torch.Tensor, threshold: float = 0.5,
-                  min_component_area: float = 0.01, low: float = 0.5, high: float = 1.0) -> AdaptiveMask:
+                  min_component_area: float = 0.01, low: float = 0.5, high: float = 1.0,
+                  clean_union: bool = True) -> AdaptiveMask:
     """Compute ``M`` from ``M^c`` (binary or soft, binarised at ``threshold``) and ``M^SAM``.
 
     Args:
@@ -104,13 +136,15 @@ def adaptive_mask(cross_attention: torch.Tensor, sam: torch.Tensor, threshold: f
         sam: ``M^SAM``, ``[B', H, W]``; ``B == B'`` or one of them 1.
         min_component_area: fraction of the image below which a component of ``M^c`` is dropped.
         low, high: the range the foreground's distances are mapped onto.
+        clean_union: ``M^k`` from ``C(M^c)`` (the paper's "we first discard noisy regions of
+            M^c"; see the module docstring) rather than from the raw ``M^c`` (Eq. 3 as printed).
     """
     size = tuple(sam.shape[-2:])
     mc = binarize(resize_mask(cross_attention, size), threshold)
     msam = binarize(sam.float(), 0.5)
     mc, msam = match_batches(mc, msam)
-    union = torch.maximum(mc, msam)
+    cleaned = remove_small_components(mc, area_threshold(min_component_area, size))
+    union = torch.maximum(cleaned if clean_union else mc, msam)
     distance = normalize_foreground(distance_transform(union), low, high)
-    components = remove_small_components(mc, max(1, round(min_component_area * size[0] * size[1])))
-    mask = (distance + components).clamp(0, 1)
-    return AdaptiveMask(mask=mask, union=union, distance=distance, components=components)
+    mask = (distance + cleaned).clamp(0, 1)
+    return AdaptiveMask(mask=mask, union=union, distance=distance, components=cleaned)

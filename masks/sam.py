@@ -5,6 +5,12 @@ model size is read off the weights, not the file name: the image encoder's width
 count and global-attention blocks all follow from tensor shapes, so the three official sizes
 (vit_b, vit_l, vit_h) and any other ViT size load alike. The model is built from
 segment-anything's own classes, as its ``build_sam`` does.
+
+SAM is prompted from the prompt mask (usually ``M^c``) after its small parts are removed, by the
+adaptive mask's ``C`` (8-connected components below a fraction of the image, default 1%): the paper
+says ``M^c`` "includes noisy regions", and one speck far from the subject would otherwise stretch
+the box over the empty space between them. Where nothing is that large, the largest part prompts
+SAM, never the speckled mask.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from functools import partial
 import numpy as np
 import torch
 from scipy import ndimage
+
+from .adaptive import area_threshold, keep_large_components
 
 OFFICIAL_FILES = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
 OFFICIAL_SIZES = {  # (embed_dim, depth, heads, global attention blocks), from segment_anything/build_sam.py
@@ -123,14 +131,23 @@ def foreground(mask: np.ndarray) -> np.ndarray:
     return mask > 0.5 if mask.max() > 0.5 else mask > 0
 
 
-def prompt_from_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """SAM prompts from a mask ``[H, W]`` in [0, 1]: its foreground box and its peak point.
+def prompt_region(mask: np.ndarray, min_component_area: float = 0.01) -> np.ndarray:
+    """The part of a prompt mask ``[H, W]`` that SAM is prompted from, boolean ``[H, W]``: its
+    foreground without the 8-connected parts smaller than ``min_component_area`` of the image (the
+    adaptive mask's ``C``), or its largest part where none is that large."""
+    return keep_large_components(foreground(mask), area_threshold(min_component_area, mask.shape),
+                                 largest_if_none=True)
 
-    The peak is the foreground pixel where the mask value times the normalised distance to the
+
+def prompt_from_mask(mask: np.ndarray, min_component_area: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """SAM prompts from a mask ``[H, W]`` in [0, 1], not empty: the box and peak point of its
+    ``prompt_region`` (small parts removed; see the module docstring).
+
+    The peak is the region's pixel where the mask value times the normalised distance to the
     background is largest: the strongest response for a soft map, the most interior pixel for a
     binary one. Returns ``(box [4] as x0, y0, x1, y1, point [1, 2] as x, y)`` in pixels.
     """
-    fg = foreground(mask)
+    fg = prompt_region(mask, min_component_area)
     ys, xs = np.nonzero(fg)
     box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
     depth = ndimage.distance_transform_edt(fg)
@@ -144,9 +161,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def segment(sam: SamModel, image: np.ndarray, prompt_mask: np.ndarray, points: np.ndarray | None = None,
-            box: np.ndarray | None = None, device=None) -> np.ndarray:
-    """SAM's mask for one image, prompted from ``prompt_mask``; the multimask candidate with the
-    best IoU to the prompt mask is returned.
+            box: np.ndarray | None = None, device=None, min_component_area: float = 0.01) -> np.ndarray:
+    """SAM's mask for one image, prompted from ``prompt_mask``'s region (``prompt_region``); the
+    multimask candidate with the best IoU to that region is returned.
 
     Args:
         image: ``[H, W, 3]`` uint8 RGB.
@@ -154,10 +171,12 @@ def segment(sam: SamModel, image: np.ndarray, prompt_mask: np.ndarray, points: n
         points: extra foreground points ``[N, 2]`` (x, y) in pixels, or None.
         box: a box (x0, y0, x1, y1) in pixels replacing the mask's box, or None.
         device: where to run; the model goes back to the CPU afterwards.
+        min_component_area: parts of the prompt mask below this fraction of the image do not
+            prompt SAM.
     """
     from segment_anything import SamPredictor
 
-    mask_box, peak = prompt_from_mask(prompt_mask)
+    mask_box, peak = prompt_from_mask(prompt_mask, min_component_area)
     coords = peak if points is None else np.concatenate([peak, points.astype(np.float32)])
     model = sam.model
     try:
@@ -169,15 +188,15 @@ def segment(sam: SamModel, image: np.ndarray, prompt_mask: np.ndarray, points: n
                                         box=mask_box if box is None else box, multimask_output=True)
     finally:
         model.to("cpu")
-    target = foreground(prompt_mask)
+    target = prompt_region(prompt_mask, min_component_area)
     return masks[int(np.argmax([iou(m, target) for m in masks]))]
 
 
 def segment_images(sam: SamModel, images: torch.Tensor, prompt_masks: torch.Tensor, points: np.ndarray | None = None,
-                   box: np.ndarray | None = None) -> torch.Tensor:
+                   box: np.ndarray | None = None, min_component_area: float = 0.01) -> torch.Tensor:
     """M^SAM ``[B, H, W]`` for an IMAGE batch ``[B or 1, H, W, C]`` in [0, 1] and its prompt masks
     ``[B, H, W]`` (at the image's size, none empty), on ComfyUI's device, with its progress bar
-    and interruption (the SAM Segment from Mask node)."""
+    and interruption (the SAM Segment from Mask node); ``min_component_area`` as in ``segment``."""
     import comfy.model_management
     import comfy.utils
 
@@ -188,6 +207,6 @@ def segment_images(sam: SamModel, images: torch.Tensor, prompt_masks: torch.Tens
     for i, m in enumerate(prompt_masks.cpu().numpy()):
         comfy.model_management.throw_exception_if_processing_interrupted()
         picture = pixels[i if pixels.shape[0] > 1 else 0]
-        out.append(torch.from_numpy(segment(sam, picture, m, points, box, device)).float())
+        out.append(torch.from_numpy(segment(sam, picture, m, points, box, device, min_component_area)).float())
         progress.update(1)
     return torch.stack(out)

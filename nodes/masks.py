@@ -40,8 +40,8 @@ class AdaptiveMask(io.ComfyNode):
             node_id="LR_AdaptiveMask",
             display_name="Adaptive Mask",
             category=CATEGORY,
-            description="Layout-and-Retouch's adaptive mask: M = clip(Normalize(EDT(M^c OR M^SAM)) + C(M^c), 0, 1), "
-                        "with every intermediate as its own output.",
+            description="Layout-and-Retouch's adaptive mask: M = clip(Normalize(EDT(C(M^c) OR M^SAM)) + C(M^c), 0, 1) "
+                        "(M^c OR M^SAM with clean_union off), with every intermediate as its own output.",
             inputs=[
                 io.Mask.Input("cross_attention_mask", tooltip="M^c (binary or soft), any size; resized to the SAM "
                               "mask's size."),
@@ -55,10 +55,16 @@ class AdaptiveMask(io.ComfyNode):
                                tooltip="Weight at the foreground's edge (paper: 0.5)."),
                 io.Float.Input("normalize_high", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Weight at the foreground's most interior pixel (paper: 1.0)."),
+                io.Boolean.Input("clean_union", default=True,
+                                 tooltip="On: the union M^k takes M^c without its small parts, C(M^c), so noise "
+                                         "specks of M^c stay out of M (the paper: 'we first discard noisy regions "
+                                         "of M^c'). Off: the raw M^c, as the paper's formula is printed (each speck "
+                                         "enters M at 0.5 or more)."),
             ],
             outputs=[
                 io.Mask.Output(display_name="mask", tooltip="The adaptive mask M (for the swap's mask input)."),
-                io.Mask.Output(display_name="union", tooltip="M^k = M^c OR M^SAM."),
+                io.Mask.Output(display_name="union", tooltip="M^k = C(M^c) OR M^SAM (M^c OR M^SAM with "
+                               "clean_union off)."),
                 io.Mask.Output(display_name="distance", tooltip="The normalised distance transform of M^k."),
                 io.Mask.Output(display_name="components", tooltip="C(M^c): M^c without its small parts."),
             ],
@@ -66,18 +72,22 @@ class AdaptiveMask(io.ComfyNode):
 
     @classmethod
     def execute(cls, cross_attention_mask, sam_mask, threshold, min_component_area, normalize_low,
-                normalize_high) -> io.NodeOutput:
+                normalize_high, clean_union=True) -> io.NodeOutput:
         node = "Adaptive Mask"
         if normalize_low > normalize_high:
             raise NodeInputError(node, "normalize_low", f"is {normalize_low}, above normalize_high {normalize_high}.",
                                  "keep normalize_low <= normalize_high (paper: 0.5 and 1.0).")
         try:
             result = adaptive_mask(cross_attention_mask, sam_mask, threshold, min_component_area, normalize_low,
-                                   normalize_high)
+                                   normalize_high, clean_union)
         except ValueError as e:  # the two batches cannot be paired
             raise NodeInputError(node, "sam_mask", f"{e}.", "give one mask, or as many masks as the other input.") \
                 from None
-        if not result.union.any():  # M^k = M^c OR M^SAM is empty only when both are
+        if not result.union.any():  # M^k is empty only when M^SAM and (C of) M^c are
+            if clean_union and (cross_attention_mask > threshold).any():
+                raise NodeInputError(node, "cross_attention_mask", "has only parts below min_component_area and "
+                                     "sam_mask is empty: there is no subject to retouch.",
+                                     "lower min_component_area or turn clean_union off, or check the SAM prompt.")
             raise NodeInputError(node, "cross_attention_mask", "and sam_mask are both empty: there is no subject to "
                                  "retouch.", "check the subject word and the SAM prompt, or lower the threshold.")
         return io.NodeOutput(result.mask, result.union, result.distance, result.components)
@@ -146,8 +156,9 @@ class SAMSegment(io.ComfyNode):
             node_id="LR_SAMSegment",
             display_name="SAM Segment from Mask",
             category=CATEGORY,
-            description="M^SAM: Segment Anything prompted with a mask's box and peak point (plus optional points or "
-                        "box); of SAM's three candidates, the one closest (IoU) to the prompt mask is kept.",
+            description="M^SAM: Segment Anything prompted with a mask's box and peak point, taken after the mask's "
+                        "small parts are removed (plus optional points or box); of SAM's three candidates, the one "
+                        "closest (IoU) to that cleaned prompt mask is kept.",
             inputs=[
                 io.Image.Input("image", tooltip="The layout image."),
                 Sam.Input("sam", tooltip="From SAM Loader."),
@@ -157,12 +168,16 @@ class SAMSegment(io.ComfyNode):
                                 "'x,y; x,y'."),
                 io.String.Input("box", default="", tooltip="Optional box in pixels 'x0,y0,x1,y1', replacing the "
                                 "mask's box."),
+                io.Float.Input("min_component_area", default=0.01, min=0.0, max=1.0, step=0.001,
+                               tooltip="Connected parts of the prompt mask smaller than this fraction of the image "
+                                       "do not prompt SAM (noise specks would stretch the box); if no part is that "
+                                       "large, the largest one prompts it. 0 keeps every part."),
             ],
             outputs=[io.Mask.Output(display_name="mask", tooltip="M^SAM at the image's size.")],
         )
 
     @classmethod
-    def execute(cls, image, sam, prompt_mask, extra_points, box) -> io.NodeOutput:
+    def execute(cls, image, sam, prompt_mask, extra_points, box, min_component_area=0.01) -> io.NodeOutput:
         node = "SAM Segment from Mask"
         points = parse_numbers(node, "extra_points", extra_points, 2)
         box_xyxy = parse_numbers(node, "box", box, 4)
@@ -181,4 +196,5 @@ class SAMSegment(io.ComfyNode):
             raise NodeInputError(node, "prompt_mask", f"is empty (all zeros) for image {empty[0]}: SAM needs a prompt.",
                                  "check the cross-attention mask (subject word, threshold), or give a box.")
         return io.NodeOutput(sam_lib.segment_images(sam, image, masks, points,
-                                                    box_xyxy[0] if box_xyxy is not None else None))
+                                                    box_xyxy[0] if box_xyxy is not None else None,
+                                                    min_component_area))

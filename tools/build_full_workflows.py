@@ -97,13 +97,14 @@ def build(kind: str) -> WF:
     w.link(*per_model, mc, "model"); w.link(lay_inv, 1, mc, "layout_inversion"); w.link(*per_clip, mc, "clip")
     w.link(pp_text, 0, mc, "prompt"); w.link(word_node, 0, mc, "subject")
     sam = w.node("LR_SAMLoader", (1860, 430), ["sam_vit_h_4b8939.pth"], outputs=[("sam", "LR_SAM")], size=(320, 60))
-    seg = w.node("LR_SAMSegment", (2240, 430), ["", ""], inputs=[("image", "IMAGE"), ("sam", "LR_SAM"),
+    seg = w.node("LR_SAMSegment", (2240, 430), ["", "", 0.01], inputs=[("image", "IMAGE"), ("sam", "LR_SAM"),
                  ("prompt_mask", "MASK")], outputs=[("mask", "MASK")], title="SAM Segment from Mask (M^SAM)",
-                 size=(320, 130))
+                 size=(320, 160))
     w.link(lay_dec, 0, seg, "image"); w.link(sam, 0, seg, "sam"); w.link(mc, 1, seg, "prompt_mask")
-    ada = w.node("LR_AdaptiveMask", (2240, 150), [0.5, 0.01, 0.5, 1.0], inputs=[("cross_attention_mask", "MASK"),
-                 ("sam_mask", "MASK")], outputs=[("mask", "MASK"), ("union", "MASK"), ("distance", "MASK"),
-                 ("components", "MASK")], size=(320, 200))
+    ada = w.node("LR_AdaptiveMask", (2240, 150), [0.5, 0.01, 0.5, 1.0, True],
+                 inputs=[("cross_attention_mask", "MASK"), ("sam_mask", "MASK")],
+                 outputs=[("mask", "MASK"), ("union", "MASK"), ("distance", "MASK"), ("components", "MASK")],
+                 size=(320, 230))
     w.link(mc, 1, ada, "cross_attention_mask"); w.link(seg, 0, ada, "sam_mask")
     for (title, x), (src, slot) in zip((("M^c (cross-attention)", 2240), ("M^SAM", 2480), ("M (adaptive)", 2720)),
                                        ((mc, 1), (seg, 0), (ada, 0)), strict=True):

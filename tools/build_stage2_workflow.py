@@ -36,10 +36,10 @@ ks = w.node("KSamplerAdvanced", (2140, 60), ["disable", 0, "fixed", 50, 7.5, "dd
 dec = w.node("VAEDecode", (2500, 60), [], inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[IMG], size=(220, 50))
 save = w.node("SaveImage", (2760, 60), ["layout_retouch/retouched"], inputs=[("images", "IMAGE")], size=(420, 460))
 sam = w.node("LR_SAMLoader", (1340, 820), ["sam_vit_h_4b8939.pth"], outputs=[("sam", "LR_SAM")], size=(320, 60))
-seg = w.node("LR_SAMSegment", (1340, 920), ["", ""], inputs=[("image", "IMAGE"), ("sam", "LR_SAM"), ("prompt_mask", "MASK")],
-             outputs=[("mask", "MASK")], title="SAM Segment from Mask (M^SAM)", size=(320, 130))
-ada = w.node("LR_AdaptiveMask", (1740, 820), [0.5, 0.01, 0.5, 1.0], inputs=[("cross_attention_mask", "MASK"), ("sam_mask", "MASK")],
-             outputs=[("mask", "MASK"), ("union", "MASK"), ("distance", "MASK"), ("components", "MASK")], size=(320, 200))
+seg = w.node("LR_SAMSegment", (1340, 920), ["", "", 0.01], inputs=[("image", "IMAGE"), ("sam", "LR_SAM"), ("prompt_mask", "MASK")],
+             outputs=[("mask", "MASK")], title="SAM Segment from Mask (M^SAM)", size=(320, 160))
+ada = w.node("LR_AdaptiveMask", (1740, 820), [0.5, 0.01, 0.5, 1.0, True], inputs=[("cross_attention_mask", "MASK"), ("sam_mask", "MASK")],
+             outputs=[("mask", "MASK"), ("union", "MASK"), ("distance", "MASK"), ("components", "MASK")], size=(320, 230))
 previews = []
 for title, x in (("M^c (cross-attention)", 2140), ("M^SAM", 2400), ("M (adaptive)", 2660)):
     m2i = w.node("MaskToImage", (x, 820), [], inputs=[("mask", "MASK")], outputs=[IMG], size=(220, 50))

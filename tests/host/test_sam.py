@@ -80,6 +80,36 @@ def test_sam_nodes(comfy, sams_folder):
         segment.execute(image=image, sam=sam, prompt_mask=prompt, extra_points="", box="1,2,3")
 
 
+def test_sam_segment_node_prompts_without_specks(comfy, sams_folder, monkeypatch):
+    """An 80x120 subject and one 8x8 speck far away: the node prompts SAM with the subject's box
+    (not the 257x299 px box of the raw mask) and segments as for the subject alone."""
+    from segment_anything import SamPredictor
+
+    boxes, predict = [], SamPredictor.predict
+
+    def spy(self, *args, **kwargs):
+        boxes.append(kwargs["box"].tolist())
+        return predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(SamPredictor, "predict", spy)
+    segment = comfy.NODE_CLASS_MAPPINGS["LR_SAMSegment"]
+    inputs = {spec.id: spec for spec in segment.GET_SCHEMA().inputs}
+    assert inputs["min_component_area"].default == 0.01 and inputs["min_component_area"].tooltip
+    sam = comfy.NODE_CLASS_MAPPINGS["LR_SAMLoader"].execute(sam_name="tiny_sam.pth").result[0]
+    image = torch.rand(1, 400, 400, 3, generator=torch.Generator().manual_seed(0))
+    subject = torch.zeros(1, 400, 400)
+    subject[0, 40:160, 40:120] = 1
+    specked = subject.clone()
+    specked[0, 331:339, 289:297] = 1
+
+    def run(prompt, **extra):
+        return segment.execute(image=image, sam=sam, prompt_mask=prompt, extra_points="", box="", **extra).result[0]
+
+    assert torch.equal(run(specked), run(subject))
+    run(specked, min_component_area=0.0)  # 0 keeps every part: the old, stretched box
+    assert boxes == [[40, 40, 119, 159], [40, 40, 119, 159], [40, 40, 296, 338]]
+
+
 def test_sam_loader_errors(comfy, sams_folder, tmp_path):
     import folder_paths
 
@@ -122,3 +152,31 @@ def test_adaptive_mask_node(comfy):
         adaptive(torch.ones(2, 8, 8), torch.ones(3, 64, 64))
     with pytest.raises(ValueError, match=r"input 'normalize_low'"):
         adaptive(mc, msam, 0.9, 0.5)
+
+
+def test_adaptive_mask_node_clean_union(comfy):
+    """clean_union (on by default): a speck of M^c stays out of M; off, it enters at 0.5 as the
+    formula is printed."""
+    node = comfy.NODE_CLASS_MAPPINGS["LR_AdaptiveMask"]
+    inputs = {spec.id: spec for spec in node.GET_SCHEMA().inputs}
+    assert inputs["clean_union"].default is True and "noisy regions" in inputs["clean_union"].tooltip
+    mc, msam = torch.zeros(1, 400, 400), torch.zeros(1, 400, 400)
+    mc[0, 40:160, 40:120] = 1
+    mc[0, 331:339, 289:297] = 1  # the speck
+    msam[0, 36:164, 36:124] = 1
+
+    def adaptive(mc, msam, clean_union):
+        return node.execute(cross_attention_mask=mc, sam_mask=msam, threshold=0.5, min_component_area=0.01,
+                            normalize_low=0.5, normalize_high=1.0, clean_union=clean_union).result
+
+    speck = (0, slice(331, 339), slice(289, 297))
+    mask, union, _, _ = adaptive(mc, msam, True)
+    assert float(mask[speck].max()) == 0 and float(union[speck].max()) == 0
+    mask, union, _, _ = adaptive(mc, msam, False)
+    assert float(mask[speck].min()) == 0.5 and float(union[speck].min()) == 1
+    only_speck = torch.zeros(1, 400, 400)
+    only_speck[speck] = 1
+    with pytest.raises(ValueError, match=r"input 'cross_attention_mask': has only parts below min_component_area "
+                                         r"and sam_mask is empty.*turn clean_union off"):
+        adaptive(only_speck, torch.zeros(1, 400, 400), True)
+    assert float(adaptive(only_speck, torch.zeros(1, 400, 400), False)[0][speck].min()) >= 0.5

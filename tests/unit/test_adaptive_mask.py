@@ -74,9 +74,43 @@ def test_small_cross_attention_parts_removed_in_components_only():
     mc = torch.zeros(1, 20, 20)
     mc[0, 10:18, 10:18] = 1  # 64 px
     mc[0, 1, 1] = 1  # a speck
-    r = adaptive_mask(mc, torch.zeros(1, 20, 20), min_component_area=0.01)  # 4 px at 20x20
+    r = adaptive_mask(mc, torch.zeros(1, 20, 20), min_component_area=0.01, clean_union=False)  # 4 px at 20x20
     assert float(r.components[0, 1, 1]) == 0 and float(r.components[0, 12, 12]) == 1
-    assert float(r.union[0, 1, 1]) == 1  # the union keeps it (the paper removes noise from C(M^c) only)
+    assert float(r.union[0, 1, 1]) == 1  # the formula as printed: the union keeps it
+
+
+def speck_scene():
+    """M^c: an 80x120 subject and an 8x8 speck far away, at 400x400; M^SAM: the subject, a little wider."""
+    mc, msam = torch.zeros(1, 400, 400), torch.zeros(1, 400, 400)
+    mc[0, 40:160, 40:120] = 1
+    mc[0, 331:339, 289:297] = 1  # 64 px, under 1% of the image (1600 px)
+    msam[0, 36:164, 36:124] = 1
+    return mc, msam
+
+
+def test_clean_union_keeps_specks_out_of_m():
+    mc, msam = speck_scene()
+    speck = (slice(None), slice(331, 339), slice(289, 297))
+    clean = adaptive_mask(mc, msam)  # clean_union is on by default
+    assert float(clean.union[speck].max()) == 0 and float(clean.mask[speck].max()) == 0
+    torch.testing.assert_close(clean.union, torch.maximum(clean.components, msam))
+    raw = adaptive_mask(mc, msam, clean_union=False)  # the old formula: the speck enters M at 0.5 and more
+    assert float(raw.union[speck].min()) == 1
+    assert float(raw.mask[speck].min()) == 0.5 and float(raw.mask[speck].max()) > 0.5
+    assert torch.equal(raw.components, clean.components)  # C(M^c) is the same either way
+    outside = torch.ones(1, 400, 400, dtype=torch.bool)
+    outside[speck] = False
+    assert float(raw.mask[outside].sum()) > 0 and float(clean.mask[outside].sum()) > 0
+    # away from the speck both agree (Normalize scales by the deepest pixel, the subject's, in both)
+    torch.testing.assert_close(clean.mask[0, :200], raw.mask[0, :200])
+
+
+def test_clean_union_keeps_large_parts_of_m_c():
+    """What SAM misses but M^c covers with a large part still enters M^k (the OR's purpose)."""
+    mc, msam = speck_scene()
+    msam[0, 100:164] = 0  # SAM misses the lower half of the subject
+    r = adaptive_mask(mc, msam)
+    assert float(r.union[0, 100:160, 40:120].min()) == 1
 
 
 def test_resizing_latent_to_image_size():
