@@ -71,11 +71,12 @@ class AttentionStore:
 
 
 def conditional_rows(extra_options: dict, rows_total: int) -> torch.Tensor:
-    """Indices of the positive-prompt target rows of a call."""
+    """Indices of the positive-prompt target rows of a call (none in a swap's call of source rows only)."""
     halves = list(extra_options.get("cond_or_uncond", [0]))
     swap_rows = extra_options.get(ROWS_KEY)
-    batch = swap_rows.batch if swap_rows is not None else rows_total // len(halves)
-    picked = [h * batch + b for h, half in enumerate(halves) if half == 0 for b in range(batch)]
+    per_half = swap_rows.per_half if swap_rows is not None else rows_total // len(halves)
+    batch = swap_rows.batch if swap_rows is not None else per_half
+    picked = [h * per_half + b for h, half in enumerate(halves) if half == 0 for b in range(batch)]
     return torch.tensor(picked, dtype=torch.long)
 
 
@@ -120,9 +121,9 @@ class CaptureAttention:
         heads = extra_options["n_heads"]
         out = attend_as_before(self.chained, q, k, v, extra_options)
         found = self.wanted(extra_options)
-        if found is not None:
+        rows = conditional_rows(extra_options, q.shape[0]).to(q.device)
+        if found is not None and len(rows):
             layer, step, size = found
-            rows = conditional_rows(extra_options, q.shape[0]).to(q.device)
             store = self.store
             store.latent_size = tuple(extra_options["original_shape"][-2:])
             store.sizes[layer] = size

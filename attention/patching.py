@@ -6,7 +6,7 @@ import torch
 
 from ..errors import Problem
 from ..records import InversionTrajectory, model_key
-from .layers import layer_keys, patched_key
+from .layers import LayerSet, layer_keys, replace_patch
 from .session import (
     KEY,
     PATHS,
@@ -21,13 +21,14 @@ from .session import (
 from .swap import SourceNeeds, SwapAttention, SwapSpec
 
 
-def taken_problem(model, kind: str, keys: tuple[tuple[str, int, int], ...]) -> Problem | None:
-    """Why the swap cannot patch ``keys``: another patch already replaces attention there, or None."""
-    for key in keys:
-        existing = patched_key(model, kind, key)
-        if existing is not None:
-            return (f"already has a {kind} replace patch on {existing} from another node.",
-                    "apply the swap to the model before that node, or remove that node.")
+def swapped_problem(model) -> Problem | None:
+    """Why the swap cannot patch ``model``: it carries a swap already (the only patch not chained)."""
+    import comfy.patcher_extension as ext
+
+    if ext.get_wrappers_with_key(ext.WrappersMP.OUTER_SAMPLE, KEY, model.model_options, is_model_options=True):
+        return ("already carries a Multi-Source Attention Swap; two swaps cannot share one sampler run (each adds "
+                "its own source rows and checks the run against its own inversions).",
+                "connect the swap to the model before the first swap, and keep one swap per KSampler.")
     return None
 
 
@@ -73,26 +74,26 @@ def swap_model(model, layout: InversionTrajectory, reference: InversionTrajector
         layout, reference: the source paths' recorded inversions (or stage 1's trajectory).
         layout_prompts, reference_prompts: each path's ``(positive, negative)`` text embeddings.
         mode, cache: how the sources run, and where the reference cache lives (off in the paper's mode).
-        error_for: turns a problem with an input into the exception raised, here (a key taken by
-            another patch) or when a sampler runs the model (:class:`~.session.OuterSample`).
+        error_for: turns a problem with an input into the exception raised, here (a model that
+            carries a swap already) or when a sampler runs the model (:class:`~.session.OuterSample`).
     """
     cache = CacheMode.OFF if mode is SourceMode.REDENOISE else cache
     paths = SourcePaths(layout, reference, layout_prompts, reference_prompts, mode, cache,
                         (model_key(model, KEY), *reference_prompts) if cache is not CacheMode.OFF else ())
     needs = source_needs(model, spec, mask)
-    for kind, keys in (("attn1", needs.self_layers), ("attn2", needs.cross_layers)):
-        problem = taken_problem(model, kind, keys)
-        if problem is not None:
-            raise error_for("model", problem)
+    problem = swapped_problem(model)
+    if problem is not None:
+        raise error_for("model", problem)
 
     import comfy.patcher_extension as ext
 
-    m = model.clone()
-    self_patch, cross_patch = SwapAttention("self", spec, mask), SwapAttention("cross", spec, None)
-    for name, block_id, index in needs.self_layers:
-        m.set_model_attn1_replace(self_patch, name, block_id, index)
-    for name, block_id, index in needs.cross_layers:
-        m.set_model_attn2_replace(cross_patch, name, block_id, index)
+    m = model.clone()  # patches already on a key are chained (SwapAttention says where they run)
+    for kind, attn, swapped in (("self", "attn1", needs.self_layers), ("cross", "attn2", needs.cross_layers)):
+        for key in layer_keys(model, LayerSet(None)):  # every attention layer
+            chained = replace_patch(model, attn, key)
+            if key in swapped or chained is not None:
+                m.set_model_patch_replace(SwapAttention(kind, spec, mask if kind == "self" else None, chained), attn,
+                                          *key)
     outer = OuterSample(paths, needs, error_for)
     ext.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, KEY, outer, m.model_options, is_model_options=True)
     ext.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, KEY, apply_model_wrapper, m.model_options,

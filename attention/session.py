@@ -5,8 +5,8 @@ The patched model carries three hooks, all registered with ComfyUI's keyed exten
 - an ``OUTER_SAMPLE`` wrapper that checks the sampler's schedule against the inversions' and
   creates the run's state (:class:`RunState`) in the run's own ``transformer_options``,
   removing it in ``finally``;
-- an ``APPLY_MODEL`` wrapper that appends, per CFG half, the layout and reference rows (their
-  latents at the current sigma and their own prompts) to the call, and slices them off again,
+- an ``APPLY_MODEL`` wrapper that adds to each CFG half's rows the layout and reference rows
+  (their latents at the current sigma and their own prompts; :mod:`.rows`), and takes them out again,
   so all paths run in one UNet call per step. A path runs only at steps where the target reads
   its attention and no record (:mod:`.sources`: reference cache, fast mode) holds it already;
 - in the paper's mode only, a post-CFG function that advances the re-denoised source latents
@@ -143,7 +143,8 @@ class RunState:
         """Keep the source rows' denoised outputs per CFG half, for :meth:`advance`."""
         if not self.paths.redenoise:
             return
-        layout, reference = denoised[rows.layout_rows()], denoised[rows.reference_rows()]
+        layout = denoised[rows.layout_index().to(denoised.device)]
+        reference = denoised[rows.reference_index().to(denoised.device)]
         for h, half in enumerate(rows.halves):
             self.pending[half] = {
                 "layout": layout[h * rows.n_layout:(h + 1) * rows.n_layout],
@@ -192,9 +193,11 @@ def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control
     latents = {p: run.source_latent(p, sigma).to(x) for p in PATHS if run.runs(p, step, halves)}
     n = {p: latents[p].shape[0] if p in latents else 0 for p in PATHS}
     rows = RowLayout(halves, batch, n["layout"], n["reference"], step)
-    xs, contexts = [x], [c_crossattn]
-    for path in latents:
-        for half in halves:
+    xs, contexts = [], []
+    for h, half in enumerate(halves):  # per half: its targets, then its source rows (rows.py)
+        xs.append(x[h * batch:(h + 1) * batch])
+        contexts.append(c_crossattn[h * batch:(h + 1) * batch])
+        for path in latents:
             xs.append(latents[path])
             contexts.append(run.paths.prompts(path)[half].to(c_crossattn).expand(n[path], -1, -1))
     options = dict(transformer_options)
@@ -205,7 +208,7 @@ def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control
     t_all = t[:1].expand(x_all.shape[0])
     out = executor(x_all, t_all, None, torch.cat(_repeat_tokens(contexts)), None, options, **kwargs)
     run.keep_outputs(rows, out)
-    return out[:rows.n_target]
+    return out[rows.target_index().to(out.device)]
 
 
 def post_cfg_function(args):

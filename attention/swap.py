@@ -11,13 +11,15 @@ Per denoising step ``s`` and swapped layer, for the target rows of a UNet call:
   blend is applied before ``to_out``, which is affine, so it equals the blend after it.
 
 Source rows always attend to themselves. Attention runs through ComfyUI's
-``optimized_attention`` (SDPA, xformers or sub-quadratic, as ComfyUI chose). What the target
+``optimized_attention`` (SDPA, xformers or sub-quadratic, as ComfyUI chose), or through the
+patch another node had put on the key (:class:`SwapAttention` says where that one runs). What the target
 reads from a source path comes from that path's rows in the call, or from a record when the
 path has no rows in it (:class:`~.sources.StepSources`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..records import CROSS_OUT, KEYS, SELF_OUT, VALUES, Layer, Need
-from .attend import ROWS_KEY, SOURCES_KEY, Attend, host_attention
+from .attend import ROWS_KEY, SOURCES_KEY, Attend, attend_as_before, host_attention
 from .layers import LayerSet
 from .rows import RowLayout
 from .sources import StepSources
@@ -45,50 +47,81 @@ def mask_tokens(mask: torch.Tensor, rows: RowLayout, size: tuple[int, int], like
     return m.repeat(len(rows.halves), 1, 1)
 
 
+# A group of rows attending to themselves as the key computes without the swap: ComfyUI's
+# attention, or the patch that was on the key (chained), told the group's own row layout.
+Own = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, RowLayout], torch.Tensor]
+
+
+def _plain(attend: Attend) -> Own:
+    return lambda q, k, v, group: attend(q, k, v)
+
+
+def _layout_of_sources(out_sources: torch.Tensor | None, rows: RowLayout) -> torch.Tensor | None:
+    """The layout rows' outputs, half by half, from the source rows' outputs."""
+    if out_sources is None or not rows.n_layout:
+        return None
+    return out_sources[rows.sources().layout_index().to(out_sources.device)]
+
+
+def _sources_attend_themselves(q, k, v, rows: RowLayout, own: Own) -> torch.Tensor | None:
+    src = rows.sources_index().to(q.device)
+    return own(q[src], k[src], v[src], rows.sources()) if len(src) else None
+
+
+def _groups_attend_themselves(q, k, v, rows: RowLayout, own: Own) -> torch.Tensor:
+    """Every row attends to itself through a chained patch, called for the sources, then for the
+    targets (a patch that keeps what it saw, as Self-Attention Guidance does, keeps the targets')."""
+    out_sources = _sources_attend_themselves(q, k, v, rows, own)
+    t = rows.target_index().to(q.device)
+    return rows.assemble(own(q[t], k[t], v[t], rows.targets()), out_sources)
+
+
 def swap_self_attention(q, k, v, rows: RowLayout, phase: Phase, attend: Attend, mask: torch.Tensor | None = None,
-                        layer: Layer | None = None, sources: StepSources | None = None) -> torch.Tensor:
+                        layer: Layer | None = None, sources: StepSources | None = None,
+                        own: Own | None = None) -> torch.Tensor:
     """Self-attention for one call's rows with the target rows swapped per ``phase``.
 
     Args:
         q, k, v: ``[rows.total, tokens, inner]``, projected.
+        attend: ComfyUI's attention, for the target's queries on the references' keys and values.
         mask: ``[n_target, tokens, 1]`` blend weights for the target (1 keeps the target), or None.
         layer, sources: the layer's key and where a path without rows in the call is read from.
+        own: how a group of rows attends to itself (default: ``attend``; a chained patch).
     """
     if phase is Phase.OWN and mask is None:
-        return attend(q, k, v)
+        return attend(q, k, v) if own is None else _groups_attend_themselves(q, k, v, rows, own)
+    own = own or _plain(attend)
     sources = sources or StepSources(rows)
-    src = rows.sources()
-    out_sources = attend(q[src], k[src], v[src]) if q[src].shape[0] else q[src]
+    out_sources = _sources_attend_themselves(q, k, v, rows, own)
     layout = None
     if phase is Phase.LAYOUT or mask is not None:
-        computed = out_sources[:len(rows.halves) * rows.n_layout] if rows.n_layout else None
-        layout = sources.for_targets("layout", layer, SELF_OUT, computed, q)
+        layout = sources.for_targets("layout", layer, SELF_OUT, _layout_of_sources(out_sources, rows), q)
+    t = rows.target_index().to(q.device)
     if phase is Phase.LAYOUT:
         out_target = layout
     elif phase is Phase.REFERENCE:
-        ref = rows.reference_rows()
+        ref = rows.reference_index().to(q.device)
         present = rows.n_reference > 0
         k_ref = sources.for_targets("reference", layer, KEYS, k[ref] if present else None, k)
         v_ref = sources.for_targets("reference", layer, VALUES, v[ref] if present else None, v)
-        out_target = attend(q[rows.target()], k_ref, v_ref)
+        out_target = attend(q[t], k_ref, v_ref)
     else:
-        t = rows.target()
-        out_target = attend(q[t], k[t], v[t])
+        out_target = own(q[t], k[t], v[t], rows.targets())
     if mask is not None and phase is not Phase.LAYOUT:
         out_target = mask * out_target + (1 - mask) * layout
-    return torch.cat([out_target, out_sources])
+    return rows.assemble(out_target, out_sources)
 
 
 def swap_cross_attention(q, k, v, rows: RowLayout, phase: Phase, attend: Attend, layer: Layer | None = None,
-                         sources: StepSources | None = None) -> torch.Tensor:
+                         sources: StepSources | None = None, own: Own | None = None) -> torch.Tensor:
     """Cross-attention with the target rows taking the layout's output in the layout phase."""
     if phase is not Phase.LAYOUT:
-        return attend(q, k, v)
+        return attend(q, k, v) if own is None else _groups_attend_themselves(q, k, v, rows, own)
+    own = own or _plain(attend)
     sources = sources or StepSources(rows)
-    src = rows.sources()
-    out_sources = attend(q[src], k[src], v[src]) if q[src].shape[0] else q[src]
-    computed = out_sources[:len(rows.halves) * rows.n_layout] if rows.n_layout else None
-    return torch.cat([sources.for_targets("layout", layer, CROSS_OUT, computed, q), out_sources])
+    out_sources = _sources_attend_themselves(q, k, v, rows, own)
+    layout = sources.for_targets("layout", layer, CROSS_OUT, _layout_of_sources(out_sources, rows), q)
+    return rows.assemble(layout, out_sources)
 
 
 @dataclass(frozen=True)
@@ -136,30 +169,49 @@ class SourceNeeds:
 
 
 class SwapAttention:
-    """An ``attn1`` (self) or ``attn2`` (cross) replace patch; a plain attention outside a retouch run."""
+    """An ``attn1`` (self) or ``attn2`` (cross) replace patch; outside a retouch run it computes
+    what the key computed before it (ComfyUI's attention, or the patch it chains).
 
-    def __init__(self, kind: str, spec: SwapSpec, mask: torch.Tensor | None) -> None:
+    A patch that was already on the key (another pack's, e.g. IPAdapter's ``attn2`` patches, or
+    the pack's own Attention Capture, Self-Attention Guidance) is chained: wherever rows attend
+    to themselves (the target rows in their own phase, the source rows always), they attend
+    through it, called for the source rows, then for the target rows, each group one block per
+    CFG half as ComfyUI lays out a call, with ``ROWS_KEY`` set to that group's
+    :class:`RowLayout`. It does not run for the target rows where their output is the swap's:
+    copied from the layout (layout phase), or their queries on the references' keys and values
+    (reference phase of self-attention). The swap also wraps such patches on the keys it does
+    not swap (always the own phase there), so every patch sees the groups apart.
+    """
+
+    def __init__(self, kind: str, spec: SwapSpec, mask: torch.Tensor | None, chained=None) -> None:
         self.kind = kind
         self.spec = spec
         self.mask = mask
+        self.chained = chained
 
     def to(self, device_or_dtype):
         if self.mask is not None:
             self.mask = self.mask.to(device_or_dtype)
+        if hasattr(self.chained, "to"):
+            self.chained = self.chained.to(device_or_dtype)
         return self
 
     def __call__(self, q, k, v, extra_options):
-        attend = host_attention(extra_options["n_heads"], extra_options.get("attn_precision"))
         rows: RowLayout | None = extra_options.get(ROWS_KEY)
         if rows is None:
-            return attend(q, k, v)
+            return attend_as_before(self.chained, q, k, v, extra_options)
+        attend = host_attention(extra_options["n_heads"], extra_options.get("attn_precision"))
+        own = None
+        if self.chained is not None:
+            own = lambda q, k, v, group: self.chained(q, k, v, {**extra_options, ROWS_KEY: group})  # noqa: E731
         block = extra_options["block"]
         layer, sources = (*block, extra_options.get("block_index", 0)), extra_options.get(SOURCES_KEY)
         if self.kind == "cross":
-            return swap_cross_attention(q, k, v, rows, self.spec.cross_phase(block, rows.step), attend, layer, sources)
+            return swap_cross_attention(q, k, v, rows, self.spec.cross_phase(block, rows.step), attend, layer, sources,
+                                        own)
         mask = None
         if self.mask is not None and self.spec.blends(block, rows.step):
             h, w = extra_options["activations_shape"][-2:]
             mask = mask_tokens(self.mask, rows, (h, w), q)
         return swap_self_attention(q, k, v, rows, self.spec.self_phase(block, rows.step), attend, mask, layer,
-                                   sources)
+                                   sources, own)

@@ -82,7 +82,7 @@ class Recorder:
         out = self.inner(q, k, v, extra)
         rows = extra.get(ROWS_KEY)
         self.log.append({"kind": self.kind, "key": (*extra["block"], extra["block_index"]), "step": rows.step,
-                         "halves": rows.halves, "target": out[rows.target()].clone(), "rows": rows,
+                         "halves": rows.halves, "target": out[rows.target_index()].clone(), "rows": rows,
                          "layout": out[rows.layout_for_targets()].clone() if rows.n_layout else None})
         return out
 
@@ -261,12 +261,14 @@ class TestBadInput:
             swap(comfy, tiny.personalized, lay_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"],
                  reference_layers="output 0-2")
 
-    def test_occupied_key_fails_loudly(self, comfy, tiny, setup):
+    def test_a_second_swap_is_refused(self, comfy, tiny, setup):
+        """Patches of other nodes are chained (test_chaining.py); a swap on a swapped model cannot be."""
         _, lay_traj = setup["inv"]["layout"]
-        other = tiny.personalized.clone()
-        other.set_model_attn1_replace(lambda q, k, v, extra: q, "output", 7, 0)
-        with pytest.raises(ValueError, match=r"already has a attn1 replace patch on \('output', 7, 0\)"):
-            swap(comfy, other, lay_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"])
+        once = swap(comfy, tiny.personalized, lay_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"])
+        with pytest.raises(ValueError, match=r"input 'model': already carries a Multi-Source Attention Swap.*Fix: "
+                                             r"connect the swap to the model before the first swap"):
+            swap(comfy, once, lay_traj, lay_traj, setup["y_r"], setup["y_p"], setup["neg"],
+                 layout_layers="input 1-2", reference_layers="input 1-2")
 
     def test_errors_while_sampling_name_the_node_and_input(self, comfy, tiny, setup):
         """Found only when a stock sampler runs the patched model: still node, input and fix, and nothing left on it."""

@@ -55,7 +55,30 @@ def test_row_pairing(halves, batch, n_src):
     assert len(lay) == rows.n_target
     for i in range(rows.n_target):
         half, b = divmod(i, batch)
-        assert lay[i] == rows.n_target + half * n_src + (b if n_src == batch else 0)
+        assert lay[i] == half * (batch + 2 * n_src) + batch + (b if n_src == batch else 0)
+
+
+@pytest.mark.parametrize("halves,batch,n_layout,n_reference", [((1, 0), 2, 1, 3), ((0,), 3, 3, 1), ((0, 1), 1, 0, 2)])
+def test_each_half_is_one_block(halves, batch, n_layout, n_reference):
+    """Rows keep ComfyUI's convention, one equal block per entry of cond_or_uncond: [targets, layout,
+    reference] per half, so another pack's patch that splits a call by halves pairs every row right."""
+    rows = RowLayout(halves, batch, n_layout, n_reference, 0)
+    size = batch + n_layout + n_reference
+    assert rows.total == len(halves) * size
+    for h in range(len(halves)):
+        block = set(range(h * size, (h + 1) * size))
+        assert set(rows.target_index()[h * batch:(h + 1) * batch].tolist()) <= block
+        assert set(rows.layout_index()[h * n_layout:(h + 1) * n_layout].tolist()) <= block
+        assert set(rows.reference_index()[h * n_reference:(h + 1) * n_reference].tolist()) <= block
+    every = torch.cat([rows.target_index(), rows.sources_index()])
+    assert sorted(every.tolist()) == list(range(rows.total))
+    sources = rows.sources_index()
+    assert torch.equal(sources[rows.sources().layout_index()], rows.layout_index())
+    assert torch.equal(sources[rows.sources().reference_index()], rows.reference_index())
+    target = torch.randn(rows.n_target, 4)
+    source = torch.randn(len(sources), 4)
+    both = rows.assemble(target, source)
+    assert torch.equal(both[rows.target_index()], target) and torch.equal(both[sources], source)
 
 
 @pytest.mark.parametrize("halves,batch,m", [((1, 0), 2, 3), ((0,), 1, 1), ((0,), 3, 2)])
@@ -72,7 +95,7 @@ def test_reference_rows_joined_for_every_target(halves, batch, m):
 
 def reference_keys(rows: RowLayout, k: torch.Tensor) -> torch.Tensor:
     """Each target row's reference keys (or values): its half's M reference rows, joined."""
-    return rows.joined_for_targets(k[rows.reference_rows()])
+    return rows.joined_for_targets(k[rows.reference_index()])
 
 
 def test_reference_attention_is_explicit():
@@ -91,11 +114,12 @@ def test_reference_phase_uses_target_q_with_reference_kv(halves, batch, m):
     k_ref, v_ref = reference_keys(rows, k), reference_keys(rows, v)
     for t in range(rows.n_target):
         half = t // batch
-        refs = range(rows.reference_rows().start + half * m, rows.reference_rows().start + (half + 1) * m)
-        torch.testing.assert_close(out[t], explicit(q[t], torch.cat([k[r] for r in refs]),
-                                                    torch.cat([v[r] for r in refs])))
-        torch.testing.assert_close(out[t], explicit(q[t], k_ref[t], v_ref[t]))
-    for s in range(rows.n_target, rows.total):  # the sources attend to themselves
+        refs = rows.reference_index()[half * m:(half + 1) * m]
+        row = rows.target_index()[t]
+        torch.testing.assert_close(out[row], explicit(q[row], torch.cat([k[r] for r in refs]),
+                                                      torch.cat([v[r] for r in refs])))
+        torch.testing.assert_close(out[row], explicit(q[row], k_ref[t], v_ref[t]))
+    for s in rows.sources_index().tolist():  # the sources attend to themselves
         torch.testing.assert_close(out[s], explicit(q[s], k[s], v[s]))
 
 
@@ -104,16 +128,16 @@ def test_reference_order_does_not_matter():
     rows = RowLayout((0, 1), 1, 1, 2, 12)
     q, k, v = tensors(rows)
     swapped = torch.arange(rows.total)
-    ref = rows.reference_rows()
+    ref = rows.reference_index()
     for half in range(2):
-        a = ref.start + 2 * half
-        swapped[a], swapped[a + 1] = a + 1, a
+        a, b = ref[2 * half], ref[2 * half + 1]
+        swapped[a], swapped[b] = b, a
     out = swap_self_attention(q, k, v, rows, Phase.REFERENCE, attend)
     out_swapped = swap_self_attention(q, k[swapped], v[swapped], rows, Phase.REFERENCE, attend)
-    torch.testing.assert_close(out[rows.target()], out_swapped[rows.target()], rtol=1e-12, atol=1e-12)
-    first = ref.start
-    first_only = torch.stack([explicit(q[t], k[first + 2 * t], v[first + 2 * t]) for t in range(rows.n_target)])
-    assert (out[rows.target()] - first_only).abs().max() > 1e-3  # both references are read, not the first alone
+    t = rows.target_index()
+    torch.testing.assert_close(out[t], out_swapped[t], rtol=1e-12, atol=1e-12)
+    first_only = torch.stack([explicit(q[t[i]], k[ref[2 * i]], v[ref[2 * i]]) for i in range(rows.n_target)])
+    assert (out[t] - first_only).abs().max() > 1e-3  # both references are read, not the first alone
 
 
 def test_layout_phase_copies_layout_output():
@@ -121,10 +145,10 @@ def test_layout_phase_copies_layout_output():
     q, k, v = tensors(rows)
     for fn in (swap_self_attention, swap_cross_attention):
         out = fn(q, k, v, rows, Phase.LAYOUT, attend)
-        lay = rows.layout_for_targets()
-        for t in range(rows.n_target):
-            assert torch.equal(out[t], out[lay[t]])
-            torch.testing.assert_close(out[t], explicit(q[lay[t]], k[lay[t]], v[lay[t]]))
+        lay, targets = rows.layout_for_targets(), rows.target_index()
+        for i, t in enumerate(targets.tolist()):
+            assert torch.equal(out[t], out[lay[i]])
+            torch.testing.assert_close(out[t], explicit(q[lay[i]], k[lay[i]], v[lay[i]]))
 
 
 def test_mask_blend():
@@ -133,8 +157,8 @@ def test_mask_blend():
     m = torch.rand(rows.n_target, TOKENS, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     out = swap_self_attention(q, k, v, rows, Phase.REFERENCE, attend, m)
     plain = swap_self_attention(q, k, v, rows, Phase.REFERENCE, attend)
-    layout = plain[rows.layout_for_targets()]
-    torch.testing.assert_close(out[:rows.n_target], m * plain[:rows.n_target] + (1 - m) * layout)
+    layout, t = plain[rows.layout_for_targets()], rows.target_index()
+    torch.testing.assert_close(out[t], m * plain[t] + (1 - m) * layout)
     ones = swap_self_attention(q, k, v, rows, Phase.REFERENCE, attend, torch.ones_like(m))
     assert torch.equal(ones, plain)
 
@@ -193,7 +217,7 @@ def test_records_stand_in_for_absent_source_rows(halves, batch, n_src, phase):
     assert all(r.tensors for r in records.values()) or phase is Phase.LAYOUT
 
     bare = RowLayout(halves, batch, 0, 0, 12)
-    t = full.target()
+    t = full.target_index()
     got = swap_self_attention(q[t], k[t], v[t], bare, phase, attend, mask, layer, StepSources(bare, records, {}))
     assert torch.equal(got, want[t])
     if phase is Phase.LAYOUT:
