@@ -39,6 +39,19 @@ def prompt_tensor(node: str, name: str, conditioning) -> torch.Tensor:
     return conditioning[0][0][:1].detach()
 
 
+def check_conditioning(node: str, name: str, conditioning, model) -> None:
+    """Raise unless every entry of a CONDITIONING has the text width ``model`` reads (768 for SD1.x,
+    1024 for SD2.x, 2048 for SDXL): a prompt encoded with another family's CLIP."""
+    if not conditioning:
+        raise NodeInputError(node, name, "is an empty CONDITIONING.", "connect a CLIP Text Encode output.")
+    width = model.model.model_config.unet_config.get("context_dim")
+    for entry in conditioning:
+        if width is not None and entry[0].shape[-1] != width:
+            raise NodeInputError(node, name, f"has text width {entry[0].shape[-1]} but the {model_family(model)} "
+                                 f"model reads {width}: the prompt was encoded with another family's CLIP.",
+                                 "encode the prompt with the CLIP of the checkpoint that gives this model.")
+
+
 def layer_input(node: str, name: str, text: str, model):
     """The layer set written in a node's text input, checked against ``model``'s attention blocks."""
     try:

@@ -10,7 +10,16 @@ from ..attention.patching import record_problem, swap_model
 from ..attention.session import CacheMode, SourceMode
 from ..attention.swap import SwapSpec
 from ..records import model_family
-from .inputs import NodeInputError, check_mask, check_same_size, layer_input, prompt_tensor, raise_for, schedule_text
+from .inputs import (
+    NodeInputError,
+    check_conditioning,
+    check_mask,
+    check_same_size,
+    layer_input,
+    prompt_tensor,
+    raise_for,
+    schedule_text,
+)
 from .types import Inversion
 
 CATEGORY = "layout_retouch/retouch"
@@ -110,6 +119,9 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                                      f"({lay.steps} asked of {lay.scheduler}), so it would never be reached.",
                                      f"set {name} to at most {steps} ({steps}: {meaning}); the paper uses 10 and 30 "
                                      "of 50 steps.")
+        for name, conditioning in (("reference_positive", reference_positive), ("reference_negative", reference_negative),
+                                   ("layout_positive", layout_positive), ("layout_negative", layout_negative)):
+            check_conditioning(NODE, name, conditioning, model)
         if mask is not None:
             check_mask(NODE, "mask", mask, lay.latents.shape[1])
         spec = SwapSpec(lambda2, mask_start, layer_input(NODE, "layout_layers", layout_layers, model),

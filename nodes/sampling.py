@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..attention.layers import MASACTRL_DECODER
 from ..attention.recording import LAYOUT_KINDS, add_recording
 from ..sampling import inversion, step_blend
-from .inputs import NodeInputError, check_latent, check_same_family, layer_input, raise_for
+from .inputs import NodeInputError, check_conditioning, check_latent, check_same_family, layer_input, raise_for
 from .types import Inversion
 
 CATEGORY = "layout_retouch/sampling"
@@ -92,6 +92,11 @@ class StepBlendedKSampler(io.ComfyNode):
         raise_for(step_blend.denoise_problem(denoise), node, "denoise")
         check_same_family(node, "vanilla_model", vanilla_model, "personalized_model", personalized_model)
         check_latent(node, "latent_image", latent_image["samples"], personalized_model)
+        for name, conditioning, model in (("vanilla_positive", vanilla_positive, vanilla_model),
+                                          ("vanilla_negative", vanilla_negative, vanilla_model),
+                                          ("personalized_positive", personalized_positive, personalized_model),
+                                          ("personalized_negative", personalized_negative, personalized_model)):
+            check_conditioning(node, name, conditioning, model)
         recorder = None
         if record_attention:
             layers = layer_input(node, "attention_layers", attention_layers, personalized_model)
@@ -161,6 +166,9 @@ class DDIMInversion(io.ComfyNode):
             raise NodeInputError(node, "negative", f"is not connected but cfg is {cfg}.",
                                  "connect a negative CONDITIONING (e.g. the empty prompt), or set cfg to 1.0.")
         check_latent(node, "latent", latent["samples"], model)
+        for name, conditioning in (("positive", positive), ("negative", negative)):
+            if conditioning is not None:
+                check_conditioning(node, name, conditioning, model)
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
         raise_for(inversion.schedule_problem(sigmas, scheduler, steps), node, "scheduler")
         recorder = None

@@ -162,3 +162,28 @@ def test_retouch_sampler_must_retrace_the_layout(comfy, tiny, paths, case, said)
         run()
     right = advanced(patched, "disable", 0, STEPS, 7.5, "ddim", "ddim_uniform", y, neg, inverted, 0, 10000, "disable")
     assert torch.isfinite(right[0]["samples"]).all()
+
+
+@pytest.mark.parametrize("node_id,input_name", [("LR_DDIMInversion", "positive"),
+                                                 ("LR_StepBlendedKSampler", "personalized_positive"),
+                                                 ("LR_MultiSourceAttentionSwap", "reference_positive")])
+def test_another_familys_prompt(comfy, tiny, paths, node_id, input_name):
+    """A prompt of SDXL's width (2048) into an SD1.x model: named before any matrix product fails."""
+    wide = [[torch.zeros(1, 77, 2048), {}]]
+    name = comfy.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA().display_name
+    said = (rf"{name}: input '{input_name}': has text width 2048 but the \S+ model reads 768.*Fix: encode the "
+            "prompt with the CLIP of the checkpoint")
+    with pytest.raises(ValueError, match=said):
+        if node_id == "LR_MultiSourceAttentionSwap":
+            swap(comfy, tiny, paths, reference_positive=wide)
+        elif node_id == "LR_DDIMInversion":
+            comfy.NODE_CLASS_MAPPINGS[node_id].execute(
+                model=tiny.personalized, positive=wide, latent={"samples": torch.zeros(1, 4, 8, 8)}, steps=STEPS,
+                scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0)
+        else:
+            y = tiny.encode("a sks vase")
+            comfy.NODE_CLASS_MAPPINGS[node_id].execute(
+                vanilla_model=tiny.vanilla, personalized_model=tiny.personalized, vanilla_positive=y,
+                vanilla_negative=y, personalized_positive=wide, personalized_negative=y,
+                latent_image={"samples": torch.zeros(1, 4, 8, 8)}, seed=0, steps=STEPS, lambda1=2, cfg=7.5,
+                sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0)
