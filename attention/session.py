@@ -259,7 +259,8 @@ def schedule_problem(traj: InversionTrajectory, sigmas: torch.Tensor) -> Problem
     for sigma in sigmas[:-1].cpu():
         if traj.position(sigma) is None:
             return (f"is sampled on a schedule (sigma {float(sigma):.4g}) that is not the inversions' "
-                    f"({traj.steps} steps, {traj.scheduler}).",
+                    f"({len(traj) - 1} sampling steps of {traj.scheduler}, {traj.steps} asked, from sigma "
+                    f"{float(traj.sigmas[-1]):.4g}).",
                     f"set the sampler's steps to {traj.steps} and scheduler to {traj.scheduler}, as in the DDIM "
                     "Inversion nodes, with denoise 1.0.")
     return None

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from test_swap import CFG, STEPS, rel, sample, swap
+from test_swap import STEPS, rel, sample, swap
 
 
 class ImagePrompt:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from test_swap import STEPS, rel, sample
 
 FAST = "recorded, attention from the inversions (fast)"

@@ -2,64 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import numpy as np
 import pytest
-from PIL import Image
+from workflow_prompts import SHIPPED, convert, images_of, load, shrink, write_input_images
 
 from comfyui_layout_retouch.headless import executor, ui_format
-
-WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
-SHIPPED = sorted(p.name for p in WORKFLOWS.glob("*.json"))
-CHECKPOINTS = {"Vanilla": "tiny_vanilla.safetensors", "Model": "tiny_vanilla.safetensors",
-               "Personalized": "tiny_personalized.safetensors"}
-
-
-def load(name: str) -> dict:
-    return json.loads((WORKFLOWS / name).read_text())
-
-
-def convert(comfy, name: str) -> dict:
-    return ui_format.ui_to_prompt(load(name), comfy.NODE_CLASS_MAPPINGS)
-
-
-def shrink(prompt: dict, steps: int = 6) -> dict:
-    """Swap in the tiny models, a small size and few steps, as a user would edit the graph."""
-    sizes = {"EmptyLatentImage": {"width": 64, "height": 64}, "ImageScale": {"width": 64, "height": 64}}
-    settings = {"LR_MultiSourceAttentionSwap": {"lambda2": 2, "mask_start": 4},
-                "LR_CrossAttentionMask": {"steps_to_average": 3}, "LR_SAMLoader": {"sam_name": "tiny_sam.pth"},
-                "LoraLoader": {"lora_name": "tiny_lora.safetensors"}}
-    for node in prompt.values():
-        inputs, title, kind = node["inputs"], node["_meta"]["title"], node["class_type"]
-        if kind == "CheckpointLoaderSimple":
-            inputs["ckpt_name"] = next(v for k, v in CHECKPOINTS.items() if title.startswith(k))
-        inputs.update(sizes.get(kind, {}))
-        inputs.update(settings.get(kind, {}))
-        for name, value in inputs.items():
-            if isinstance(value, str) and "embedding:my_vase" in value:
-                inputs[name] = value.replace("embedding:my_vase", "embedding:tiny_concept")
-        if "steps" in inputs:
-            inputs["steps"] = steps
-        if "lambda1" in inputs:
-            inputs["lambda1"] = 2
-    return prompt
-
-
-def write_input_images(comfy) -> None:
-    folder = Path(comfy.folder_paths.get_input_directory())
-    gen = np.random.default_rng(0)
-    for name in ("reference.png", "layout.png"):
-        Image.fromarray(gen.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(folder / name)
-
-
-def images_of(comfy, outputs: dict, kind: str) -> list[np.ndarray]:
-    folder = Path(comfy.folder_paths.get_output_directory() if kind == "output" else
-                  comfy.folder_paths.get_temp_directory())
-    return [np.asarray(Image.open(folder / i["subfolder"] / i["filename"]))
-            for node in outputs.values() for i in node.get("images", []) if i["type"] == kind]
-
 
 EXPECTED = {  # saved images, previews
     "layout_retouch_stage1_layout.json": (1, 0),
