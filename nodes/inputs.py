@@ -32,10 +32,9 @@ def raise_for(problem: Problem | None, node: str, input_name: str) -> None:
         raise NodeInputError(node, input_name, *problem)
 
 
-def prompt_tensor(node: str, name: str, conditioning) -> torch.Tensor:
-    """The text embedding ``[1, tokens, dim]`` of a CONDITIONING's first entry."""
-    if not conditioning:
-        raise NodeInputError(node, name, "is an empty CONDITIONING.", "connect a CLIP Text Encode output.")
+def prompt_tensor(conditioning) -> torch.Tensor:
+    """The text embedding ``[1, tokens, dim]`` of a CONDITIONING's first entry (checked by
+    :func:`check_conditioning` first)."""
     return conditioning[0][0][:1].detach()
 
 

@@ -133,7 +133,6 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                 raise_for(found[1], NODE, found[0])
         return io.NodeOutput(swap_model(
             model, lay, ref,
-            (prompt_tensor(NODE, "layout_positive", layout_positive), prompt_tensor(NODE, "layout_negative", layout_negative)),
-            (prompt_tensor(NODE, "reference_positive", reference_positive),
-             prompt_tensor(NODE, "reference_negative", reference_negative)),
+            (prompt_tensor(layout_positive), prompt_tensor(layout_negative)),
+            (prompt_tensor(reference_positive), prompt_tensor(reference_negative)),
             spec, mode, CACHE_MODES[reference_cache], mask, lambda name, problem: NodeInputError(NODE, name, *problem)))
