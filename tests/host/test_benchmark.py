@@ -6,7 +6,7 @@ import json
 
 
 def test_benchmark_smoke(comfy, tmp_path):
-    from comfyui_layout_retouch.benchmark.run import main, table
+    from comfyui_layout_retouch.benchmark.run import HEADLINE, headline, main, table
 
     report = main(size=64, steps=3, repeats=1, cpu=True, output=tmp_path / "bench.json")
     names = [p["name"] for p in report["parts"]]
@@ -14,7 +14,8 @@ def test_benchmark_smoke(comfy, tmp_path):
                      "cross-attention mask (10 steps)", "stage 2 (swap + KSampler)", "stage 2, reference cached",
                      "stage 2 on stage 1's path, cached", "stage 1 recording attention", "stage 2, fast mode, cached",
                      "inversion recording attention", "stage 2, fast mode from inversions", "full pipeline",
-                     "full, reference cached", "full, stage 1's path, cached", "full, fast mode, cached"]
+                     "full, reference cached", "full, stage 1's path, cached", "full, fast mode, cached",
+                     "full, fast mode, new reference"]
     assert report["parts"][0]["time_ratio"] == 1.0 and report["parts"][0]["memory_ratio"] == 1.0
     assert all(p["seconds"] > 0 and p["peak_mib"] > 0 and p["unet_rows"] > 0 for p in report["parts"])
     rows = {p["name"]: p["unet_rows"] for p in report["parts"]}
@@ -25,5 +26,9 @@ def test_benchmark_smoke(comfy, tmp_path):
     assert report["setting"]["model"] == "tiny random SD1.x" and report["setting"]["steps"] == 3
     assert json.loads((tmp_path / "bench.json").read_text()) == report
     assert table(report).count("\n") == len(names) + 1
+    assert headline(report).count("\n") == len(HEADLINE) + 1 and {name for _, name in HEADLINE} <= set(names)
+    # The shipped default runs no reference inversion in steady state; a new reference adds its inversion.
+    assert rows["full, fast mode, new reference"] > rows["full, fast mode, cached"]
+    assert rows["full, fast mode, cached"] < rows["full pipeline"]
     for fidelity in report["fast_mode_vs_recorded"].values():
         assert 0 <= fidelity["mean_abs"] <= fidelity["max_abs"] < float("inf")
