@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                      "the subject's last word)")
     run.add_argument("--reference", type=Path, help="the reference photo")
     run.add_argument("--output", type=Path, default=Path("output/layout_retouch"), help="output folder")
+    run.add_argument("--batch", type=int, default=1, help="run up to N seeds of one prompt as one batch (one graph "
+                     "execution, for throughput on a GPU); each image equals its single run (default 1)")
     run.add_argument("--set", action="append", default=[], help="TITLE.input=value: any other input")
     run.add_argument("--models", type=Path, help="an extra models folder (checkpoints/, loras/, embeddings/, sams/)")
     run.add_argument("--cpu", action="store_true", help="run on the CPU")
@@ -125,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
                    args.output)
         return 0
 
-    from .runner import Job, Subject, run_batch
+    from .runner import BatchError, Job, Subject, run_batch
+
+    if args.batch < 1:
+        raise SystemExit(f"--batch {args.batch}: give 1 (no batching) or more seeds per batch")
 
     workflow = json.loads(args.workflow.read_text())
     templates = read_prompts(args) or [""]
@@ -134,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_set(args.set)
     jobs = [Job(t, s, overrides) for t in templates for s in seeds(args.seeds)]
     start_host(args.cpu, args.models)
-    records = run_batch(workflow, jobs, subject, args.output.resolve(), args.reference, args.workflow.name)
+    try:
+        records = run_batch(workflow, jobs, subject, args.output.resolve(), args.reference, args.workflow.name,
+                            batch=args.batch)
+    except BatchError as error:
+        raise SystemExit(str(error)) from None
     logger.info("ran %d of %d jobs; manifest: %s", len(records), len(jobs), args.output / "manifest.json")
     return 0

@@ -14,6 +14,15 @@ title (the contract of the shipped workflows, also usable in a user's own):
 Every ``seed``/``noise_seed`` input gets the job's seed; every SaveImage writes under the job's
 folder. A ``manifest.json`` in the output folder records exactly what ran; a job whose images
 are all there is skipped, so an interrupted batch resumes where it stopped.
+
+Batches (``batch > 1``, for throughput on a GPU): up to ``batch`` jobs of one template and one
+set of overrides run as one graph execution. The latent source (every ``batch_size`` input, e.g.
+Empty Latent Image) is set to the number of jobs and every sampler that takes per-image seeds
+(``batch_seeds``, the Step-Blended KSampler) gets the jobs' seeds, so latent ``k`` starts from
+the noise its own seed gives a single run: each image equals its single run up to float
+rounding (batched matrix products round differently). A sampler that draws one noise for the
+whole batch (a stock KSampler, a KSamplerAdvanced with noise added) would break that, so such a
+graph is refused; a KSamplerAdvanced with ``add_noise`` disabled draws nothing and is fine.
 """
 
 from __future__ import annotations
@@ -68,6 +77,36 @@ def fill(template: str, value: str) -> str:
     return template.replace("{}", value) if "{}" in template else template
 
 
+class BatchError(ValueError):
+    """The workflow cannot run a batch whose images equal their single runs."""
+
+
+def apply_batch(prompt: dict, seeds: list[int], per_image_seed_classes: set[str]) -> None:
+    """Edit ``prompt`` (already edited by :func:`apply_job`) in place to run ``seeds`` as one batch.
+
+    ``per_image_seed_classes``: the node classes that take a ``batch_seeds`` input.
+    """
+    sources = [n for n in prompt.values() if isinstance(n["inputs"].get("batch_size"), int)]
+    if not sources:
+        raise BatchError("--batch: the workflow has no latent source with a batch_size (an Empty Latent Image).")
+    for node in sources:
+        node["inputs"]["batch_size"] = len(seeds)
+    for node in prompt.values():
+        inputs, title = node["inputs"], node.get("_meta", {}).get("title", node["class_type"])
+        if node["class_type"] in per_image_seed_classes:
+            inputs["batch_seeds"] = ",".join(str(s) for s in seeds)
+            sampler = str(inputs.get("sampler_name", ""))
+            if "ancestral" in sampler or "sde" in sampler:
+                logger.warning("--batch: '%s' samples with %s, which draws its per-step noise for the whole batch: "
+                               "the images will differ from their single runs", title, sampler)
+        elif any(isinstance(inputs.get(name), int) for name in ("seed", "noise_seed")) and \
+                inputs.get("add_noise") != "disable":
+            raise BatchError(f"--batch: node '{title}' ({node['class_type']}) draws one noise for the whole batch "
+                             "from its seed, so the batch's images would not equal their single runs. Run without "
+                             "--batch, or use the Step-Blended KSampler (or a KSamplerAdvanced with add_noise "
+                             "disabled) there.")
+
+
 def apply_job(prompt: dict, job: Job, subject: Subject, reference: str | None, prefix: str) -> dict[str, str]:
     """Edit ``prompt`` in place for ``job``; return the texts that were set, by node title."""
     values = {
@@ -104,9 +143,24 @@ def load_manifest(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {"jobs": {}}
 
 
+def batches(jobs: list[Job], size: int) -> list[list[Job]]:
+    """Consecutive runs of up to ``size`` jobs that share a template and overrides (in job order)."""
+    out: list[list[Job]] = []
+    for job in jobs:
+        last = out[-1] if out else None
+        if last and len(last) < size and (last[0].template, last[0].overrides) == (job.template, job.overrides):
+            last.append(job)
+        else:
+            out.append([job])
+    return out
+
+
 def run_batch(workflow: dict, jobs: list[Job], subject: Subject, output: Path, reference: Path | None = None,
-              workflow_name: str = "workflow") -> list[JobRecord]:
-    """Run every job not already done; return the records of the jobs run now."""
+              workflow_name: str = "workflow", batch: int = 1) -> list[JobRecord]:
+    """Run every job not already done; return the records of the jobs run now.
+
+    ``batch``: up to this many jobs of one template run as one graph execution (see the module's docstring).
+    """
     import comfy.utils
     import execution
     import folder_paths
@@ -114,7 +168,7 @@ def run_batch(workflow: dict, jobs: list[Job], subject: Subject, output: Path, r
 
     import nodes
 
-    from .executor import _Server, execute
+    from .executor import _Server
     from .ui_format import ui_to_prompt
 
     output.mkdir(parents=True, exist_ok=True)
@@ -132,22 +186,50 @@ def run_batch(workflow: dict, jobs: list[Job], subject: Subject, output: Path, r
     logger.info("%d jobs, %d already done", len(jobs), len(jobs) - len(pending))
     previous_disabled = comfy.utils.PROGRESS_BAR_ENABLED
     comfy.utils.PROGRESS_BAR_ENABLED = False  # one bar over the jobs, not one per sampler
+    per_image_seeds = {kind for kind in {n["class_type"] for n in base.values()}
+                       if "batch_seeds" in nodes.NODE_CLASS_MAPPINGS[kind].INPUT_TYPES().get("optional", {})}
     try:
-        for job in tqdm(pending, desc="layout-retouch", unit="image"):
-            prompt = copy.deepcopy(base)
-            texts = apply_job(prompt, job, subject, ref_name, job.key)
-            start = time.perf_counter()
-            outputs = execute(prompt, executor)
-            images = [str(Path(i["subfolder"]) / i["filename"]) for node in outputs.values()
-                      for i in node.get("images", []) if i.get("type") == "output"]
-            record = JobRecord(job.key, job.template, job.seed, texts, images, round(time.perf_counter() - start, 2))
-            manifest["jobs"][job.key] = {**asdict(record), "overrides": [list(o) for o in job.overrides],
-                                         "prompt": prompt}
-            (output / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
-            done.append(record)
+        with tqdm(total=len(pending), desc="layout-retouch", unit="image") as bar:
+            for group in batches(pending, max(1, batch)):
+                done += _run_group(group, base, subject, ref_name, executor, per_image_seeds, manifest, output)
+                bar.update(len(group))
     finally:
         comfy.utils.PROGRESS_BAR_ENABLED = previous_disabled
     return done
+
+
+def _run_group(group: list[Job], base: dict, subject: Subject, ref_name: str | None, executor,
+               per_image_seeds: set[str], manifest: dict, output: Path) -> list[JobRecord]:
+    """Run ``group`` (one job, or a batch of one template) as one execution; record it in the manifest."""
+    from .executor import execute
+
+    first = group[0]
+    prompt = copy.deepcopy(base)
+    texts = apply_job(prompt, first, subject, ref_name, first.key)
+    seeds = [job.seed for job in group]
+    if len(group) > 1:
+        apply_batch(prompt, seeds, per_image_seeds)
+    start = time.perf_counter()
+    outputs = execute(prompt, executor)
+    seconds = round((time.perf_counter() - start) / len(group), 2)
+    saved = [[str(Path(i["subfolder"]) / i["filename"]) for i in outputs[node_id].get("images", [])
+              if i.get("type") == "output"] for node_id in sorted(outputs, key=_node_order)]
+    records = []
+    for k, job in enumerate(group):  # each SaveImage saved the batch in order: image k is job k's
+        images = [p for files in saved for p in (files[k:k + 1] if len(files) == len(group) else files)]
+        record = JobRecord(job.key, job.template, job.seed, texts, images, seconds)
+        entry = {**asdict(record), "overrides": [list(o) for o in job.overrides], "prompt": prompt}
+        if len(group) > 1:
+            entry["batch"] = {"seeds": seeds, "index": k}
+        manifest["jobs"][job.key] = entry
+        records.append(record)
+    (output / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+    return records
+
+
+def _node_order(node_id: str) -> tuple[int, str]:
+    """Node ids in the workflow's order (numeric ids as numbers), so a manifest lists images stably."""
+    return (int(node_id), "") if node_id.isdigit() else (1 << 62, node_id)
 
 
 def _finished(entry: dict | None, output: Path) -> bool:

@@ -62,6 +62,11 @@ class StepBlendedKSampler(io.ComfyNode):
                                          "README's Speed section gives the size."),
                 io.String.Input("attention_layers", default=MASACTRL_DECODER, optional=True,
                                 tooltip="Where to record: the swap's layout_layers and reference_layers together."),
+                io.String.Input("batch_seeds", default="", optional=True, force_input=True,
+                                tooltip="One seed per latent of the batch, e.g. '3,4' (the headless runner's "
+                                        "--batch sets it): latent k starts from the noise of its own seed, so each "
+                                        "image equals its single run with that seed. Empty: 'seed' for the batch, "
+                                        "as a stock KSampler draws it."),
             ],
             outputs=[
                 io.Latent.Output(display_name="layout_latent", tooltip="The layout latent: decode it to see the "
@@ -86,10 +91,12 @@ class StepBlendedKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, vanilla_model, personalized_model, vanilla_positive, vanilla_negative, personalized_positive,
                 personalized_negative, latent_image, seed, steps, lambda1, cfg, sampler_name, scheduler,
-                denoise, record_attention=False, attention_layers=MASACTRL_DECODER) -> io.NodeOutput:
+                denoise, record_attention=False, attention_layers=MASACTRL_DECODER, batch_seeds="") -> io.NodeOutput:
         node = STEP_BLENDED
         raise_for(step_blend.lambda1_problem(steps, lambda1), node, "lambda1")
         raise_for(step_blend.denoise_problem(denoise), node, "denoise")
+        seeds = seed_list(batch_seeds)
+        raise_for(step_blend.batch_seeds_problem(seeds, latent_image["samples"].shape[0]), node, "batch_seeds")
         check_same_family(node, "vanilla_model", vanilla_model, "personalized_model", personalized_model)
         check_latent(node, "latent_image", latent_image["samples"], personalized_model)
         for name, conditioning, model in (("vanilla_positive", vanilla_positive, vanilla_model),
@@ -104,7 +111,16 @@ class StepBlendedKSampler(io.ComfyNode):
         return io.NodeOutput(*step_blend.layout_stage(
             vanilla_model, personalized_model, (vanilla_positive, vanilla_negative),
             (personalized_positive, personalized_negative), latent_image,
-            step_blend.SamplerSettings(seed, steps, cfg, sampler_name, scheduler, denoise), lambda1, recorder))
+            step_blend.SamplerSettings(seed, steps, cfg, sampler_name, scheduler, denoise, seeds), lambda1, recorder))
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """``'3, 4,5'`` -> ``(3, 4, 5)``; an empty text -> ``()``."""
+    try:
+        return tuple(int(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise NodeInputError(STEP_BLENDED, "batch_seeds", f"'{text}' is not a list of whole numbers.",
+                             "write seeds separated by commas, e.g. '3,4', or leave it empty.") from None
 
 
 class DDIMInversion(io.ComfyNode):

@@ -30,6 +30,31 @@ class SamplerSettings:
     sampler_name: str
     scheduler: str
     denoise: float = 1.0
+    batch_seeds: tuple[int, ...] = ()  # one seed per latent of the batch; () = ComfyUI's batch noise from ``seed``
+
+
+def batch_seeds_problem(batch_seeds: tuple[int, ...], batch_size: int) -> Problem | None:
+    """Why per-image seeds do not fit a batch of ``batch_size`` latents, or None."""
+    if batch_seeds and len(batch_seeds) != batch_size:
+        return (f"holds {len(batch_seeds)} seeds for a batch of {batch_size} latents.",
+                "give one seed per latent (e.g. '3,4' for a batch of 2), or leave it empty.")
+    return None
+
+
+def initial_noise(latent_image: torch.Tensor, settings: SamplerSettings, batch_index: list[int] | None) -> torch.Tensor:
+    """The noise a batch starts from, on the CPU, shaped as ``latent_image`` ``[B, C, H, W]``.
+
+    With ``settings.batch_seeds``, latent ``k`` gets the noise a batch of one gets from seed
+    ``batch_seeds[k]``, so each image of the batch equals its single run with that seed;
+    otherwise ComfyUI's batch noise (``comfy.sample.prepare_noise``: one seed for the batch,
+    ``batch_index`` picking each latent's slice), as a stock KSampler draws it.
+    """
+    import comfy.sample
+
+    if not settings.batch_seeds:
+        return comfy.sample.prepare_noise(latent_image, settings.seed, batch_index)
+    return torch.cat([comfy.sample.prepare_noise(latent_image[k:k + 1], seed, None)
+                      for k, seed in enumerate(settings.batch_seeds)])
 
 
 def lambda1_problem(steps: int | None, lambda1: int | None) -> Problem | None:
@@ -68,7 +93,7 @@ def step_blended_sample(
         vanilla_model, personalized_model: ComfyUI ModelPatchers of one family (checked by the caller).
         vanilla_conds, personalized_conds: ``(positive, negative)`` CONDITIONING for each model.
         latent: a ComfyUI LATENT dict (``samples`` ``[B, 4, H, W]``, optional ``batch_index``, ``noise_mask``).
-        settings: seed, steps, cfg, sampler, scheduler and denoise, shared by both models.
+        settings: seed (or per-image seeds), steps, cfg, sampler, scheduler and denoise, shared by both models.
         lambda1: steps given to the vanilla model, ``0 <= lambda1 <= steps``.
         record: if given, receives the sampler-space latent at the start of every step, in order.
 
@@ -82,7 +107,7 @@ def step_blended_sample(
 
     s = settings
     latent_image = comfy.sample.fix_empty_latent_channels(personalized_model, latent["samples"])
-    noise = comfy.sample.prepare_noise(latent_image, s.seed, latent.get("batch_index"))
+    noise = initial_noise(latent_image, s, latent.get("batch_index"))
     no_noise = torch.zeros(latent_image.size(), dtype=latent_image.dtype, layout=latent_image.layout, device="cpu")
     noise_mask = latent.get("noise_mask")
     disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED

@@ -1,4 +1,5 @@
-"""The headless runner through its real command line: 2 prompts x 2 seeds, a manifest, a resumed run."""
+"""The headless runner through its real command line: 2 prompts x 2 seeds, a manifest, a resumed run;
+batches (``--batch``) whose images equal their single runs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+from PIL import Image
+
 PACK_ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["Vanilla model (plain SD 1.5).ckpt_name=tiny_vanilla.safetensors",
          "Personalized model (DreamBooth).ckpt_name=tiny_personalized.safetensors",
@@ -15,11 +20,20 @@ SMALL = ["Vanilla model (plain SD 1.5).ckpt_name=tiny_vanilla.safetensors",
          "LR_StepBlendedKSampler.steps=4", "LR_StepBlendedKSampler.lambda1=1"]
 
 
-def run_cli(models: Path, output: Path, comfyui: Path) -> subprocess.CompletedProcess:
-    args = [sys.executable, str(PACK_ROOT), "run", str(PACK_ROOT / "workflows/layout_retouch_stage1_layout.json"),
-            "--prompt", "a {} on a beach", "--prompt", "a {} in the snow", "--seeds", "3,4",
-            "--subject", "sks vase", "--models", str(models), "--output", str(output), "--cpu"]
-    for item in SMALL:
+RETOUCH_SMALL = ["ImageScale.width=64", "ImageScale.height=64", "KSamplerAdvanced.steps=4",
+                 "LR_DDIMInversion.steps=4", "LR_MultiSourceAttentionSwap.lambda2=2",
+                 "LR_MultiSourceAttentionSwap.mask_start=3", "LR_CrossAttentionMask.steps_to_average=2",
+                 "LR_SAMLoader.sam_name=tiny_sam.pth"]
+
+
+def run_cli(models: Path, output: Path, comfyui: Path, workflow: str = "layout_retouch_stage1_layout.json",
+            prompts: tuple[str, ...] = ("a {} on a beach", "a {} in the snow"), seeds: str = "3,4",
+            extra: tuple[str, ...] = (), small: list[str] = SMALL) -> subprocess.CompletedProcess:
+    args = [sys.executable, str(PACK_ROOT), "run", str(PACK_ROOT / "workflows" / workflow), "--seeds", seeds,
+            "--subject", "sks vase", "--models", str(models), "--output", str(output), "--cpu", *extra]
+    for prompt in prompts:
+        args += ["--prompt", prompt]
+    for item in small:
         args += ["--set", item]
     env = {**os.environ, "COMFYUI_PATH": str(comfyui)}
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, cwd=str(comfyui))
@@ -52,3 +66,52 @@ def test_runner_two_prompts_two_seeds_and_resume(comfy, tiny_files, tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "4 jobs, 4 already done" in second.stderr + second.stdout
     assert stamps == {p: (output / p).stat().st_mtime_ns for p in stamps}
+
+
+def pixels(output: Path, job: dict) -> list[np.ndarray]:
+    """The job's images, ordered by their SaveImage prefix (``layout``, ``final``)."""
+    paths = sorted(job["images"], key=lambda p: Path(p).name.rsplit("_", 2)[0])
+    return [np.asarray(Image.open(output / p), dtype=np.int16) for p in paths]
+
+
+@pytest.mark.parametrize("workflow", ["layout_retouch_stage1_layout.json", "layout_retouch_full_dreambooth.json"])
+def test_batch_images_equal_their_single_runs(comfy, tiny_files, tmp_path, workflow, measured):
+    from comfy_host import COMFYUI
+    from tiny_models import write_tiny_sam
+
+    models = tiny_files["tiny_vanilla"].parent.parent
+    small, extra = SMALL, ()
+    if "full" in workflow:
+        if not (models / "sams" / "tiny_sam.pth").exists():
+            write_tiny_sam(models / "sams")
+        reference = tmp_path / "reference.png"
+        gen = np.random.default_rng(0)
+        Image.fromarray(gen.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(reference)
+        small, extra = SMALL + RETOUCH_SMALL, ("--reference", str(reference))
+    prompts = ("a {} on a beach",)
+    single = run_cli(models, tmp_path / "single", COMFYUI, workflow, prompts, "5,6", extra, small)
+    assert single.returncode == 0, single.stderr[-3000:]
+    batched = run_cli(models, tmp_path / "batched", COMFYUI, workflow, prompts, "5,6", (*extra, "--batch", "2"), small)
+    assert batched.returncode == 0, batched.stderr[-3000:]
+    singles = json.loads((tmp_path / "single" / "manifest.json").read_text())["jobs"]
+    jobs = json.loads((tmp_path / "batched" / "manifest.json").read_text())["jobs"]
+    assert singles.keys() == jobs.keys() and len(jobs) == 2  # the same jobs: a batch resumes a single run
+    saved = 2 if "full" in workflow else 1
+    worst = 0
+    for key, job in jobs.items():
+        assert job["batch"] == {"seeds": [5, 6], "index": [5, 6].index(job["seed"])}
+        blend = next(n for n in job["prompt"].values() if n["class_type"] == "LR_StepBlendedKSampler")
+        assert blend["inputs"]["batch_seeds"] == "5,6"
+        latent = next(n for n in job["prompt"].values() if n["class_type"] == "EmptyLatentImage")
+        assert latent["inputs"]["batch_size"] == 2
+        ours, theirs = pixels(tmp_path / "batched", job), pixels(tmp_path / "single", singles[key])
+        assert len(ours) == len(theirs) == saved
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.shape == b.shape == (64, 64, 3)
+            worst = max(worst, int(np.abs(a - b).max()))
+    assert worst <= 1, f"a batched image differs from its single run by {worst}/255"
+    images = [p for job in jobs.values() for p in job["images"]]
+    assert len(set(images)) == 2 * saved  # every image listed, none twice
+    a, b = (pixels(tmp_path / "batched", job)[0] for job in jobs.values())
+    assert np.abs(a - b).max() > 0  # two seeds, two images
+    measured(f"runner --batch 2, {workflow}: max |batched - single| = {worst}/255 over {2 * saved} images")

@@ -200,3 +200,25 @@ def test_retouch_along_stage1_trajectory_reproduces_the_layout(comfy, tiny, prom
     measured(f"retouch along stage 1's trajectory (lambda1 0, all layers, all steps) vs the layout: max relative "
              f"difference {error:.2e}")
     assert error < 1e-4
+
+
+def test_batch_seeds_give_each_latent_its_single_runs_noise(comfy, tiny, prompts, measured):
+    """``batch_seeds`` (the runner's --batch): latent k of a batch equals the single run with seed k."""
+    from comfyui_layout_retouch.sampling.step_blend import SamplerSettings, initial_noise
+
+    lat = latent(2)["samples"]
+    settings = SamplerSettings(SEED, STEPS, CFG, SAMPLER, SCHEDULER, batch_seeds=(7, 9))
+    singles = [initial_noise(latent()["samples"], SamplerSettings(s, STEPS, CFG, SAMPLER, SCHEDULER), None)
+               for s in (7, 9)]
+    assert torch.equal(initial_noise(lat, settings, None), torch.cat(singles))  # the noise: bit for bit
+    node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
+    inputs = stage1_inputs(tiny, prompts["vanilla"], prompts["personalized"], 2)
+    batched = node.execute(**{**inputs, "latent_image": latent(2), "batch_seeds": "7, 9"}).result[0]["samples"]
+    for k, seed in enumerate((7, 9)):
+        single = node.execute(**{**inputs, "seed": seed}).result[0]["samples"]
+        measured(f"Step-Blended KSampler, batch_seeds: |batched[{k}] - single(seed {seed})| = "
+                 f"{max_diff(batched[k:k + 1], single):.1e}")
+        assert torch.allclose(batched[k:k + 1], single, atol=1e-4)
+    for bad, said in (("7", "holds 1 seeds for a batch of 2"), ("7,x", "not a list of whole numbers")):
+        with pytest.raises(ValueError, match=f"Step-Blended KSampler: input 'batch_seeds': .*{said}"):
+            node.execute(**{**inputs, "latent_image": latent(2), "batch_seeds": bad})

@@ -11,3 +11,48 @@ from comfyui_layout_retouch.headless.cli import parse_set
 def test_bad_set_is_refused(bad):
     with pytest.raises(SystemExit, match="TITLE.input=value"):
         parse_set([bad])
+
+
+def test_batch_below_one_is_refused():
+    from comfyui_layout_retouch.headless.cli import main
+
+    with pytest.raises(SystemExit, match="--batch 0"):
+        main(["run", "workflow.json", "--batch", "0"])
+
+
+def test_batches_keep_one_template_and_overrides():
+    from comfyui_layout_retouch.headless.runner import Job, batches
+
+    jobs = [Job("a", s) for s in (0, 1, 2)] + [Job("b", 0), Job("b", 1, (("KSampler", "cfg", 5),))]
+    assert [[(j.template, j.seed) for j in group] for group in batches(jobs, 2)] == [
+        [("a", 0), ("a", 1)], [("a", 2)], [("b", 0)], [("b", 1)]]
+    assert [len(group) for group in batches(jobs, 1)] == [1] * 5
+
+
+def prompt_with(*nodes: tuple[str, dict]) -> dict:
+    return {str(i): {"class_type": kind, "inputs": dict(inputs), "_meta": {"title": kind}}
+            for i, (kind, inputs) in enumerate(nodes)}
+
+
+def test_apply_batch_sets_the_batch_and_per_image_seeds():
+    from comfyui_layout_retouch.headless.runner import apply_batch
+
+    prompt = prompt_with(("EmptyLatentImage", {"batch_size": 1, "width": 64}),
+                         ("LR_StepBlendedKSampler", {"seed": 3}),
+                         ("KSamplerAdvanced", {"noise_seed": 3, "add_noise": "disable"}))
+    apply_batch(prompt, [3, 4], {"LR_StepBlendedKSampler"})
+    assert prompt["0"]["inputs"]["batch_size"] == 2
+    assert prompt["1"]["inputs"]["batch_seeds"] == "3,4"
+    assert "batch_seeds" not in prompt["2"]["inputs"]
+
+
+@pytest.mark.parametrize("nodes", [
+    [("KSampler", {"seed": 3})],  # a stock sampler: one noise for the whole batch
+    [("LR_StepBlendedKSampler", {"seed": 3})],  # no latent source to batch
+])
+def test_apply_batch_refuses_what_would_not_equal_single_runs(nodes):
+    from comfyui_layout_retouch.headless.runner import BatchError, apply_batch
+
+    prompt = prompt_with(*([("EmptyLatentImage", {"batch_size": 1})] if nodes[0][0] == "KSampler" else []), *nodes)
+    with pytest.raises(BatchError, match="--batch"):
+        apply_batch(prompt, [3, 4], {"LR_StepBlendedKSampler"})
