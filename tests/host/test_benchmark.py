@@ -15,7 +15,7 @@ def test_benchmark_smoke(comfy, tmp_path):
                      "stage 2 on stage 1's path, cached", "stage 1 recording attention", "stage 2, fast mode, cached",
                      "inversion recording attention", "stage 2, fast mode from inversions", "full pipeline",
                      "full, reference cached", "full, stage 1's path, cached", "full, fast mode, cached",
-                     "full, fast mode, new reference"]
+                     "shipped default", "shipped default, new reference"]
     assert report["parts"][0]["time_ratio"] == 1.0 and report["parts"][0]["memory_ratio"] == 1.0
     assert all(p["seconds"] > 0 and p["peak_mib"] > 0 and p["unet_rows"] > 0 for p in report["parts"])
     rows = {p["name"]: p["unet_rows"] for p in report["parts"]}
@@ -28,7 +28,7 @@ def test_benchmark_smoke(comfy, tmp_path):
     assert table(report).count("\n") == len(names) + 1
     assert headline(report).count("\n") == len(HEADLINE) + 1 and {name for _, name in HEADLINE} <= set(names)
     # The shipped default runs no reference inversion in steady state; a new reference adds its inversion.
-    assert rows["full, fast mode, new reference"] > rows["full, fast mode, cached"]
-    assert rows["full, fast mode, cached"] < rows["full pipeline"]
+    assert rows["shipped default, new reference"] > rows["shipped default"]
+    assert rows["shipped default"] < rows["full pipeline"]
     for fidelity in report["fast_mode_vs_recorded"].values():
         assert 0 <= fidelity["mean_abs"] <= fidelity["max_abs"] < float("inf")
