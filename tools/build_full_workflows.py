@@ -34,9 +34,9 @@ def build(kind: str) -> WF:
         per_model, per_clip, vae = (lora, 0), (lora, 1), (van, 2)
     else:
         van = w.node("CheckpointLoaderSimple", (0, 0), ["v1-5-pruned-emaonly.safetensors"], outputs=[M, C, V],
-                     title="Model (plain SD 1.5; the embedding is in the personalized prompt)")
+                     title="Model (plain SD 1.5; the embedding is in the personalized prompt)", size=(360, 120))
         per_model, per_clip, vae = (van, 0), (van, 1), (van, 2)
-    # --- texts ---
+    # --- texts (column 1) and their encodings (column 2) ---
     vp_text = w.node("PrimitiveStringMultiline", (0, 420), [SCENE.format("red vase")], outputs=STR,
                      title="Vanilla prompt (no token)", size=(360, 110))
     pp_text = w.node("PrimitiveStringMultiline", (0, 560), [SCENE.format(subject)], outputs=STR,
@@ -50,87 +50,86 @@ def build(kind: str) -> WF:
     vn = enc((420, 130), "Vanilla negative", (van, 1))
     pp = enc((420, 260), "Personalized positive (y_p)", per_clip, pp_text)
     pn = enc((420, 390), "Personalized negative", per_clip)
-    rp = enc((420, 520), "Reference positive (y_r)", per_clip, rp_text)
-    empty = w.node("CLIPTextEncode", (420, 650), [""], inputs=[("clip", "CLIP")], outputs=COND,
-                   title="Inversion prompt (empty)", size=(300, 90))
-    w.link(*per_clip, empty, "clip")
-    # --- stage 1 ---
-    lat = w.node("EmptyLatentImage", (800, 0), [512, 512, 1], outputs=[LAT], size=(300, 110))
-    sb = w.node("LR_StepBlendedKSampler", (800, 150), [0, "randomize", 50, 5, 7.5, "ddim", "ddim_uniform", 1.0, False, "output 6-11"],
+    rp = enc((420, 700), "Reference positive (y_r)", per_clip, rp_text)
+    # --- stage 1 (column 3): it records the layout's attention, and its trajectory is the layout path ---
+    lat = w.node("EmptyLatentImage", (820, 0), [512, 512, 1], outputs=[LAT], size=(340, 110))
+    sb = w.node("LR_StepBlendedKSampler", (820, 150), [0, "randomize", 50, 5, 7.5, "ddim", "ddim_uniform", 1.0, True,
+                                                       "output 6-11"],
                 inputs=[("vanilla_model", "MODEL"), ("personalized_model", "MODEL"), ("vanilla_positive", "CONDITIONING"),
                         ("vanilla_negative", "CONDITIONING"), ("personalized_positive", "CONDITIONING"),
                         ("personalized_negative", "CONDITIONING"), ("latent_image", "LATENT")],
                 outputs=[("layout_latent", "LATENT"), ("trajectory", "LR_INVERSION"), ("start_latent", "LATENT")],
-                size=(340, 400))
+                size=(340, 420))
     w.link(van, 0, sb, "vanilla_model"); w.link(*per_model, sb, "personalized_model")
     for src, name in ((vp, "vanilla_positive"), (vn, "vanilla_negative"), (pp, "personalized_positive"),
                       (pn, "personalized_negative"), (lat, "latent_image")):
         w.link(src, 0, sb, name)
-    lay_dec = w.node("VAEDecode", (1180, 150), [], inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[IMG],
-                     size=(220, 50))
+    lay_dec = w.node("VAEDecode", (1200, 0), [], inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[IMG],
+                     size=(300, 50))
     w.link(sb, 0, lay_dec, "samples"); w.link(*vae, lay_dec, "vae")
-    lay_save = w.node("SaveImage", (1180, 240), ["layout_retouch/layout"], inputs=[("images", "IMAGE")],
+    lay_save = w.node("SaveImage", (1200, 120), ["layout_retouch/layout"], inputs=[("images", "IMAGE")],
                       title="Layout image (stage 1)", size=(300, 330))
     w.link(lay_dec, 0, lay_save, "images")
-    # --- stage 2: inversions ---
-    ref_img = w.node("LoadImage", (1180, 620), ["reference.png", "image"], outputs=[IMG, MASK],
-                     title="Reference photo of the subject", size=(300, 320))
-    ref_scale = w.node("ImageScale", (1520, 620), ["lanczos", 512, 512, "center"], inputs=[("image", "IMAGE")],
+    # --- the reference's inversion (columns 3-4, under stage 1), recording its attention ---
+    ref_img = w.node("LoadImage", (820, 720), ["reference.png", "image"], outputs=[IMG, MASK],
+                     title="Reference photo of the subject", size=(340, 320))
+    ref_scale = w.node("ImageScale", (1200, 720), ["lanczos", 512, 512, "center"], inputs=[("image", "IMAGE")],
                        outputs=[IMG], title="Reference to 512x512", size=(300, 130))
-    ref_enc = w.node("VAEEncode", (1520, 790), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[LAT],
-                     size=(220, 50))
+    ref_enc = w.node("VAEEncode", (1200, 890), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[LAT],
+                     size=(300, 50))
     w.link(ref_img, 0, ref_scale, "image"); w.link(ref_scale, 0, ref_enc, "pixels"); w.link(*vae, ref_enc, "vae")
-    inv_inputs = [("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"), ("negative", "CONDITIONING")]
-    inv_out = [("inverted_latent", "LATENT"), ("inversion", "LR_INVERSION")]
-    ref_inv = w.node("LR_DDIMInversion", (1860, 620), [50, "ddim_uniform", "ddim", 1.0, False, "output 6-11"], inputs=inv_inputs,
-                     outputs=inv_out, title="DDIM Inversion (reference)", size=(320, 200))
-    lay_inv = w.node("LR_DDIMInversion", (1520, 150), [50, "ddim_uniform", "ddim", 1.0, False, "output 6-11"], inputs=inv_inputs,
-                     outputs=inv_out, title="DDIM Inversion (layout)", size=(320, 200))
-    for inv, src in ((ref_inv, ref_enc), (lay_inv, sb)):
-        w.link(*per_model, inv, "model"); w.link(empty, 0, inv, "positive"); w.link(src, 0, inv, "latent")
-    # --- stage 2: masks ---
-    mc = w.node("LR_CrossAttentionMask", (1860, 150), [SCENE.format(subject), word,
+    ref_inv = w.node("LR_DDIMInversion", (1200, 990), [50, "ddim_uniform", "ddim", 1.0, True, "output 6-11"],
+                     inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"),
+                             ("negative", "CONDITIONING")],
+                     outputs=[("inverted_latent", "LATENT"), ("inversion", "LR_INVERSION")],
+                     title="DDIM Inversion (reference, computed once per photo)", size=(300, 250))
+    # The swap's prompts for the reference: then the recorded attention is exactly what its rows would compute.
+    w.link(*per_model, ref_inv, "model"); w.link(rp, 0, ref_inv, "positive"); w.link(ref_enc, 0, ref_inv, "latent")
+    w.link(pn, 0, ref_inv, "negative")
+    # --- stage 2: masks (columns 4-5) ---
+    mc = w.node("LR_CrossAttentionMask", (1560, 0), [SCENE.format(subject), word,
                 "1/2 of the latent (32x32 at 512 px)", 10, 0.1],
                 inputs=[("model", "MODEL"), ("layout_inversion", "LR_INVERSION"), ("clip", "CLIP")],
-                outputs=[("soft_map", "MASK"), ("mask", "MASK")], size=(340, 240),
+                outputs=[("soft_map", "MASK"), ("mask", "MASK")], size=(360, 250),
                 widget_inputs=[("prompt", "STRING"), ("subject", "STRING")])
-    w.link(*per_model, mc, "model"); w.link(lay_inv, 1, mc, "layout_inversion"); w.link(*per_clip, mc, "clip")
+    w.link(*per_model, mc, "model"); w.link(sb, 1, mc, "layout_inversion"); w.link(*per_clip, mc, "clip")
     w.link(pp_text, 0, mc, "prompt"); w.link(word_node, 0, mc, "subject")
-    sam = w.node("LR_SAMLoader", (1860, 430), ["sam_vit_h_4b8939.pth"], outputs=[("sam", "LR_SAM")], size=(320, 60))
-    seg = w.node("LR_SAMSegment", (2240, 430), ["", "", 0.01], inputs=[("image", "IMAGE"), ("sam", "LR_SAM"),
+    sam = w.node("LR_SAMLoader", (1560, 300), ["sam_vit_h_4b8939.pth"], outputs=[("sam", "LR_SAM")], size=(360, 60))
+    seg = w.node("LR_SAMSegment", (1560, 410), ["", "", 0.01], inputs=[("image", "IMAGE"), ("sam", "LR_SAM"),
                  ("prompt_mask", "MASK")], outputs=[("mask", "MASK")], title="SAM Segment from Mask (M^SAM)",
-                 size=(320, 160))
+                 size=(360, 170))
     w.link(lay_dec, 0, seg, "image"); w.link(sam, 0, seg, "sam"); w.link(mc, 1, seg, "prompt_mask")
-    ada = w.node("LR_AdaptiveMask", (2240, 150), [0.5, 0.01, 0.5, 1.0, True],
+    ada = w.node("LR_AdaptiveMask", (1980, 0), [0.5, 0.01, 0.5, 1.0, True],
                  inputs=[("cross_attention_mask", "MASK"), ("sam_mask", "MASK")],
                  outputs=[("mask", "MASK"), ("union", "MASK"), ("distance", "MASK"), ("components", "MASK")],
-                 size=(320, 230))
+                 size=(340, 250))
     w.link(mc, 1, ada, "cross_attention_mask"); w.link(seg, 0, ada, "sam_mask")
-    for (title, x), (src, slot) in zip((("M^c (cross-attention)", 2240), ("M^SAM", 2480), ("M (adaptive)", 2720)),
+    for (title, y), (src, slot) in zip((("M^c (cross-attention)", 300), ("M^SAM", 610), ("M (adaptive)", 920)),
                                        ((mc, 1), (seg, 0), (ada, 0)), strict=True):
-        m2i = w.node("MaskToImage", (x, 620), [], inputs=[("mask", "MASK")], outputs=[IMG], size=(220, 50))
-        prev = w.node("PreviewImage", (x, 700), [], inputs=[("images", "IMAGE")], title=f"Preview: {title}",
-                      size=(230, 250))
+        m2i = w.node("MaskToImage", (1980, y), [], inputs=[("mask", "MASK")], outputs=[IMG], size=(200, 50))
+        prev = w.node("PreviewImage", (2200, y), [], inputs=[("images", "IMAGE")], title=f"Preview: {title}",
+                      size=(220, 270))
         w.link(src, slot, m2i, "mask"); w.link(m2i, 0, prev, "images")
-    # --- stage 2: swap and sampling ---
-    swap = w.node("LR_MultiSourceAttentionSwap", (2620, 150), [10, 30, "output 6-11", "output 6-11", "recorded", "offloaded to RAM"],
+    # --- stage 2: swap (fast mode on stage 1's path) and the retouch sampler (columns 6-8) ---
+    swap = w.node("LR_MultiSourceAttentionSwap", (2440, 0), [10, 30, "output 6-11", "output 6-11",
+                  "recorded, attention from the inversions (fast)", "offloaded to RAM"],
                   inputs=[("model", "MODEL"), ("reference_inversion", "LR_INVERSION"),
                           ("layout_inversion", "LR_INVERSION"), ("reference_positive", "CONDITIONING"),
                           ("reference_negative", "CONDITIONING"), ("layout_positive", "CONDITIONING"),
                           ("layout_negative", "CONDITIONING"), ("mask", "MASK")],
-                  outputs=[("model", "MODEL")], size=(340, 330))
+                  outputs=[("model", "MODEL")], size=(380, 360))
     w.link(*per_model, swap, "model"); w.link(ref_inv, 1, swap, "reference_inversion")
-    w.link(lay_inv, 1, swap, "layout_inversion"); w.link(rp, 0, swap, "reference_positive")
+    w.link(sb, 1, swap, "layout_inversion"); w.link(rp, 0, swap, "reference_positive")
     w.link(pn, 0, swap, "reference_negative"); w.link(pp, 0, swap, "layout_positive")
     w.link(pn, 0, swap, "layout_negative"); w.link(ada, 0, swap, "mask")
-    ks = w.node("KSamplerAdvanced", (3000, 150), ["disable", 0, "fixed", 50, 7.5, "ddim", "ddim_uniform", 0, 10000,
+    ks = w.node("KSamplerAdvanced", (2860, 0), ["disable", 0, "fixed", 50, 7.5, "ddim", "ddim_uniform", 0, 10000,
                 "disable"], inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                ("latent_image", "LATENT")], outputs=[LAT], title="KSampler (Advanced): retouch", size=(320, 330))
+                ("latent_image", "LATENT")], outputs=[LAT], title="KSampler (Advanced): retouch", size=(340, 360))
     w.link(swap, 0, ks, "model"); w.link(rp, 0, ks, "positive"); w.link(pn, 0, ks, "negative")
-    w.link(lay_inv, 0, ks, "latent_image")
-    dec = w.node("VAEDecode", (3360, 150), [], inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[IMG],
-                 size=(220, 50))
-    save = w.node("SaveImage", (3360, 240), ["layout_retouch/final"], inputs=[("images", "IMAGE")],
+    w.link(sb, 2, ks, "latent_image")
+    dec = w.node("VAEDecode", (3240, 0), [], inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[IMG],
+                 size=(300, 50))
+    save = w.node("SaveImage", (3240, 120), ["layout_retouch/final"], inputs=[("images", "IMAGE")],
                   title="Final image (stage 2)", size=(400, 430))
     w.link(ks, 0, dec, "samples"); w.link(*vae, dec, "vae"); w.link(dec, 0, save, "images")
     # --- notes and groups ---
@@ -140,16 +139,21 @@ def build(kind: str) -> WF:
                         "the personalized prompt and the subject word use `embedding:name`."}[kind]
     w.note("**Layout-and-Retouch** (two stages). " + how + " A Segment Anything checkpoint goes in `models/sams`. "
            "Write the prompts in the four text boxes on the left; the reference photo goes in the Load Image node.",
-           (0, -260), size=(760, 120))
+           (0, -260), size=(780, 120))
     w.note("**Stage 1, layout:** plain SD draws the first `lambda1` steps (5 of 50; 3 for hard layouts), so pose and "
-           "place follow the prompt; the personalized model draws the rest.", (800, -260), size=(640, 120))
-    w.note("**Stage 2, retouch:** both images are DDIM-inverted; the swapped model copies the layout's attention for "
-           "`lambda2` steps (structure), then takes the reference's self-attention (identity), and from `mask_start` "
-           "keeps the layout outside the adaptive mask M. Keep the inversions' steps and scheduler equal to the "
-           "sampler's.", (1520, -260), size=(900, 120))
-    w.group("Prompts and models", (-20, -120, 780, 1040), color="#444")
-    w.group("Stage 1: step-blended layout", (780, -120, 720, 1040), color="#3f789e")
-    w.group("Stage 2: retouch", (1500, -120, 2300, 1100), color="#8A8")
+           "place follow the prompt; the personalized model draws the rest. It records the layout's attention "
+           "(`record_attention`) and its `trajectory` is the retouch's layout path: no layout inversion.",
+           (820, -260), size=(680, 120))
+    w.note("**Stage 2, retouch** (fast mode): the swapped model starts from stage 1's `start_latent`, copies the "
+           "layout's attention for `lambda2` steps (structure), then takes the reference's self-attention (identity), "
+           "and from `mask_start` keeps the layout outside the adaptive mask M. Both sources' attention is read from "
+           "what stage 1 and the reference's inversion recorded. The reference's inversion runs once per photo: "
+           "ComfyUI's cache reuses it across seeds and prompts. Keep steps and scheduler equal everywhere.",
+           (1560, -260), size=(1300, 120))
+    w.group("Prompts and models", (-20, -120, 800, 1060), color="#444")
+    w.group("Stage 1: step-blended layout", (800, -120, 720, 740), color="#3f789e")
+    w.group("Reference inversion (once per photo)", (800, 620, 720, 660), color="#8A8")
+    w.group("Stage 2: retouch", (1540, -120, 2120, 1380), color="#8A8")
     return w
 
 

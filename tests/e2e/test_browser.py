@@ -123,6 +123,49 @@ def history(url: str) -> dict:
         return json.loads(r.read())
 
 
+SHOT_SCALE = 0.9  # the canvas zoom of a screenshot: node titles, widgets and notes stay readable
+BOUNDS_JS = """() => {
+  const b = [1e9, 1e9, -1e9, -1e9], grow = (x, y, w, h) => {
+    b[0] = Math.min(b[0], x); b[1] = Math.min(b[1], y); b[2] = Math.max(b[2], x + w); b[3] = Math.max(b[3], y + h); };
+  for (const n of app.graph._nodes) grow(n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.size[0],
+                                          n.size[1] + LiteGraph.NODE_TITLE_HEIGHT);
+  for (const g of app.graph._groups || []) grow(...(g._bounding || g.bounding));
+  return b;
+}"""
+
+
+def screenshot(page, path: Path) -> None:
+    """The whole graph at ``SHOT_SCALE`` in a viewport of its size, without the minimap, the canvas info and the
+    zoom menu (the thumbnails in workflows/ are these pictures as JPEG)."""
+    page.keyboard.press("Escape")
+    page.evaluate("""async () => {
+      const settings = app.extensionManager?.setting;
+      for (const [id, value] of [["Comfy.Minimap.Visible", false], ["Comfy.Graph.CanvasInfo", false],
+                                  ["Comfy.Graph.CanvasMenu", false]])
+        if (settings) await settings.set(id, value);
+      app.canvas.show_info = false;
+    }""")
+    left, top, right, bottom = page.evaluate(BOUNDS_JS)
+    margin = 40
+    size = {"width": min(int((right - left + 4 * margin) * SHOT_SCALE), 4000),
+            "height": min(int((bottom - top + 4 * margin) * SHOT_SCALE), 2400)}
+    before = page.viewport_size
+    page.set_viewport_size(size)
+    try:
+        time.sleep(1.0)  # the canvas follows the window's size
+        page.evaluate("([s, x, y]) => { const c = app.canvas; c.resize(); c.ds.scale = s; c.ds.offset = [x, y];"
+                      " c.show_info = false; c.setDirty(true, true); }", [SHOT_SCALE, -left + margin, -top + margin])
+        time.sleep(0.5)
+        canvas = page.locator("canvas#graph-canvas")
+        box = canvas.bounding_box()
+        clip = {"x": box["x"], "y": box["y"], "width": min(box["width"], size["width"] - box["x"]),
+                "height": min(box["height"], size["height"] - box["y"])}
+        page.screenshot(path=str(path), clip=clip)
+    finally:
+        page.set_viewport_size(before)
+        time.sleep(0.5)
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_workflow_in_the_real_frontend(server, page, tiny_files, tiny_sam, path):
     url, base = server
@@ -131,15 +174,7 @@ def test_workflow_in_the_real_frontend(server, page, tiny_files, tiny_sam, path)
                             ".map(n => n.type)")
     assert missing == [], f"missing node types: {missing}"
     if os.environ.get("LR_BROWSER_SHOTS"):
-        page.keyboard.press("Escape")
-        page.evaluate("() => { const c = app.canvas, b = app.graph._nodes.reduce((a, n) => [Math.min(a[0], n.pos[0]),"
-                      " Math.min(a[1], n.pos[1]), Math.max(a[2], n.pos[0] + n.size[0]), Math.max(a[3], n.pos[1] +"
-                      " n.size[1])], [1e9, 1e9, -1e9, -1e9]); const s = Math.min(1500 / (b[2] - b[0] + 200), "
-                      "900 / (b[3] - b[1] + 400)); c.ds.scale = s; c.ds.offset = [-b[0] + 100, -b[1] + 300];"
-                      " c.setDirty(true, true); }")
-        time.sleep(0.5)
-        page.locator("canvas#graph-canvas").screenshot(path=str(Path(os.environ["LR_BROWSER_SHOTS"]) /
-                                                                f"{path.stem}.png"))
+        screenshot(page, Path(os.environ["LR_BROWSER_SHOTS"]) / f"{path.stem}.png")
     page.evaluate(SHRINK_JS, {"vanilla": "tiny_vanilla.safetensors", "personalized": "tiny_personalized.safetensors",
                               "lora": tiny_files["lora"].name, "sam": tiny_sam.name})
     before = set(history(url))

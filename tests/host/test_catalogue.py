@@ -280,12 +280,11 @@ def another_replace_patch(g: Graph) -> None:
     inputs.update(layout_layers="all", reference_layers="all")
 
 
-def stage1_path(g: Graph) -> None:
-    """Stage 1's trajectory as the layout path: no layout inversion; the retouch starts at its start_latent."""
-    path = g.out("LR_StepBlendedKSampler", "", 1)
-    g.inputs("LR_MultiSourceAttentionSwap")["layout_inversion"] = path
-    g.inputs("LR_CrossAttentionMask")["layout_inversion"] = path
-    g.inputs("KSamplerAdvanced")["latent_image"] = g.out("LR_StepBlendedKSampler", "", 2)
+def layout_inversion_latent(g: Graph) -> list:
+    """A DDIM Inversion of stage 1's layout latent (as the paper's graph has), for the retouch to start from."""
+    inputs = g.inputs("LR_DDIMInversion")  # the full graph's one inversion: the reference's
+    return g.add("LR_DDIMInversion", **{**inputs, "latent": g.out("LR_StepBlendedKSampler"),
+                                        "record_attention": False})
 
 
 def capture_graph(comfy) -> Graph:
@@ -548,22 +547,20 @@ CASES = [
          CLEAR + "'batches of 2 and 3 masks cannot be paired'", adaptive_batches,
          at_run(ADAPTIVE, "sam_mask", r"batches of 2 and 3 masks cannot be paired.*Fix: give one mask")),
     # Stage 1 and its path as the layout path.
-    Case("stage1-path", "stage 1's trajectory as the layout path, retouch from its start_latent", "runs",
-         stage1_path, Runs("the layout and the retouched image"), base=FULL),
-    Case("stage1-path-fast", "stage 1 recording attention, swap in fast mode on its path", "runs",
-         then(stage1_path, blend(record_attention=True), swap(source_paths="recorded, attention from the inversions "
-                                                                           "(fast)")),
+    Case("stage1-path", "the full graph in the recorded mode: stage 1's trajectory as the layout path, retouch from "
+         "its start_latent", "runs", then(blend(record_attention=False), swap(source_paths="recorded")),
          Runs("the layout and the retouched image"), base=FULL),
+    Case("stage1-path-fast", "the full graph as shipped: stage 1 recording attention, swap in fast mode on its path",
+         "runs", as_shipped, Runs("the layout and the retouched image"), base=FULL),
     Case("stage1-path-denoise-0.7", "stage 1 at denoise 0.7 used as the layout path",
          "vague: 'uses 6 steps of ddim_uniform but layout_inversion uses 6 steps of ddim_uniform'",
-         then(stage1_path, blend(denoise=0.7)),
+         blend(denoise=0.7),
          at_run(SWAP, "reference_inversion", r"walks 7 sampling steps of ddim_uniform \(6 asked\) from sigma (\S+) but "
                                              r"layout_inversion walks \d sampling steps of ddim_uniform \(6 asked\) "
                                              r"from sigma (?!\1)\S+.*denoise 1.0"), base=FULL),
-    Case("stage1-path-retouch-from-inversion", "stage 1's path as the layout path, retouch from the layout "
+    Case("stage1-path-retouch-from-inversion", "stage 1's path as the layout path, retouch from a layout "
          "inversion's inverted latent instead of start_latent", SILENT_SAMPLER,
-         then(stage1_path, retouch_from(lambda g: g.out("LR_DDIMInversion", "DDIM Inversion (layout)"))),
-         in_retouch(START.format(0)), base=FULL),
+         retouch_from(layout_inversion_latent), in_retouch(START.format(0)), base=FULL),
     Case("stage1-lambda1-above-steps", "lambda1 9 of 6 steps", CLEAR + "'is 9, larger than steps = 6'",
          blend(lambda1=9),
          at_queue(BLEND, "lambda1", r"is 9, larger than steps = 6.*Fix: set lambda1 between 0 and steps"), base=STAGE1),

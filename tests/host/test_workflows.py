@@ -58,6 +58,40 @@ def test_full_workflow_shares_prompt_texts(comfy):
     assert source["_meta"]["title"].startswith("Personalized prompt")
 
 
+FULL = [name for name in SHIPPED if name.startswith("layout_retouch_full_")]
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_full_workflow_is_wired_to_the_fast_path(comfy, name):
+    """Stage 1's trajectory is the layout path (no layout inversion), attention read from the records."""
+    prompt = convert(comfy, name)
+    (blend_id,) = [i for i, n in prompt.items() if n["class_type"] == "LR_StepBlendedKSampler"]
+    (swap,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "LR_MultiSourceAttentionSwap"]
+    (retouch,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "KSamplerAdvanced"]
+    (inversion,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "LR_DDIMInversion"]
+    (mask,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "LR_CrossAttentionMask"]
+    blend = prompt[blend_id]["inputs"]
+    assert swap["layout_inversion"] == mask["layout_inversion"] == [blend_id, 1]  # trajectory
+    assert retouch["latent_image"] == [blend_id, 2]  # start_latent
+    assert (retouch["add_noise"], retouch["start_at_step"], retouch["sampler_name"]) == ("disable", 0, "ddim")
+    assert (retouch["steps"], retouch["scheduler"]) == (blend["steps"], blend["scheduler"])
+    assert (blend["record_attention"], blend["denoise"]) == (True, 1.0)
+    assert blend["attention_layers"] == swap["layout_layers"] == swap["reference_layers"]
+    assert (swap["source_paths"], swap["reference_cache"]) == (
+        "recorded, attention from the inversions (fast)", "offloaded to RAM")
+    # The reference's inversion records at the swap's own prompts for it: the fast mode is then exact.
+    assert inversion["record_attention"] is True
+    assert (inversion["positive"], inversion["negative"]) == (swap["reference_positive"], swap["reference_negative"])
+    assert (inversion["steps"], inversion["scheduler"]) == (blend["steps"], blend["scheduler"])
+    assert swap["reference_inversion"][0] in prompt
+
+
+def test_stage2_workflow_keeps_its_layout_inversion(comfy):
+    prompt = convert(comfy, "layout_retouch_stage2_retouch.json")
+    titles = {n["_meta"]["title"] for n in prompt.values() if n["class_type"] == "LR_DDIMInversion"}
+    assert titles == {"DDIM Inversion (reference)", "DDIM Inversion (layout)"}
+
+
 def test_stale_widget_values_are_reported(comfy):
     workflow = load("layout_retouch_stage1_layout.json")
     node = next(n for n in workflow["nodes"] if n["type"] == "LR_StepBlendedKSampler")
