@@ -52,6 +52,11 @@ class AttentionStore:
         self.kv.clear()
         self.latent_size = None
 
+    def add_cross(self, layer: tuple, step: int, size: tuple[int, int], probs: torch.Tensor) -> None:
+        self.sizes[layer] = size
+        self.maps[layer] = probs if layer not in self.maps else self.maps[layer] + probs
+        self.counts[layer] = self.counts.get(layer, 0) + 1
+
     def average(self, positions: list[int], layers: list[tuple] | None = None) -> torch.Tensor:
         """The mean map of the summed token ``positions`` over ``layers`` (default: all) at the
         finest recorded size among them, ``[B, h, w]``."""
@@ -84,8 +89,9 @@ def cross_attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch
     """Head-averaged ``softmax(Q K^T / sqrt(d))``: ``[rows, tokens_q, tokens_k]``."""
     b, n, inner = q.shape
     d = inner // heads
-    qh = q.reshape(b, n, heads, d).transpose(1, 2).float()
-    kh = k.reshape(b, k.shape[1], heads, d).transpose(1, 2).float()
+    dtype = torch.promote_types(q.dtype, torch.float32)  # float32 at least (float64 stays)
+    qh = q.reshape(b, n, heads, d).transpose(1, 2).to(dtype)
+    kh = k.reshape(b, k.shape[1], heads, d).transpose(1, 2).to(dtype)
     return torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(d), dim=-1).mean(1)
 
 
@@ -93,15 +99,18 @@ class CaptureAttention:
     """An ``attn2`` (or, for K/V, ``attn1``) replace patch that records and then attends as usual."""
 
     def __init__(self, kind: str, store: AttentionStore, steps: range | None, resolution: int | None,
-                 chained=None) -> None:
+                 chained=None, sampling_sigmas: torch.Tensor | None = None) -> None:
         self.kind = kind
         self.store = store
         self.steps = steps
         self.resolution = resolution  # keep only layers at latent size / resolution; None = all
         self.chained = chained
+        # Steps counted on this schedule; None: on the running sampler's own (a KSamplerAdvanced
+        # that starts at step 10 counts its first step as 0 there).
+        self.sigmas = None if sampling_sigmas is None else sampling_sigmas[:-1]
 
     def step_of(self, extra_options: dict) -> int | None:
-        sigmas = extra_options.get("sample_sigmas")
+        sigmas = extra_options.get("sample_sigmas") if self.sigmas is None else self.sigmas
         if sigmas is None:
             return None
         return sigma_position(sigmas, extra_options["sigmas"][0])
@@ -126,29 +135,39 @@ class CaptureAttention:
             layer, step, size = found
             store = self.store
             store.latent_size = tuple(extra_options["original_shape"][-2:])
-            store.sizes[layer] = size
             if self.kind == "cross":
-                probs = cross_attention_probs(q[rows], k[rows], heads).to(torch.float32)
-                store.maps[layer] = probs if layer not in store.maps else store.maps[layer] + probs
-                store.counts[layer] = store.counts.get(layer, 0) + 1
+                store.add_cross(layer, step, size, cross_attention_probs(q[rows], k[rows], heads).to(torch.float32))
             else:
                 import comfy.model_management
 
                 dest = comfy.model_management.intermediate_device()
+                store.sizes[layer] = size
                 store.kv[(layer, step)] = (k[rows].detach().to(dest), v[rows].detach().to(dest))
         return out
 
 
-def add_capture(model, store: AttentionStore, layers: LayerSet, steps: range | None, resolution: int | None,
-                self_kv: bool = False):
-    """A clone of ``model`` recording into ``store``; patches already on the keys are chained."""
-    import comfy.patcher_extension as ext
-
+def add_map_capture(model, store, layers: LayerSet, steps: range | None, resolution: int | None,
+                    sampling_sigmas: torch.Tensor | None = None):
+    """A clone of ``model`` adding the cross-attention maps of ``layers`` at ``steps`` (None: all;
+    counted on ``sampling_sigmas`` when given, else on each run's own schedule) and latent size /
+    ``resolution`` (None: any) to ``store`` (an :class:`AttentionStore` or a
+    :class:`~..records.SubjectMapRecord`); patches already on the keys are chained."""
     m = model.clone()
     for key in layer_keys(model, layers):
-        patch = CaptureAttention("cross", store, steps, resolution, replace_patch(model, "attn2", key))
+        patch = CaptureAttention("cross", store, steps, resolution, replace_patch(model, "attn2", key), sampling_sigmas)
         m.set_model_attn2_replace(patch, *key)
-        if self_kv:
+    return m
+
+
+def add_capture(model, store: AttentionStore, layers: LayerSet, steps: range | None, resolution: int | None,
+                self_kv: bool = False):
+    """A clone of ``model`` recording into ``store``, which each sampler run starts afresh;
+    patches already on the keys are chained."""
+    import comfy.patcher_extension as ext
+
+    m = add_map_capture(model, store, layers, steps, resolution)
+    if self_kv:
+        for key in layer_keys(model, layers):
             patch = CaptureAttention("self", store, steps, resolution, replace_patch(model, "attn1", key))
             m.set_model_attn1_replace(patch, *key)
 
@@ -168,11 +187,13 @@ def averaged_steps(n_steps: int, count: int) -> list[int]:
     return sorted({round(i * (n_steps - 1) / max(count - 1, 1)) for i in range(count)})
 
 
-def record_on_trajectory(model, positive, trajectory, steps: list[int]) -> None:
+def record_on_trajectory(model, positive, trajectory, steps: list[int], visit=None) -> None:
     """Evaluate ``model`` (with capture patches) at a recorded path's latents, at denoising ``steps``.
 
     No sampling happens: each chosen step's recorded latent is fed to the model once, through
-    ComfyUI's own guider (conditioning, the model's patches, CFG 1).
+    ComfyUI's own guider (conditioning, the model's patches, CFG 1). With ``visit``, it is called
+    instead as ``visit(guider, model_options, latent, sigma, step)`` inside the guider's run
+    (conds processed, model loaded), to make its own passes.
     """
     import comfy.model_management
     import comfy.samplers
@@ -187,7 +208,11 @@ def record_on_trajectory(model, positive, trajectory, steps: list[int]) -> None:
         s_in = x.new_ones([x.shape[0]])
         for i in range(len(steps)):
             comfy.model_management.throw_exception_if_processing_interrupted()
-            model_k(latents[i].to(x), sigmas[i].to(x) * s_in, **(extra_args or {}))
+            latent, sigma = latents[i].to(x), sigmas[i].to(x) * s_in
+            if visit is None:
+                model_k(latent, sigma, **(extra_args or {}))
+            else:
+                visit(model_k.inner_model, extra_args["model_options"], latent, sigma, steps[i])
             progress.update(1)
         return x
 

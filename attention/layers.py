@@ -13,6 +13,7 @@ from dataclasses import dataclass
 BLOCK_NAMES = ("input", "middle", "output")
 ALL = "all"
 MASACTRL_DECODER = "output 6-11"
+DECODER = "output 0-11"  # every decoder block of SD1.x and SDXL; a resolution picks among them
 
 _PART = re.compile(r"^(input|middle|output)\s+(\d+)(?:\s*-\s*(\d+))?$")
 
@@ -93,3 +94,21 @@ def layer_problem(model, layers: LayerSet):
         blocks = ", ".join(f"{n} {i}" for n, i in sorted(attention_blocks(model)))
         return ("selects no attention block of this model.", f"choose among: {blocks}; or 'all'.")
     return None
+
+
+def layers_at(model, resolution: int, block_name: str = "output") -> tuple[tuple[str, int, int], ...]:
+    """The patch keys of ``block_name``'s transformer blocks whose tokens are latent size /
+    ``resolution`` (e.g. SD1.x's decoder at 1/2: ``output 6-8``), from the UNet's down- and
+    upsampling layers, without running it."""
+    unet = model.model.diffusion_model
+    downs = sum(type(layer).__name__ == "Downsample" for block in unet.input_blocks for layer in block)
+    blocks = {"input": unet.input_blocks, "middle": [unet.middle_block], "output": unet.output_blocks}[block_name]
+    depths = transformer_depths(model)
+    found, level = [], 0 if block_name == "input" else downs
+    for i, block in enumerate(blocks):
+        if 2 ** level == resolution and (block_name, i) in depths:
+            found.extend((block_name, i, j) for j in range(depths[(block_name, i)]))
+        for layer in block:
+            name = type(layer).__name__
+            level += (name == "Downsample") - (name == "Upsample")
+    return tuple(found)

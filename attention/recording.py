@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from ..records import CROSS_OUT, KEYS, KINDS, SELF_OUT, VALUES, AttentionRecord, sigma_position
+from ..records import CROSS_OUT, KEYS, KINDS, SELF_OUT, VALUES, AttentionRecord, SubjectMapRecord, sigma_position
 from .attend import attend_as_before
-from .layers import LayerSet, layer_keys, replace_patch
+from .capture import add_map_capture
+from .layers import DECODER, LayerSet, layer_keys, parse_layers, replace_patch
 
 LAYOUT_KINDS = (SELF_OUT, CROSS_OUT)  # what a swap reads from its layout path
 
@@ -46,13 +47,17 @@ class RecordSourceAttention:
 
 
 def add_recording(model, record: AttentionRecord, sampling_sigmas: torch.Tensor, layers: LayerSet,
-                  kinds: tuple[str, ...] = KINDS):
+                  kinds: tuple[str, ...] = KINDS, maps: SubjectMapRecord | None = None):
     """A clone of ``model`` recording ``kinds`` into ``record`` on ``layers``, at the sampling steps
-    that start at ``sampling_sigmas``; patches on the keys are chained. Bound to its layers and
-    kinds, it is the ``recorder`` that ``sampling/`` takes from its caller."""
+    that start at ``sampling_sigmas``; patches on the keys are chained. With ``maps``, it also
+    adds the decoder's cross-attention maps at latent size / ``maps.resolution`` to it, per step
+    (what a Cross-Attention Mask on this path reads). Bound to its layers, kinds and maps, it is
+    the ``recorder`` that ``sampling/`` takes from its caller."""
     m = model.clone()
     for key in layer_keys(model, layers):
         for kind, attn in (("self", "attn1"), ("cross", "attn2")):
             patch = RecordSourceAttention(kind, record, sampling_sigmas, replace_patch(model, attn, key), kinds)
             m.set_model_patch_replace(patch, attn, *key)
+    if maps is not None:
+        m = add_map_capture(m, maps, parse_layers(DECODER), None, maps.resolution, sampling_sigmas)
     return m

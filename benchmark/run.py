@@ -31,6 +31,7 @@ class Part:
     seconds: float
     peak_mib: float
     unet_rows: int = 0  # latent rows through the UNet (one row: one image, one CFG half, one step)
+    backward_rows: int = 0  # of those, rows whose pass was differentiated (one backward each)
     time_ratio: float = 0.0
     memory_ratio: float = 0.0
     rows_ratio: float = 0.0
@@ -67,7 +68,7 @@ def _peak_mib(device: torch.device) -> float:
 def _measure(name: str, fn: Callable[[], object], device: torch.device, repeats: int,
              rows: list[int] | None = None) -> Part:
     times, peaks = [], []
-    first_rows = rows[0] if rows else 0
+    first_rows, first_backward = (rows[0], rows[1]) if rows else (0, 0)
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -80,8 +81,10 @@ def _measure(name: str, fn: Callable[[], object], device: torch.device, repeats:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
         peaks.append(_peak_mib(device))
-    part = Part(name, statistics.median(times), max(peaks), (rows[0] - first_rows) // repeats if rows else 0)
-    logger.info("%-34s %8.2f s %10.0f MiB %8d rows", name, part.seconds, part.peak_mib, part.unet_rows)
+    part = Part(name, statistics.median(times), max(peaks), (rows[0] - first_rows) // repeats if rows else 0,
+                (rows[1] - first_backward) // repeats if rows else 0)
+    logger.info("%-34s %8.2f s %10.0f MiB %8d rows %6d backward", name, part.seconds, part.peak_mib,
+                part.unet_rows, part.backward_rows)
     return part
 
 
@@ -123,7 +126,7 @@ class Pipeline:
         # The paper's 5, 10 and 30 of 50 steps, scaled to other step counts.
         self.lambda1, self.lambda2, self.mask_start = max(1, steps // 10), steps // 5, 3 * steps // 5
         self.state: dict = {}
-        self.rows = [0]
+        self.rows = [0, 0]  # forward rows, differentiated rows
 
     def count_rows(self) -> None:
         """Count latent rows through the UNet with a keyed DIFFUSION_MODEL wrapper on the benchmark's
@@ -132,6 +135,7 @@ class Pipeline:
 
         def count(executor, x, *args, **kwargs):
             self.rows[0] += x.shape[0]
+            self.rows[1] += x.shape[0] if torch.is_grad_enabled() and x.requires_grad else 0
             return executor(x, *args, **kwargs)
 
         for model in (self.vanilla, self.personalized):
@@ -186,6 +190,47 @@ class Pipeline:
                 patched, "disable", 0, self.steps, self.cfg, "ddim", "ddim_uniform", self.yr, self.neg, start, 0,
                 10000, "disable")[0]
         return fn
+
+
+    def pick_and_draw(self) -> dict[str, Callable[[], None]]:
+        """Pick-and-Draw's parts as its shipped workflows wire them: the paper's settings (eta 10,
+        alpha 10, beta 100, 3 iterations, tau 0.1; layout steps 0-9 and appearance 10-19 of 50,
+        scaled to other step counts), in ComfyUI's custom-sampling graph."""
+        m, clip = self.mapping, self.clip
+        tenth = max(1, self.steps // 5)
+        noise = m["RandomNoise"]().get_noise(0)[0]
+        sigmas = m["BasicScheduler"]().get_sigmas(self.personalized, "ddim_uniform", self.steps, 1.0)[0]
+        ddim = m["KSamplerSelect"]().get_sampler("ddim")[0]
+        guider = m["CFGGuider"]().get_guider(self.personalized, self.pp, self.neg, self.cfg)[0]
+        vanilla = m["CFGGuider"]().get_guider(self.vanilla, self.vp, self.neg, self.cfg)[0]
+
+        def null_text():
+            self.state["null_text"] = m["LR_NullTextInversion"].execute(
+                model=self.personalized, positive=self.yr, negative=self.empty, latent=self.reference,
+                steps=self.steps, scheduler="ddim_uniform", sampler_name="ddim", cfg=self.cfg, iterations=10,
+                learning_rate=0.01, early_stop=1e-5).result
+
+        def palette():
+            self.state["palette"] = m["LR_ReferencePalette"].execute(
+                model=self.personalized, reference_inversion=self.state["null_text"][1], clip=clip,
+                prompt="a photo of sks vase", subject="vase", appearance_start=tenth, appearance_end=2 * tenth - 1,
+                layers="auto", threshold=0.1).result[0]
+
+        def template():
+            self.state["template"] = m["LR_LayoutTemplate"].execute(
+                noise=noise, guider=vanilla, sampler=ddim, sigmas=sigmas, latent_image=self.latent, clip=clip,
+                prompt="a red vase on a beach", subject="vase", last_step=tenth - 1).result[0]
+
+        def guided():
+            sampler = m["LR_PickAndDrawSampler"].execute(
+                sampler=ddim, clip=clip, prompt="a sks vase on a beach", subject="vase", eta=10.0, alpha=10.0,
+                beta=100.0, layout_start=0, layout_end=tenth - 1, appearance_start=tenth,
+                appearance_end=2 * tenth - 1, iterations=3, threshold=0.1, palette=self.state["palette"],
+                template=self.state["template"]).result[0]
+            self.state["pick_and_draw"] = m["SamplerCustomAdvanced"]().sample(noise, guider, sampler, sigmas,
+                                                                               self.latent)[0]
+
+        return {"null_text": null_text, "palette": palette, "template": template, "guided": guided}
 
 
 def _chain(*parts: Callable[[], None]) -> Callable[[], None]:
@@ -244,6 +289,15 @@ def measure_parts(p: Pipeline, repeats: int) -> list[Part]:
         measure("shipped default", _chain(*shipped)),
         measure("shipped default, new reference", _chain(record_reference, *shipped)),
     ]
+    pd = p.pick_and_draw()
+    parts += [
+        measure("P&D null-text inversion (reference)", pd["null_text"]),
+        measure("P&D palette (reference)", pd["palette"]),
+        measure("P&D layout template", pd["template"]),
+        measure("P&D guided sampling", pd["guided"]),
+        measure("P&D per image (palette reused)", _chain(pd["template"], pd["guided"])),
+        measure("P&D, new reference", _chain(pd["null_text"], pd["palette"], pd["template"], pd["guided"])),
+    ]
     for part in parts:
         part.time_ratio = round(part.seconds / parts[0].seconds, 2)
         part.memory_ratio = round(part.peak_mib / parts[0].peak_mib, 2)
@@ -287,25 +341,34 @@ def run(size: int, steps: int, repeats: int, cpu: bool) -> dict:
 # The headline: what a user of the shipped full workflows pays per image, then the paper's graph.
 HEADLINE = (("shipped default, per image (the reference's inversion reused)", "shipped default"),
             ("shipped default, first image with a new reference", "shipped default, new reference"),
-            ("the paper's graph (stage 1, both inversions, mask, stage 2)", "full pipeline"))
+            ("the paper's graph (stage 1, both inversions, mask, stage 2)", "full pipeline"),
+            ("Pick-and-Draw per image (the reference's palette reused)", "P&D per image (palette reused)"),
+            ("Pick-and-Draw, first image with a new reference (null-text inversion, palette)", "P&D, new reference"))
 
 
 def headline(report: dict) -> str:
     parts = {p["name"]: p for p in report["parts"]}
-    lines = ["| per image | seconds | x plain | UNet rows | x plain | peak MiB | x plain |", "|---|---|---|---|---|---|---|"]
+    lines = ["| per image | seconds | x plain | UNet rows (backward) | x plain | peak MiB | x plain |",
+             "|---|---|---|---|---|---|---|"]
     for label, name in HEADLINE:
         p = parts[name]
-        lines.append(f"| {label} | {p['seconds']:.2f} | {p['time_ratio']:.2f} | {p['unet_rows']} | "
+        lines.append(f"| {label} | {p['seconds']:.2f} | {p['time_ratio']:.2f} | {_rows(p)} | "
                      f"{p['rows_ratio']:.2f} | {p['peak_mib']:.0f} | {p['memory_ratio']:.2f} |")
     return "\n".join(lines)
 
 
 def table(report: dict) -> str:
-    lines = ["| part | seconds | x plain | peak MiB | x plain | UNet rows | x plain |", "|---|---|---|---|---|---|---|"]
+    lines = ["| part | seconds | x plain | peak MiB | x plain | UNet rows (backward) | x plain |",
+             "|---|---|---|---|---|---|---|"]
     for p in report["parts"]:
         lines.append(f"| {p['name']} | {p['seconds']:.2f} | {p['time_ratio']:.2f} | {p['peak_mib']:.0f} | "
-                     f"{p['memory_ratio']:.2f} | {p['unet_rows']} | {p['rows_ratio']:.2f} |")
+                     f"{p['memory_ratio']:.2f} | {_rows(p)} | {p['rows_ratio']:.2f} |")
     return "\n".join(lines)
+
+
+def _rows(part: dict) -> str:
+    """Forward rows, with the differentiated ones (each also run backward) in brackets."""
+    return f"{part['unet_rows']} ({part['backward_rows']})" if part.get("backward_rows") else str(part["unet_rows"])
 
 
 def main(size: int, steps: int, repeats: int, cpu: bool, output: Path) -> dict:

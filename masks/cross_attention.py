@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from ..attention.capture import AttentionStore, NothingRecorded, add_capture, averaged_steps, record_on_trajectory
-from ..attention.layers import parse_layers
+from ..attention.capture import AttentionStore, NothingRecorded, add_map_capture, averaged_steps, record_on_trajectory
+from ..attention.layers import DECODER, parse_layers
 from ..attention.tokens import subject_positions
-from ..records import InversionTrajectory
+from ..records import InversionTrajectory, SubjectMapRecord, map_key
 from .adaptive import resize_mask
 
-DECODER = "output 0-11"  # every decoder block; the resolution picks among them
+DEFAULT_RESOLUTION = 2  # latent size / 2: 32x32 at 512 px, the paper's
 
 
 def normalise(maps: torch.Tensor) -> torch.Tensor:
@@ -41,9 +41,11 @@ def mask_on_path(model, trajectory: InversionTrajectory, clip, prompt: str, subj
                  steps_to_average: int, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """M^c of the image at the start of ``trajectory`` (the Cross-Attention Mask node).
 
-    ``model`` is evaluated once at each of ``steps_to_average`` recorded latents, spread evenly
-    over the schedule, with the prompt; the subject tokens' cross-attention of the decoder layers
-    at latent size / ``resolution`` is averaged and made into ``(soft, binary)`` masks.
+    The subject tokens' cross-attention of the decoder layers at latent size / ``resolution`` is
+    averaged over those layers and ``steps_to_average`` steps spread evenly over the schedule, and
+    made into ``(soft, binary)`` masks. A step that the trajectory's maker recorded for this model
+    and prompt (stage 1 with record_attention on: :func:`step_maps`) is read; ``model`` is
+    evaluated once, with the prompt, at each other step's recorded latent.
 
     Raises:
         KeyError: a subject word is not in the prompt.
@@ -51,11 +53,43 @@ def mask_on_path(model, trajectory: InversionTrajectory, clip, prompt: str, subj
     """
     positions = subject_positions(clip, prompt, subject)
     positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-    store = AttentionStore()
-    patched = add_capture(model, store, parse_layers(DECODER), None, resolution)
-    record_on_trajectory(patched, positive, trajectory, averaged_steps(len(trajectory) - 1, steps_to_average))
+    maps = step_maps(model, positive, trajectory, resolution, averaged_steps(len(trajectory) - 1, steps_to_average))
     h, w = trajectory.latents.shape[-2:]
-    return cross_attention_mask(store.average(positions), (h * 8, w * 8), threshold)
+    return cross_attention_mask(average_steps(maps, positions), (h * 8, w * 8), threshold)
+
+
+def step_maps(model, positive, trajectory: InversionTrajectory, resolution: int,
+              steps: list[int]) -> list[tuple[torch.Tensor, int, tuple[int, int]]]:
+    """Per step: ``(sum over layers of [B, h*w, tokens], layer count, (h, w))``, read from the
+    trajectory's :class:`SubjectMapRecord` where it covers the step for this model and prompt,
+    else from one model pass per missing step.
+
+    Raises:
+        NothingRecorded: no decoder layer has that resolution at this image size.
+    """
+    recorded = trajectory.maps
+    if recorded is None or not recorded.covers(map_key(model, positive), resolution):
+        recorded = SubjectMapRecord(resolution)
+    missing = [s for s in steps if s not in recorded.sums]
+    fresh = SubjectMapRecord(resolution)
+    if missing:
+        patched = add_map_capture(model, fresh, parse_layers(DECODER), None, resolution, trajectory.sampling_sigmas)
+        record_on_trajectory(patched, positive, trajectory, missing)
+        if not fresh.sums:
+            raise NothingRecorded("no decoder layer at this resolution")
+    found = []
+    for step in steps:
+        source = recorded if step in recorded.sums else fresh
+        found.append((source.sums[step], len(source.layers[step]), source.size))
+    return found
+
+
+def average_steps(maps: list[tuple[torch.Tensor, int, tuple[int, int]]], positions: list[int]) -> torch.Tensor:
+    """The subject map ``[B, h, w]``: the summed token ``positions``, averaged over steps and layers."""
+    total = sum(s[:, :, positions].sum(-1) for s, _, _ in maps)
+    count = sum(n for _, n, _ in maps)
+    h, w = maps[0][2]
+    return (total / count).reshape(-1, h, w)
 
 
 def mask_from_store(store: AttentionStore, clip, prompt: str, subject: str,

@@ -45,7 +45,8 @@ class CrossAttentionMask(io.ComfyNode):
             category=CATEGORY,
             description="The subject's cross-attention map M^c on the layout: the model is run on the layout's "
                         "recorded inversion with the personalized prompt, and the subject token's attention is "
-                        "averaged over decoder layers and steps.",
+                        "averaged over decoder layers and steps. On the trajectory of a Step-Blended KSampler "
+                        "with record_attention on and this prompt, the steps it recorded are read, not rerun.",
             inputs=[
                 io.Model.Input("model", tooltip="The personalized model."),
                 Inversion.Input("layout_inversion", tooltip="DDIM Inversion of the layout image."),

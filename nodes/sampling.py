@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from functools import partial
 
+import comfy.model_management
 import comfy.samplers
 from comfy_api.latest import io
 
 from ..attention.layers import MASACTRL_DECODER
 from ..attention.recording import LAYOUT_KINDS, add_recording
+from ..masks.cross_attention import DEFAULT_RESOLUTION
+from ..records import SubjectMapRecord, map_key
 from ..sampling import inversion, step_blend
 from .inputs import NodeInputError, check_conditioning, check_latent, check_same_family, layer_input, raise_for
 from .types import Inversion
@@ -57,9 +60,11 @@ class StepBlendedKSampler(io.ComfyNode):
                 io.Boolean.Input("record_attention", default=False, optional=True,
                                  tooltip="Keep what a Multi-Source Attention Swap reads from the layout at the "
                                          "personalized model's steps, for the swap's fast mode with 'trajectory' as "
-                                         "its layout path (the vanilla steps still run as rows). Exact: it is the "
-                                         "very computation the swap's layout rows would repeat. Costs RAM: the "
-                                         "README's Speed section gives the size."),
+                                         "its layout path (the vanilla steps still run as rows), and the "
+                                         "decoder's cross-attention at 1/2 of the latent, which a Cross-Attention "
+                                         "Mask on 'trajectory' with this prompt reads instead of running the model. "
+                                         "Exact: it is the very computation those nodes would repeat. Costs RAM: "
+                                         "the README's Speed section gives the size."),
                 io.String.Input("attention_layers", default=MASACTRL_DECODER, optional=True,
                                 tooltip="Where to record: the swap's layout_layers and reference_layers together."),
                 io.String.Input("batch_seeds", default="", optional=True, force_input=True,
@@ -104,14 +109,17 @@ class StepBlendedKSampler(io.ComfyNode):
                                           ("personalized_positive", personalized_positive, personalized_model),
                                           ("personalized_negative", personalized_negative, personalized_model)):
             check_conditioning(node, name, conditioning, model)
-        recorder = None
+        recorder = maps = None
         if record_attention:
             layers = layer_input(node, "attention_layers", attention_layers, personalized_model)
-            recorder = partial(add_recording, layers=layers, kinds=LAYOUT_KINDS)
+            maps = SubjectMapRecord(DEFAULT_RESOLUTION, map_key(personalized_model, personalized_positive),
+                                    comfy.model_management.intermediate_device())
+            recorder = partial(add_recording, layers=layers, kinds=LAYOUT_KINDS, maps=maps)
         return io.NodeOutput(*step_blend.layout_stage(
             vanilla_model, personalized_model, (vanilla_positive, vanilla_negative),
             (personalized_positive, personalized_negative), latent_image,
-            step_blend.SamplerSettings(seed, steps, cfg, sampler_name, scheduler, denoise, seeds), lambda1, recorder))
+            step_blend.SamplerSettings(seed, steps, cfg, sampler_name, scheduler, denoise, seeds), lambda1, recorder,
+            maps))
 
 
 def seed_list(text: str) -> tuple[int, ...]:

@@ -16,3 +16,9 @@ AttentionStore = io.Custom("LR_ATTENTION_STORE")
 
 # Carries masks.sam.SamModel: a Segment Anything model, its size and its file.
 Sam = io.Custom("LR_SAM")
+
+# Carries records.Palette: Pick-and-Draw's reference features per guided step and layer.
+Palette = io.Custom("LR_PALETTE")
+
+# Carries records.LayoutTemplate: a vanilla run's smoothed subject maps per step and layer.
+LayoutTemplate = io.Custom("LR_LAYOUT_TEMPLATE")

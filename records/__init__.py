@@ -11,6 +11,9 @@ build on it.
 - :class:`AttentionRecord`: what a swap reads from one source path, per (step, CFG half,
   layer, kind). ``InversionTrajectory.attention`` is filled once, by the node that made the
   trajectory (record_attention on: the swap's fast mode).
+- :class:`SubjectMapRecord`: what stage 1 recorded for a later Cross-Attention Mask on its
+  own trajectory (``InversionTrajectory.maps``): the decoder's head-averaged cross-attention
+  per step, valid for the model and prompt it was made with (:func:`map_key`).
 - :class:`KeyedRecord`: the reference cache, ``InversionTrajectory.cache``. A retouch run that
   uses the trajectory as its reference fills it under a key of the model and the reference
   prompts (:func:`model_key`); a run under another key starts it afresh. It lives and dies with
@@ -69,6 +72,46 @@ class AttentionRecord:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+@dataclass
+class SubjectMapRecord:
+    """Cross-attention probabilities of one sampler run, per step, for the Cross-Attention Mask.
+
+    Per sampling step: the head-averaged ``softmax(Q K^T / sqrt(d))`` of the conditional rows,
+    ``[B, h*w, tokens]``, summed over the decoder layers whose tokens are ``h x w`` = latent size
+    / ``resolution``, with the set of layers summed. The mask averages these over its steps and
+    layers, so a step found here needs no model pass. Valid only for a mask of the model and
+    positive prompt in ``key`` (:func:`map_key`).
+    """
+
+    resolution: int
+    key: tuple = ()
+    device: torch.device | str | None = None  # where sums are kept (None: where they were computed)
+    sums: dict[int, torch.Tensor] = field(default_factory=dict)
+    layers: dict[int, frozenset[Layer]] = field(default_factory=dict)
+    size: tuple[int, int] | None = None
+    latent_size: tuple[int, int] | None = None
+
+    def add_cross(self, layer: Layer, step: int, size: tuple[int, int], probs: torch.Tensor) -> None:
+        self.size = size
+        probs = probs.to(self.device or probs.device)
+        self.sums[step] = probs if step not in self.sums else self.sums[step] + probs
+        self.layers[step] = self.layers.get(step, frozenset()) | {layer}
+
+    def covers(self, key: tuple, resolution: int) -> bool:
+        """Whether steps found here are what a mask of ``key`` (model and prompt) at ``resolution`` reads."""
+        return resolution == self.resolution and keys_equal(self.key, key)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.sums.values())
+
+
+def map_key(model, positive) -> tuple:
+    """What a cross-attention map depends on: the model (:func:`model_key`) and the positive
+    CONDITIONING (tensors by value)."""
+    return model_key(model, ""), _options_key(positive, "")
 
 
 @dataclass
@@ -161,6 +204,8 @@ class InversionTrajectory:
         family: the model family it was made with (ComfyUI's model config name, e.g. ``SD15``).
         attention: what a swap reads from this path (:class:`AttentionRecord`), recorded by the
             inversion pass itself when asked (the swap's fast mode), per sampling step.
+        maps: what stage 1 recorded for a Cross-Attention Mask on this path
+            (:class:`SubjectMapRecord`), or None.
         cache: the reference cache: filled by a retouch run that uses this inversion as its
             reference, under that run's key; it lives as long as this object.
     """
@@ -172,6 +217,7 @@ class InversionTrajectory:
     family: str
     attention: AttentionRecord | None = field(default=None, compare=False, repr=False)
     cache: KeyedRecord = field(default_factory=KeyedRecord, compare=False, repr=False)
+    maps: SubjectMapRecord | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.latents.shape[0] != self.sigmas.shape[0]:
@@ -209,3 +255,66 @@ class InversionTrajectory:
 def model_family(model) -> str:
     """ComfyUI's name for the model's architecture, e.g. ``SD15``, ``SDXL``, ``Segmind_Vega``."""
     return type(model.model.model_config).__name__
+
+
+@dataclass(frozen=True)
+class Palette:
+    """Pick-and-Draw's appearance palette (P&D Sec. 3.2): the reference's features inside its
+    subject mask, per guided step and layer. Made by the Reference Palette node; owned by
+    ComfyUI's node cache like a trajectory.
+
+    Attributes:
+        features: per ``(step, layer)``: the features ``[n, D]`` (float32) of every reference
+            image at the mask's pixels, the images' sets joined.
+        sigmas: per step in ``features``: the sigma it was read at (the guidance finds its step by sigma).
+        layers: the layers read, in call order.
+        latent_size: the ``(H, W)`` of the reference's latent.
+        family: the model family that computed it (ComfyUI's model config name).
+    """
+
+    features: dict[tuple[int, Layer], torch.Tensor]
+    sigmas: dict[int, float]
+    layers: tuple[Layer, ...]
+    latent_size: tuple[int, int]
+    family: str
+
+    def step_at(self, sigma: float | torch.Tensor) -> int | None:
+        """The palette's step read at ``sigma``, or None."""
+        steps = list(self.sigmas)
+        found = sigma_position(torch.tensor([self.sigmas[s] for s in steps]), sigma, rtol=1e-4, atol=1e-6)
+        return None if found is None else steps[found]
+
+    def __deepcopy__(self, memo) -> Palette:
+        return self  # immutable; rides in a SAMPLER's options, which ComfyUI may copy
+
+
+@dataclass(frozen=True)
+class LayoutTemplate:
+    """Pick-and-Draw's layout template (P&D Sec. 3.3): a vanilla model's run with the same seed
+    and prompt, per step and cross-attention layer, the subject's map as the layout loss reads
+    it (min-max normalised, Gaussian-smoothed), ``[B, h, w]``.
+
+    Attributes:
+        maps: per ``(step, layer)``: the smoothed normalised subject map ``[B, h, w]`` (float32).
+        sigmas: per step: the sigma it was taken at.
+        latents: per step: the run's latent ``[B, C, H, W]`` in sampler space where it was taken.
+        family: the model family of the vanilla run.
+    """
+
+    maps: dict[tuple[int, Layer], torch.Tensor]
+    sigmas: dict[int, float]
+    latents: dict[int, torch.Tensor]
+    family: str
+
+    def step_at(self, sigma: float | torch.Tensor) -> int | None:
+        """The template's step taken at ``sigma``, or None."""
+        steps = list(self.sigmas)
+        found = sigma_position(torch.tensor([self.sigmas[s] for s in steps]), sigma, rtol=1e-4, atol=1e-6)
+        return None if found is None else steps[found]
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        return tuple(next(iter(self.latents.values())).shape[-2:])
+
+    def __deepcopy__(self, memo) -> LayoutTemplate:
+        return self

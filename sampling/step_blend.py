@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import Problem
-from ..records import AttentionRecord, InversionTrajectory, model_family
+from ..records import AttentionRecord, InversionTrajectory, SubjectMapRecord, model_family
 from .inversion import Recorder
 
 
@@ -146,12 +146,13 @@ def sampling_sigmas(model, settings: SamplerSettings) -> torch.Tensor:
 
 
 def recorded_trajectory(model, settings: SamplerSettings, record: list[torch.Tensor],
-                        samples: torch.Tensor, attention=None) -> InversionTrajectory:
+                        samples: torch.Tensor, attention=None, maps=None) -> InversionTrajectory:
     """Stage 1's own path as an :class:`InversionTrajectory`: the latent at the start of each
     step and, at sigma 0, the layout latent itself, so the retouch can drive its layout path
     along it without inverting the layout (valid for a retouch on the same schedule).
 
-    ``attention``: what the personalized model's steps recorded for a swap (its fast mode), or None.
+    ``attention``: what the personalized model's steps recorded for a swap (its fast mode), or None;
+    ``maps``: what they recorded for a Cross-Attention Mask, or None.
     """
     sigmas = sampling_sigmas(model, settings)
     if len(record) != len(sigmas) - 1:
@@ -159,17 +160,20 @@ def recorded_trajectory(model, settings: SamplerSettings, record: list[torch.Ten
     final = model.get_model_object("latent_format").process_in(samples.to(record[0]))
     latents = torch.stack([final, *reversed(record)])
     return InversionTrajectory(latents=latents, sigmas=sigmas.flip(0), steps=settings.steps,
-                               scheduler=settings.scheduler, family=model_family(model), attention=attention)
+                               scheduler=settings.scheduler, family=model_family(model), attention=attention, maps=maps)
 
 
 def layout_stage(vanilla_model, personalized_model, vanilla_conds: tuple[Any, Any], personalized_conds: tuple[Any, Any],
                  latent: dict[str, torch.Tensor], settings: SamplerSettings, lambda1: int,
-                 recorder: Recorder | None = None) -> tuple[dict, InversionTrajectory, dict]:
+                 recorder: Recorder | None = None,
+                 maps: SubjectMapRecord | None = None) -> tuple[dict, InversionTrajectory, dict]:
     """Stage 1 as the Step-Blended KSampler node runs it (arguments as :func:`step_blended_sample`).
 
     Args:
         recorder: patches the personalized model to record what a swap reads from the layout at
             its steps (the swap's fast mode with this stage's trajectory as the layout path); or None.
+        maps: the cross-attention maps the recorder fills at the personalized model's steps, kept
+            on the trajectory for a Cross-Attention Mask on it; or None.
 
     Returns:
         ``(layout, trajectory, start)``: the layout LATENT, stage 1's own path
@@ -185,7 +189,7 @@ def layout_stage(vanilla_model, personalized_model, vanilla_conds: tuple[Any, An
         personalized = recorder(personalized_model, attention, sampling_sigmas(personalized_model, settings))
     samples = step_blended_sample(vanilla_model, personalized, vanilla_conds, personalized_conds, latent, settings,
                                   lambda1, record)
-    trajectory = recorded_trajectory(personalized_model, settings, record, samples, attention)
+    trajectory = recorded_trajectory(personalized_model, settings, record, samples, attention, maps)
     layout = {**latent, "samples": samples}
     start = {"samples": personalized_model.get_model_object("latent_format").process_out(trajectory.latents[-1])}
     return layout, trajectory, start

@@ -38,6 +38,11 @@ SHRINK_JS = """(tiny) => {
     if (node.type === "EmptyLatentImage" || node.type === "ImageScale") { set(node, "width", 64); set(node, "height", 64); }
     set(node, "steps", 6); set(node, "lambda1", 2); set(node, "lambda2", 2); set(node, "mask_start", 4);
     set(node, "steps_to_average", 3);
+    if (node.type === "LR_ReferencePalette" || node.type === "LR_PickAndDrawSampler") {
+      set(node, "appearance_start", 2); set(node, "appearance_end", 4); }
+    if (node.type === "LR_PickAndDrawSampler") { set(node, "layout_start", 0); set(node, "layout_end", 1); }
+    if (node.type === "LR_LayoutTemplate") set(node, "last_step", 1);
+    if (node.type === "LR_NullTextInversion") set(node, "iterations", 2);
     for (const w of node.widgets || [])
       if (typeof w.value === "string" && w.value.includes("embedding:my_vase"))
         w.value = w.value.replaceAll("embedding:my_vase", "embedding:tiny_concept");

@@ -31,11 +31,11 @@ def test_subject_positions(tiny):
 
 
 def mask_node(comfy, tiny, traj, prompt="a photo of sks vase on a beach", subject="vase", resolution=None,
-              steps=4, threshold=0.1):
+              steps=4, threshold=0.1, model=None):
     node = comfy.NODE_CLASS_MAPPINGS["LR_CrossAttentionMask"]
     resolution = resolution or "1/2 of the latent (32x32 at 512 px)"
-    return node.execute(model=tiny.personalized, layout_inversion=traj, clip=tiny.clip, prompt=prompt, subject=subject,
-                        resolution=resolution, steps_to_average=steps, threshold=threshold).result
+    return node.execute(model=model or tiny.personalized, layout_inversion=traj, clip=tiny.clip, prompt=prompt,
+                        subject=subject, resolution=resolution, steps_to_average=steps, threshold=threshold).result
 
 
 def test_cross_attention_mask(comfy, tiny, layout):
@@ -48,6 +48,59 @@ def test_cross_attention_mask(comfy, tiny, layout):
     assert 0 < float(mask.mean()) < 1
     other, _ = mask_node(comfy, tiny, traj, subject="beach")
     assert float((other - soft).abs().max()) > 1e-3  # another token, another map
+
+
+def counting(model):
+    """A clone that counts its UNet passes (one entry per call, the rows it ran)."""
+    calls = []
+    counted = model.clone()
+
+    def wrapper(apply_model, args):
+        calls.append(args["input"].shape[0])
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    counted.set_model_unet_function_wrapper(wrapper)
+    return counted, calls
+
+
+def test_mask_reads_stage_1s_record(comfy, tiny):
+    """On stage 1's trajectory (record_attention on), the mask reads the personalized model's steps
+    from stage 1's record and runs the model only at the vanilla steps; the mask is the one the
+    full model passes give, up to float rounding (stage 1 ran both CFG halves in one batch)."""
+    import dataclasses
+
+    prompt = "a photo of sks vase on a beach"
+    counted, calls = counting(tiny.personalized)
+    stage1 = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
+    _, traj, _ = stage1.execute(
+        vanilla_model=tiny.vanilla, personalized_model=counted, vanilla_positive=tiny.encode("a red vase on a beach"),
+        vanilla_negative=tiny.encode(""), personalized_positive=tiny.encode(prompt),
+        personalized_negative=tiny.encode(""), latent_image={"samples": torch.zeros(2, 4, 8, 8)}, seed=4,
+        steps=STEPS, lambda1=2, cfg=7.5, sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0,
+        record_attention=True, attention_layers="output 6-11").result
+    n_steps = len(traj) - 1
+    assert set(traj.maps.sums) == set(range(2, n_steps))  # the personalized model's steps
+    assert all(t.shape == (2, 4 * 4, 77) for t in traj.maps.sums.values())  # 1/2 of the 8x8 latent
+    without = dataclasses.replace(traj, maps=None)
+    for steps in (n_steps, 4):
+        calls.clear()
+        soft, mask = mask_node(comfy, tiny, traj, prompt=prompt, steps=steps, model=counted)
+        read_passes = len(calls)
+        calls.clear()
+        full_soft, full_mask = mask_node(comfy, tiny, without, prompt=prompt, steps=steps, model=counted)
+        chosen = (list(range(n_steps)) if steps >= n_steps else
+                  sorted({round(i * (n_steps - 1) / (steps - 1)) for i in range(steps)}))
+        assert len(calls) == len(chosen) and read_passes == sum(s < 2 for s in chosen)
+        torch.testing.assert_close(soft, full_soft, rtol=0, atol=1e-5)
+        sure = (full_soft - 0.1).abs() > 1e-4
+        assert torch.equal(mask[sure], full_mask[sure]) and 0 < float(mask.mean()) < 1
+    # Another prompt, resolution or model: the record does not apply, every step runs.
+    for kwargs in ({"prompt": "a photo of sks vase in a forest"}, {"resolution": "1/4 of the latent (16x16 at 512 px)"},
+                   {"model": tiny.personalized.clone()}):
+        probe, probe_calls = counting(kwargs.pop("model", counted))
+        kwargs.setdefault("prompt", prompt)
+        mask_node(comfy, tiny, traj, steps=n_steps, model=probe, **kwargs)
+        assert len(probe_calls) == n_steps, kwargs
 
 
 def test_cross_attention_mask_bad_subject(comfy, tiny, layout):

@@ -15,7 +15,9 @@ def test_benchmark_smoke(comfy, tmp_path):
                      "stage 2 on stage 1's path, cached", "stage 1 recording attention", "stage 2, fast mode, cached",
                      "inversion recording attention", "stage 2, fast mode from inversions", "full pipeline",
                      "full, reference cached", "full, stage 1's path, cached", "full, fast mode, cached",
-                     "shipped default", "shipped default, new reference"]
+                     "shipped default", "shipped default, new reference", "P&D null-text inversion (reference)",
+                     "P&D palette (reference)", "P&D layout template", "P&D guided sampling",
+                     "P&D per image (palette reused)", "P&D, new reference"]
     assert report["parts"][0]["time_ratio"] == 1.0 and report["parts"][0]["memory_ratio"] == 1.0
     assert all(p["seconds"] > 0 and p["peak_mib"] > 0 and p["unet_rows"] > 0 for p in report["parts"])
     rows = {p["name"]: p["unet_rows"] for p in report["parts"]}
@@ -30,5 +32,12 @@ def test_benchmark_smoke(comfy, tmp_path):
     # The shipped default runs no reference inversion in steady state; a new reference adds its inversion.
     assert rows["shipped default, new reference"] > rows["shipped default"]
     assert rows["shipped default"] < rows["full pipeline"]
+    # Pick-and-Draw at 3 steps: layout step 0, appearance step 1, 3 iterations each: 6 differentiated
+    # conditional rows, each also run backward, on top of the plain generation's rows.
+    backward = {p["name"]: p["backward_rows"] for p in report["parts"]}
+    assert backward["P&D guided sampling"] == 6 and rows["P&D guided sampling"] == rows["plain KSampler"] + 6
+    assert backward["P&D layout template"] == 0 and rows["P&D layout template"] == 2  # one CFG step of vanilla SD
+    assert backward["P&D null-text inversion (reference)"] > 0 and backward["plain KSampler"] == 0
+    assert rows["P&D per image (palette reused)"] == rows["P&D guided sampling"] + rows["P&D layout template"]
     for fidelity in report["fast_mode_vs_recorded"].values():
         assert 0 <= fidelity["mean_abs"] <= fidelity["max_abs"] < float("inf")

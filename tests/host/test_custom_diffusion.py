@@ -95,12 +95,18 @@ def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def patched_weights(model) -> dict[str, torch.Tensor]:
-    """The UNet weights once ComfyUI has applied the model's patches (then taken off again)."""
-    model.patch_model()
+    """The UNet weights once ComfyUI has loaded the model with its patches (then unloaded again).
+
+    Through ComfyUI's model management, as a sampler loads it: a bare ``patch_model()`` finds the
+    weights marked patched while another patcher of the same UNet (an earlier test's) is loaded.
+    """
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([model], force_full_load=True)
     try:
         return {k: v.detach().clone() for k, v in model.model.state_dict().items()}
     finally:
-        model.unpatch_model()
+        mm.unload_all_models()
 
 
 def test_trained_weights_land_and_nothing_else(comfy, tiny, files, measured):

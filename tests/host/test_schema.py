@@ -8,7 +8,8 @@ import pytest
 
 EXPECTED = {"LR_StepBlendedKSampler", "LR_DDIMInversion", "LR_MultiSourceAttentionSwap", "LR_CrossAttentionMask",
             "LR_AttentionCapture", "LR_AttentionMapToMask", "LR_AdaptiveMask", "LR_SAMLoader", "LR_SAMSegment",
-            "LR_CustomDiffusionLoader"}
+            "LR_CustomDiffusionLoader", "LR_NullTextInversion", "LR_ReferencePalette", "LR_LayoutTemplate",
+            "LR_PickAndDrawSampler"}
 
 
 @pytest.fixture(scope="module")

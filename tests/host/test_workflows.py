@@ -13,6 +13,10 @@ EXPECTED = {  # saved images, previews
     "layout_retouch_full_dreambooth.json": (2, 3),
     "layout_retouch_full_lora.json": (2, 3),
     "layout_retouch_full_embedding.json": (2, 3),
+    "pick_and_draw_dreambooth.json": (1, 0),
+    "pick_and_draw_lora.json": (1, 0),
+    "pick_and_draw_embedding.json": (1, 0),
+    "pick_and_draw_plain_sd.json": (1, 0),
 }
 
 
@@ -48,6 +52,27 @@ def test_workflow_has_papers_defaults(comfy, name):
             "disable", 50, "ddim_uniform", 7.5)
     for inversion in by_kind.get("LR_DDIMInversion", []):
         assert (inversion["steps"], inversion["scheduler"], inversion["cfg"]) == (50, "ddim_uniform", 1.0)
+    # Pick-and-Draw (Lv et al. 2024): eta 10, alpha 10, beta 100, layout 0-9, appearance 10-19, 3 iterations,
+    # tau 0.1, DDIM 50 steps at cfg 7.5; the reference's null-text inversion as Mokady et al.
+    for guided in by_kind.get("LR_PickAndDrawSampler", []):
+        assert (guided["eta"], guided["alpha"], guided["beta"], guided["iterations"], guided["threshold"]) == (
+            10, 10, 100, 3, 0.1)
+        assert (guided["layout_start"], guided["layout_end"], guided["appearance_start"],
+                guided["appearance_end"]) == (0, 9, 10, 19)
+    for palette in by_kind.get("LR_ReferencePalette", []):
+        assert (palette["appearance_start"], palette["appearance_end"], palette["layers"], palette["threshold"]) == (
+            10, 19, "auto", 0.1)
+    for template in by_kind.get("LR_LayoutTemplate", []):
+        assert template["last_step"] == 9
+    for scheduler in by_kind.get("BasicScheduler", []):
+        assert (scheduler["steps"], scheduler["scheduler"], scheduler["denoise"]) == (50, "ddim_uniform", 1.0)
+    for select in by_kind.get("KSamplerSelect", []):
+        assert select["sampler_name"] == "ddim"
+    for null_text in by_kind.get("LR_NullTextInversion", []):
+        assert (null_text["steps"], null_text["scheduler"], null_text["sampler_name"], null_text["cfg"],
+                null_text["iterations"], null_text["learning_rate"]) == (50, "ddim_uniform", "ddim", 7.5, 10, 0.01)
+    for guider in by_kind.get("CFGGuider", []):
+        assert guider["cfg"] == 7.5
 
 
 def test_full_workflow_shares_prompt_texts(comfy):
@@ -84,6 +109,52 @@ def test_full_workflow_is_wired_to_the_fast_path(comfy, name):
     assert (inversion["positive"], inversion["negative"]) == (swap["reference_positive"], swap["reference_negative"])
     assert (inversion["steps"], inversion["scheduler"]) == (blend["steps"], blend["scheduler"])
     assert swap["reference_inversion"][0] in prompt
+
+
+PICK_AND_DRAW = [name for name in SHIPPED if name.startswith("pick_and_draw_")]
+
+
+def test_pick_and_draw_workflows_are_shipped():
+    assert [n.removeprefix("pick_and_draw_") for n in PICK_AND_DRAW] == [
+        "dreambooth.json", "embedding.json", "lora.json", "plain_sd.json"]
+
+
+@pytest.mark.parametrize("name", PICK_AND_DRAW)
+def test_pick_and_draw_template_shares_the_generations_sampling(comfy, name):
+    """The template samples with the generation's own seed, sampler, sigmas and latent (the very nodes), so its
+    maps are the layout the generation starts from; the palette reads the reference's null-text inversion."""
+    prompt = convert(comfy, name)
+    one = lambda kind: [(i, n["inputs"]) for i, n in prompt.items() if n["class_type"] == kind]  # noqa: E731
+    ((_, generation),), ((_, template),) = one("SamplerCustomAdvanced"), one("LR_LayoutTemplate")
+    ((guided_id, guided),), ((palette_id, palette),) = one("LR_PickAndDrawSampler"), one("LR_ReferencePalette")
+    ((null_text_id, null_text),) = one("LR_NullTextInversion")
+    for socket, kind in (("noise", "RandomNoise"), ("sigmas", "BasicScheduler"), ("latent_image", "EmptyLatentImage")):
+        assert template[socket] == generation[socket], socket
+        assert prompt[template[socket][0]]["class_type"] == kind
+    assert generation["sampler"] == [guided_id, 0]
+    assert template["sampler"] == guided["sampler"] and prompt[guided["sampler"][0]]["class_type"] == "KSamplerSelect"
+    assert (guided["palette"], guided["template"][0]) == ([palette_id, 0], one("LR_LayoutTemplate")[0][0])
+    assert palette["reference_inversion"] == [null_text_id, 1]
+    assert palette["sigmas"] == generation["sigmas"]  # its appearance steps count as the sampler's do
+    # One schedule everywhere: the inversion's steps are the generation's, on the model the generation uses.
+    scheduler = prompt[generation["sigmas"][0]]["inputs"]
+    generation_guider = prompt[generation["guider"][0]]["inputs"]
+    assert (null_text["steps"], null_text["scheduler"]) == (scheduler["steps"], scheduler["scheduler"])
+    assert null_text["cfg"] == generation_guider["cfg"]
+    assert null_text["model"] == palette["model"] == generation_guider["model"] == scheduler["model"]
+    assert null_text["positive"] != generation_guider["positive"]  # the reference prompt, not the generation's
+    # Each text is typed once: the samplers' prompts come from the primitives their guiders encode.
+    template_guider = prompt[template["guider"][0]]["inputs"]
+    assert prompt[template_guider["positive"][0]]["inputs"]["text"] == template["prompt"]
+    assert prompt[generation_guider["positive"][0]]["inputs"]["text"] == guided["prompt"]
+    assert prompt[null_text["positive"][0]]["inputs"]["text"] == palette["prompt"]
+    for text in (template["prompt"], guided["prompt"], palette["prompt"], guided["subject"]):
+        assert prompt[text[0]]["class_type"] in ("PrimitiveStringMultiline", "PrimitiveString")
+    if name == "pick_and_draw_plain_sd.json":
+        assert template["guider"] == generation["guider"]  # plain SD for everything: one prompt, one guider
+    else:
+        assert prompt[template_guider["model"][0]]["_meta"]["title"].startswith(("Vanilla", "Model"))
+        assert template["prompt"] != guided["prompt"]
 
 
 def test_stage2_workflow_keeps_its_layout_inversion(comfy):

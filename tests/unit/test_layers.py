@@ -18,9 +18,10 @@ LAYERS = {
     "errors": 0, "host": 0, "records": 0,  # records and the host
     "attention": 1, "sampling": 1, "personalize": 1,  # algorithms
     "masks": 2,  # algorithms built on attention/ (the cross-attention mask)
-    "nodes": 3,  # thin V3 nodes: input checks, one algorithm call each
-    "benchmark": 4, "headless": 5,  # tools that run the nodes
-    "__init__": 6, "__main__": 6,  # ComfyUI's entry point
+    "guidance": 3,  # Pick-and-Draw's guidance, on attention/, sampling/ and masks/
+    "nodes": 4,  # thin V3 nodes: input checks, one algorithm call each
+    "benchmark": 5, "headless": 6,  # tools that run the nodes
+    "__init__": 7, "__main__": 7,  # ComfyUI's entry point
 }
 SKIP = {".venv", "tests", "tools", "workflows", ".git", ".ci"}
 

@@ -1,0 +1,181 @@
+"""Pick-and-Draw's guidance as a ComfyUI SAMPLER (P&D Sec. 3.4, eq. 9-10).
+
+At each guided step, before the step is taken, the latent is moved down the gradient of the
+step's loss ``alpha * l_app + beta * l_lay`` (appearance steps and layout steps, each a range of
+the sampler's steps counted from the noise end), ``iterations`` times; the step itself is then
+taken by the base SAMPLER (ddim, euler, ...) exactly as it would be. Each iteration is one UNet
+pass of the conditional half, with gradients, stopped after the last layer the losses read, and
+its backward (with respect to the latent only: the weights get no gradient).
+
+The update is the paper's ``z_t <- z_t - eta * grad_{z_t} l`` on the variance-preserving latent
+``z_t``. ComfyUI's samplers walk ``x = z_t * sqrt(1 + sigma^2)`` (eps and v models: sigma_data
+= 1), so the same update reads ``x <- x - eta * (1 + sigma^2) * grad_x l`` here.
+
+Unguided stretches are handed to the base sampler in one call, so with no guided step (alpha =
+beta = 0, no palette and no template, or empty step ranges) the run is the base sampler's, bit for
+bit. A guided step is a call of its own: exact for first-order samplers (ddim, euler); a
+multistep sampler restarts its history there, and an ancestral one its noise sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import Problem
+from ..records import LayoutTemplate, Palette
+from ..sampling.gradients import gradients_enabled, normal_tensor
+from .losses import appearance_loss, layout_loss, subject_mask
+from .probe import Probe, conditional_pass
+
+# How a problem found while sampling reaches the user: (input name, problem) -> raises.
+Report = Callable[[str, Problem], None]
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """The paper's hyper-parameters (P&D Sec. 4.1)."""
+
+    eta: float = 10.0  # guidance ratio eta_g
+    alpha: float = 10.0  # appearance weight
+    beta: float = 100.0  # layout weight
+    layout_steps: range = range(0, 10)
+    appearance_steps: range = range(10, 20)
+    iterations: int = 3
+    threshold: float = 0.1  # tau of the generation's subject mask
+
+    def plan(self, n_steps: int, palette: Palette | None, template: LayoutTemplate | None) -> dict[int, tuple[bool, bool]]:
+        """Per guided step: ``(layout, appearance)``."""
+        if self.eta == 0 or self.iterations <= 0:
+            return {}
+        plan = {}
+        for i in range(n_steps):
+            layout = template is not None and self.beta != 0 and i in self.layout_steps
+            appearance = palette is not None and self.alpha != 0 and i in self.appearance_steps
+            if layout or appearance:
+                plan[i] = (layout, appearance)
+        return plan
+
+
+class GuidedStep:
+    """The loss of one guided step and its gradient with respect to the latent."""
+
+    def __init__(self, guidance: Guidance, positions: list[int], template: LayoutTemplate | None, template_step,
+                 palette: Palette | None, palette_step) -> None:
+        self.guidance = guidance
+        self.template_layers = () if template is None else tuple(l for s, l in template.maps if s == template_step)
+        self.template_maps = [template.maps[(template_step, l)] for l in self.template_layers] if template else []
+        self.palette_layers = () if palette is None else palette.layers
+        self.palette_sets = [palette.features[(palette_step, l)] for l in self.palette_layers] if palette else []
+        self.probe = Probe(positions, map_layers=frozenset(self.template_layers) | frozenset(self.palette_layers),
+                           feature_layers=frozenset(self.palette_layers), stop=True)
+
+    def loss(self, guider, x: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> torch.Tensor:
+        """``alpha * l_app + beta * l_lay`` per image ``[B]`` at ``x`` (differentiable)."""
+        g, probe = self.guidance, self.probe
+        probe.clear()
+        conditional_pass(guider, x, sigma, model_options, probe)
+        total = x.new_zeros(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32))
+        if self.template_layers:
+            maps = [probe.maps[l] for l in self.template_layers]
+            total = total + g.beta * layout_loss(maps, [t.to(x.device) for t in self.template_maps])
+        if self.palette_layers:
+            masks = [subject_mask(probe.maps[l], g.threshold) for l in self.palette_layers]
+            features = [probe.features[l] for l in self.palette_layers]
+            total = total + g.alpha * appearance_loss(features, masks, [p.to(x.device) for p in self.palette_sets])
+        return total
+
+    def gradient(self, guider, x: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> torch.Tensor:
+        """The loss's gradient with respect to ``x`` (each image's from its own loss)."""
+        with gradients_enabled():
+            z = normal_tensor(x).requires_grad_()
+            loss = self.loss(guider, z, sigma, model_options)
+            return torch.autograd.grad(loss.sum(), z)[0].detach()
+
+
+def check_sources(palette: Palette | None, template: LayoutTemplate | None, family: str,
+                  latent_size: tuple[int, int], report: Report) -> None:
+    """Refuse a palette or template made for another model family or latent size."""
+    for name, made in (("palette", palette), ("template", template)):
+        if made is None:
+            continue
+        if made.family != family:
+            report(name, (f"was made with a {made.family} model, and this sampler runs a {family} model.",
+                          f"make the {name} with a model of the generation's family."))
+        if tuple(made.latent_size) != tuple(latent_size):
+            (h, w), (gh, gw) = made.latent_size, latent_size
+            report(name, (f"was made at {8 * w}x{8 * h} px (latent {w}x{h}), and this generation is {8 * gw}x{8 * gh}.",
+                          f"make the {name} at the generation's size (scale the reference photo to it)."))
+
+
+def guided_sampler(base, guidance: Guidance, positions: list[int], palette: Palette | None,
+                   template: LayoutTemplate | None, family_of: Callable, report: Report):
+    """A KSAMPLER that runs ``base`` (a KSAMPLER) with Pick-and-Draw's guidance.
+
+    Args:
+        base: the SAMPLER that takes the steps (ddim or euler for the paper's DDIM).
+        guidance: hyper-parameters and step ranges.
+        positions: the subject's token positions in the generation's positive prompt.
+        palette, template: the appearance palette and layout template, or None (that loss off).
+        family_of: ``ModelPatcher -> family name``, to check the sources against the model.
+        report: raises a problem with an input as the user-facing error.
+    """
+    import comfy.model_management
+    import comfy.samplers
+
+    def sampler_function(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra_args = extra_args or {}
+        n_steps = len(sigmas) - 1
+        plan = guidance.plan(n_steps, palette, template)
+
+        def run_base(x, first: int, last: int):
+            shifted = None if callback is None else (lambda d: callback({**d, "i": d["i"] + first}))
+            return base.sampler_function(model_k, x, sigmas[first:last + 1], extra_args=extra_args, callback=shifted,
+                                         disable=disable, **base.extra_options)
+
+        if not plan:
+            return run_base(x, 0, n_steps)
+        guider = model_k.inner_model
+        check_sources(palette, template, family_of(guider.model_patcher), tuple(x.shape[-2:]), report)
+        options = extra_args["model_options"]
+        s_in = x.new_ones([x.shape[0]])
+        i = 0
+        while i < n_steps:
+            if i not in plan:
+                following = min([j for j in plan if j > i], default=n_steps)
+                x = run_base(x, i, following)
+                i = following
+                continue
+            sigma = sigmas[i]
+            step = GuidedStep(guidance, positions, *_sources(plan[i], sigma, i, palette, template, report))
+            for _ in range(guidance.iterations):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                grad = step.gradient(guider, x, sigma * s_in, options)
+                x = x - (guidance.eta * (1 + sigma ** 2)) * grad.to(x)
+            x = run_base(x, i, i + 1)
+            i += 1
+        return x
+
+    return comfy.samplers.KSAMPLER(sampler_function, inpaint_options=dict(base.inpaint_options))
+
+
+def _sources(plan_entry: tuple[bool, bool], sigma, i: int, palette, template, report: Report):
+    """``(template, template_step, palette, palette_step)`` for a guided step; a source that
+    has no entry at this step's sigma is reported."""
+    layout, appearance = plan_entry
+    t_step = p_step = None
+    if layout:
+        t_step = template.step_at(sigma)
+        if t_step is None:
+            report("template", (f"holds no map at step {i} (sigma {float(sigma):.4g}) of this sampler's schedule.",
+                                "make the template with the generation's SIGMAS and a last step at or after the "
+                                "last layout step."))
+    if appearance:
+        p_step = palette.step_at(sigma)
+        if p_step is None:
+            report("palette", (f"holds no features at step {i} (sigma {float(sigma):.4g}) of this sampler's schedule.",
+                               "make the palette with the generation's steps and scheduler, and appearance steps "
+                               "covering the sampler's."))
+    return (template if layout else None), t_step, (palette if appearance else None), p_step

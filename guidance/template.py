@@ -1,0 +1,73 @@
+"""The layout template of Pick-and-Draw's layout drawing (P&D Sec. 3.3).
+
+A vanilla model samples with the generation's noise, sigmas and sampler (the user's GUIDER with
+the vanilla prompt), for the guided layout steps only; at every step the subject's map of every
+cross-attention layer is kept as the layout loss reads it, ``G(Â)``. The maps are read inside
+the sampler's own CFG passes (the conditional rows), so the template costs those steps' passes
+and nothing more.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..records import LayoutTemplate, sigma_position
+from .losses import layout_map
+from .probe import Probe, probed_options
+
+TEMPLATE_KEY = "lr_layout_template"
+
+
+def record_template(guider, noise, sampler, sigmas: torch.Tensor, latent: dict, positions: list[int],
+                    layers: tuple, last_step: int, family: str) -> LayoutTemplate:
+    """Sample ``guider`` for steps ``0 .. last_step`` of ``sigmas`` and keep the subject's maps.
+
+    Args:
+        guider: a GUIDER of the vanilla model and the vanilla prompt (e.g. CFGGuider).
+        noise: a NOISE (the generation's, so the template shares its seed).
+        sampler: the SAMPLER of the generation.
+        sigmas: the generation's SIGMAS.
+        latent: the LATENT to start from.
+        positions: the subject's token positions in the guider's positive prompt.
+        layers: every cross-attention layer of the model.
+        last_step: the last guided layout step.
+        family: the vanilla model's family.
+    """
+    import comfy.model_management
+    import comfy.patcher_extension as ext
+    import comfy.sample
+    import comfy.utils
+
+    store = comfy.model_management.intermediate_device()
+    steps = min(last_step + 1, len(sigmas) - 1)
+    schedule = sigmas[:steps + 1]
+    probe = Probe(positions, map_layers=frozenset(layers))
+    maps: dict[tuple[int, tuple], torch.Tensor] = {}
+    latents: dict[int, torch.Tensor] = {}
+    search = schedule[:-1].cpu().float()
+
+    def file_maps(executor, model, conds, x_in, timestep, model_options):
+        out = executor(model, conds, x_in, timestep, model_options)
+        step = sigma_position(search, timestep.flatten()[0].cpu())
+        if step is not None and probe.maps:  # a second-order sampler's extra evaluation is filed over
+            for layer in layers:
+                maps[(step, layer)] = layout_map(probe.maps[layer].float()).to(store)
+        probe.clear()
+        return out
+
+    run = copy.copy(guider)  # the caller's guider keeps its options
+    run.model_options = probed_options(guider.model_options, probe)
+    ext.add_wrapper_with_key(ext.WrappersMP.CALC_COND_BATCH, TEMPLATE_KEY, file_maps, run.model_options,
+                             is_model_options=True)
+
+    def callback(step, x0, x, total):
+        latents[step] = x.detach().to(store)
+
+    latent_image = comfy.sample.fix_empty_latent_channels(guider.model_patcher, latent["samples"])
+    run.sample(noise.generate_noise({**latent, "samples": latent_image}), latent_image, sampler, schedule,
+               denoise_mask=latent.get("noise_mask"), callback=callback,
+               disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=noise.seed)
+    return LayoutTemplate(maps=maps, sigmas={s: float(schedule[s]) for s in range(steps)}, latents=latents,
+                          family=family)

@@ -1,0 +1,151 @@
+"""Null-Text Inversion on the real host: a stock KSamplerAdvanced at cfg 7.5 with the fitted negative
+redraws the input, retracing the node's own path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfyui_layout_retouch.nodes.null_text import NullTextInversion
+from comfyui_layout_retouch.nodes.sampling import DDIMInversion
+
+STEPS, CFG = 6, 7.5
+# 6 steps instead of the paper's 50: Adam moves each embedding value by about learning_rate per
+# iteration, and prompts' CLIP embeddings differ by about 1 per value, so 10x the paper's 1e-2 lets
+# 6 x 10 iterations travel as far as the paper's 50 x 10.
+FIT = {"iterations": 10, "learning_rate": 0.1}
+MODELS = ("tiny random SD1.x", "smooth cond-dependent prediction")
+
+
+def cond_model(model):
+    """A clone whose prediction is smooth in x and in the cross-attention conditioning ``c``:
+    x0 = x - sigma * (0.1 + 0.02 tanh(x) + 0.01 tanh(mean_tokens(c))), the last term's first C*H*W
+    values laid out as the latent."""
+    patched = model.clone()
+
+    def wrapper(apply_model, args):
+        x, sigma, context = args["input"], args["timestep"], args["c"]["c_crossattn"]
+        field = torch.tanh(context.mean(dim=1)[:, :x[0].numel()]).view_as(x)
+        return x - sigma.view(-1, 1, 1, 1) * (0.1 + 0.02 * torch.tanh(x) + 0.01 * field)
+
+    patched.set_model_unet_function_wrapper(wrapper)
+    return patched
+
+
+@pytest.fixture(scope="module")
+def image_latent(tiny):
+    """A smooth 64x64 picture encoded with the tiny VAE."""
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    image = torch.stack([xs, ys, 0.5 + 0.5 * torch.sin(6 * xs * ys)], dim=-1)[None]
+    with torch.inference_mode():
+        return {"samples": tiny.vae.encode(image)}
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    return tiny.encode("a photo of a red vase"), tiny.encode("")
+
+
+def null_text(model, positive, negative, latent, steps=STEPS, **kwargs):
+    settings = {"scheduler": "ddim_uniform", "sampler_name": "ddim", "cfg": CFG, "iterations": 5} | kwargs
+    return NullTextInversion.execute(model=model, positive=positive, negative=negative, latent=latent, steps=steps,
+                                     **settings).result
+
+
+def redraw(comfy, model, positive, negative, inverted, steps=STEPS, end=10000, leftover="disable"):
+    return comfy.KSamplerAdvanced().sample(model, "disable", 0, steps, CFG, "ddim", "ddim_uniform", positive,
+                                           negative, inverted, 0, end, leftover)[0]["samples"]
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def run(request, tiny, image_latent, prompts):
+    """The node's outputs on one model, run as ComfyUI's executor runs nodes (inference mode)."""
+    model = tiny.personalized if request.param.startswith("tiny") else cond_model(tiny.personalized)
+    with torch.inference_mode():
+        return request.param, model, null_text(model, *prompts, image_latent, **FIT)
+
+
+def test_reconstruction_beats_ddim_inversion(comfy, run, image_latent, prompts, measured):
+    name, model, (inverted, trajectory, null_negative) = run
+    positive, negative = prompts
+    ddim_inverted, _ = DDIMInversion.execute(model=model, positive=positive, latent=image_latent, steps=STEPS,
+                                             scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0).result
+    assert torch.equal(inverted["samples"], ddim_inverted["samples"])  # the same pivots' top
+    ddim_error = relative_error(redraw(comfy, model, positive, negative, ddim_inverted), image_latent["samples"])
+    null_error = relative_error(redraw(comfy, model, positive, null_negative, inverted), image_latent["samples"])
+    measured(f"null-text inversion, {name}, {STEPS} steps, {FIT}, cfg {CFG}: relative "
+             f"reconstruction error {null_error:.4f}, DDIM inversion {ddim_error:.4f}")
+    assert null_error < 0.1 * ddim_error, (null_error, ddim_error)
+
+
+def test_stock_sampler_retraces_the_inversion(comfy, run, prompts):
+    _, model, (inverted, trajectory, null_negative) = run
+    positive = prompts[0]
+    latent_format = model.get_model_object("latent_format")
+    assert len(null_negative) == len(trajectory) - 1
+    final = redraw(comfy, model, positive, null_negative, inverted)
+    torch.testing.assert_close(final, latent_format.process_out(trajectory.latents[0]), rtol=1e-5, atol=1e-5)
+    middle = redraw(comfy, model, positive, null_negative, inverted, end=3, leftover="enable")
+    torch.testing.assert_close(latent_format.process_in(middle), trajectory.latents[-4], rtol=1e-5, atol=1e-5)
+    steps_taken = (trajectory.latents[1:] - trajectory.latents[:-1]).flatten(1).abs().amax(dim=1)
+    assert bool((steps_taken > 0).all()) and torch.equal(trajectory.latents[-1], latent_format.process_in(
+        inverted["samples"]))
+
+
+def test_each_step_selects_its_own_embedding(run):
+    from comfy import samplers
+
+    _, model, (_, trajectory, null_negative) = run
+    conds = [dict(entry[1]) for entry in null_negative]
+    samplers.calculate_start_end_timesteps(model.model, conds)
+    for s, sigma in enumerate(trajectory.sampling_sigmas[:-1].tolist()):
+        active = [k for k, c in enumerate(conds) if c["timestep_end"] <= sigma <= c["timestep_start"]]
+        assert active == [s], (s, sigma, active)
+    assert not torch.equal(null_negative[0][0], null_negative[-1][0])  # the embeddings were fitted
+
+
+def test_callers_model_unchanged_and_no_weight_gradients(tiny, image_latent, prompts):
+    model = cond_model(tiny.personalized)
+    weights = {k: v.clone() for k, v in model.model.state_dict().items()}
+    options = repr(model.model_options)
+    null_text(model, *prompts, image_latent, steps=2, iterations=2)
+    assert options == repr(model.model_options) and not model.patches and not model.object_patches
+    after = model.model.state_dict()
+    assert all(torch.equal(weights[k], after[k]) for k in weights)
+    assert all(p.grad is None for p in model.model.parameters())
+
+
+def test_inference_tensor_weights(comfy, image_latent, prompts):
+    """As in ComfyUI, where the executor's inference mode makes the loaded weights inference tensors."""
+    with torch.inference_mode():
+        model = comfy.CheckpointLoaderSimple().load_checkpoint("tiny_personalized.safetensors")[0]
+        assert all(p.is_inference() for p in model.model.parameters())
+        inverted, trajectory, null_negative = null_text(model, *prompts, image_latent, steps=2, iterations=2)
+    assert not torch.isnan(trajectory.latents).any()
+    assert not torch.equal(null_negative[0][0], prompts[1][0][0])
+    assert all(p.grad is None for p in model.model.parameters())
+
+
+class TestBadInput:
+    def test_cfg_one(self, tiny, image_latent, prompts):
+        assert "input 'cfg': is 1.0" in NullTextInversion.validate_inputs(cfg=1.0)
+        with pytest.raises(ValueError, match=r"Null-Text Inversion: input 'cfg': is 1.0.*Fix: set cfg"):
+            null_text(tiny.personalized, *prompts, image_latent, cfg=1.0)
+
+    def test_sampler_that_cannot_be_inverted(self, tiny, image_latent, prompts):
+        assert "euler_ancestral" in NullTextInversion.validate_inputs(sampler_name="euler_ancestral")
+        with pytest.raises(ValueError, match=r"Null-Text Inversion: input 'sampler_name': 'euler_ancestral'"):
+            null_text(tiny.personalized, *prompts, image_latent, sampler_name="euler_ancestral")
+
+    def test_combined_negative(self, tiny, image_latent, prompts):
+        positive, negative = prompts
+        with pytest.raises(ValueError, match=r"Null-Text Inversion: input 'negative': has 2 entries"):
+            null_text(tiny.personalized, positive, negative + tiny.encode("blurry"), image_latent)
+
+    def test_sdxl_latent_on_sd1_model(self, tiny, prompts):
+        with pytest.raises(ValueError, match=r"Null-Text Inversion: input 'latent': has 16 channels"):
+            null_text(tiny.personalized, *prompts, {"samples": torch.ones(1, 16, 8, 8)})
