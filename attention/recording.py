@@ -53,11 +53,11 @@ def add_recording(model, record: AttentionRecord, sampling_sigmas: torch.Tensor,
     adds the decoder's cross-attention maps at latent size / ``maps.resolution`` to it, per step
     (what a Cross-Attention Mask on this path reads). Bound to its layers, kinds and maps, it is
     the ``recorder`` that ``sampling/`` takes from its caller."""
-    m = model.clone()
+    # One clone, patched last: a later clone would deep-copy the patches set before it, records and all.
+    m = model.clone() if maps is None else add_map_capture(model, maps, parse_layers(DECODER), None, maps.resolution,
+                                                           sampling_sigmas)
     for key in layer_keys(model, layers):
         for kind, attn in (("self", "attn1"), ("cross", "attn2")):
-            patch = RecordSourceAttention(kind, record, sampling_sigmas, replace_patch(model, attn, key), kinds)
+            patch = RecordSourceAttention(kind, record, sampling_sigmas, replace_patch(m, attn, key), kinds)
             m.set_model_patch_replace(patch, attn, *key)
-    if maps is not None:
-        m = add_map_capture(m, maps, parse_layers(DECODER), None, maps.resolution, sampling_sigmas)
     return m

@@ -135,7 +135,7 @@ class Pipeline:
 
         def count(executor, x, *args, **kwargs):
             self.rows[0] += x.shape[0]
-            self.rows[1] += x.shape[0] if torch.is_grad_enabled() and x.requires_grad else 0
+            self.rows[1] += x.shape[0] if torch.is_grad_enabled() else 0  # samplers run without autograd
             return executor(x, *args, **kwargs)
 
         for model in (self.vanilla, self.personalized):

@@ -60,6 +60,9 @@ class AttentionRecord:
     def put(self, step: int, half: int, layer: Layer, kind: str, tensor: torch.Tensor) -> None:
         self.tensors[(step, half, layer, kind)] = tensor.detach().to(self.device or tensor.device, copy=True)
 
+    def __deepcopy__(self, memo) -> AttentionRecord:
+        return self  # rides in a recording model's options: its clones record into this one
+
     def get(self, step: int, half: int, layer: Layer, kind: str) -> torch.Tensor:
         return self.tensors[self._key(step, half, layer, kind)]
 
@@ -98,6 +101,9 @@ class SubjectMapRecord:
         probs = probs.to(self.device or probs.device)
         self.sums[step] = probs if step not in self.sums else self.sums[step] + probs
         self.layers[step] = self.layers.get(step, frozenset()) | {layer}
+
+    def __deepcopy__(self, memo) -> SubjectMapRecord:
+        return self  # rides in a recording model's options: its clones record into this one
 
     def covers(self, key: tuple, resolution: int) -> bool:
         """Whether steps found here are what a mask of ``key`` (model and prompt) at ``resolution`` reads."""
