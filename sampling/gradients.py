@@ -8,14 +8,15 @@ backward with respect to its input needs its weight, so the plain way,
 layer. Turning inference mode off does not help either: the weights stay inference tensors.
 
 The sound way used here: :func:`gradients_enabled` turns inference mode off and gradients on for
-its block only, and installs a ``TorchFunctionMode`` for that block which, for every torch call
-that will record autograd (some tensor argument requires grad), replaces the inference-tensor
-arguments by normal clones (``torch.Tensor.clone`` outside inference mode gives a normal tensor
-with the same values). The clones are exact copies, so the gradient is exact; they live only as
-long as the autograd graph that saved them. Nothing global is switched: the mode and the grad
-state are restored when the block ends, also on errors, and the model's weights are untouched
-(no ``.data`` swap, no weight wrappers, so no reload of the model). The cost is one copy of each
-weight used in a differentiated pass, held until its backward (about the model's size at peak).
+its block only, and installs a ``TorchFunctionMode`` for that block. For every torch call that
+will record autograd (some tensor argument requires grad) with an inference-tensor argument, it
+runs a linear layer or a convolution whose input alone needs a gradient (the weights never do)
+through a small ``autograd.Function`` that keeps the weight as an attribute, not as a saved
+tensor, and computes the input's gradient from it (no copy); any other such call gets normal
+clones of its inference-tensor arguments (``torch.Tensor.clone`` outside inference mode gives a
+normal tensor with the same values). Both are exact. Nothing global is switched: the mode and the
+grad state are restored when the block ends, also on errors, and the model's weights are
+untouched (no ``.data`` swap, no weight wrappers, so no reload of the model).
 """
 
 from __future__ import annotations
@@ -24,24 +25,84 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_map
 
 
 def _normal(value):
     return value.clone() if isinstance(value, torch.Tensor) and value.is_inference() else value
 
 
+def _tensors(values):
+    """The tensors among call arguments, one level of lists and tuples deep (as torch's ops take them)."""
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            yield v
+        elif isinstance(v, (list, tuple)):
+            yield from (w for w in v if isinstance(w, torch.Tensor))
+
+
+def _normal_arguments(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def one(v):
+        return [_normal(w) for w in v] if isinstance(v, list) else tuple(map(_normal, v)) if isinstance(v, tuple) \
+            else _normal(v)
+    return tuple(map(one, args)), {k: one(v) for k, v in kwargs.items()}
+
+
+class _Linear(torch.autograd.Function):
+    """``F.linear`` differentiated with respect to its input only, the weight held, not saved."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.weight = weight  # an attribute: autograd's check of saved tensors does not apply
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.matmul(ctx.weight.to(grad.dtype)), None, None
+
+
+class _Conv2d(torch.autograd.Function):
+    """``F.conv2d`` differentiated with respect to its input only, the weight held, not saved."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.weight, ctx.shape, ctx.settings = weight, x.shape, (stride, padding, dilation, groups)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_grad = torch.nn.grad.conv2d_input(ctx.shape, ctx.weight.to(grad.dtype), grad, *ctx.settings)
+        return x_grad, None, None, None, None, None, None
+
+
+def _constant(t) -> bool:
+    return t is None or (isinstance(t, torch.Tensor) and not t.requires_grad)
+
+
 class _NormalTensorsForAutograd(TorchFunctionMode):
-    """Clones inference-tensor arguments of calls that will record autograd."""
+    """Runs calls that will record autograd without saving inference tensors: linear layers and
+    convolutions whose input alone needs a gradient through :class:`_Linear` / :class:`_Conv2d`
+    (no copy), any other call with its inference-tensor arguments cloned."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if torch.is_grad_enabled():
-            flat, _ = tree_flatten((args, kwargs))
-            tensors = [v for v in flat if isinstance(v, torch.Tensor)]
-            if any(t.requires_grad for t in tensors) and any(t.is_inference() for t in tensors):
-                args, kwargs = tree_map(_normal, (args, kwargs))
+        if not torch.is_grad_enabled():
+            return func(*args, **kwargs)
+        tensors = list(_tensors(args))
+        if kwargs:
+            tensors += _tensors(kwargs.values())
+        if not (any(t.is_inference() for t in tensors) and any(t.requires_grad for t in tensors)):
+            return func(*args, **kwargs)
+        if func is F.linear and not kwargs and len(args) in (2, 3):
+            x, weight, bias = (*args, None)[:3]
+            if x.requires_grad and _constant(weight) and _constant(bias):
+                return _Linear.apply(x, weight, bias)
+        if func is F.conv2d and not kwargs and len(args) == 7 and not isinstance(args[4], str):
+            x, weight, bias = args[:3]
+            if x.requires_grad and _constant(weight) and _constant(bias):
+                return _Conv2d.apply(*args)
+        args, kwargs = _normal_arguments(args, kwargs)
         return func(*args, **kwargs)
 
 

@@ -186,6 +186,34 @@ def test_gradient_matches_central_differences(comfy, tiny, graph, model64, measu
     assert rel < 1e-5
 
 
+def test_gradient_through_inference_weights_equals_autograds(comfy, tiny, graph, measured):
+    """Weights loaded inside inference mode (as ComfyUI's executor loads them) go through
+    sampling/gradients.py's linear and convolution functions; the gradient equals autograd's own
+    on the same weights loaded as normal tensors (the ``tiny`` fixture's)."""
+    m = comfy.NODE_CLASS_MAPPINGS
+    with torch.inference_mode():
+        frozen = comfy.CheckpointLoaderSimple().load_checkpoint("tiny_personalized.safetensors")[0]
+    assert next(frozen.model.parameters()).is_inference()
+    assert not next(tiny.personalized.model.parameters()).is_inference()
+    grads = {}
+    for name, model in (("inference", frozen), ("normal", tiny.personalized)):
+        guider = m["CFGGuider"]().get_guider(model, tiny.encode(PROMPT), tiny.encode(""), 7.5)[0]
+
+        def visit(g, options, x, sigmas, name=name):
+            z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4)) * float(sigmas[1])
+            for step in (1, 3):
+                s = guided_step(tiny, graph, step, layout=step == 1, appearance=step == 3)
+                grads[name, step] = s.gradient(g, z, sigmas[step] * x.new_ones(1), options)
+
+        in_sampler(comfy, guider, graph["sigmas"], torch.zeros(1, 4, 8, 8), visit)
+    for step in (1, 3):
+        a, b = grads["inference", step], grads["normal", step]
+        rel = float((a - b).abs().max() / b.abs().max())
+        measured(f"P&D gradient with inference-tensor weights vs autograd's, step {step}: max relative difference "
+                 f"{rel:.2e}")
+        assert float(b.abs().max()) > 0 and rel < 1e-5
+
+
 def test_a_small_guided_update_lowers_the_loss(comfy, tiny, graph):
     from comfyui_layout_retouch.sampling.gradients import gradients_enabled
 
