@@ -165,17 +165,15 @@ def _sources(plan_entry: tuple[bool, bool], sigma, i: int, palette, template, re
     """``(template, template_step, palette, palette_step)`` for a guided step; a source that
     has no entry at this step's sigma is reported."""
     layout, appearance = plan_entry
-    t_step = p_step = None
-    if layout:
-        t_step = template.step_at(sigma)
-        if t_step is None:
-            report("template", (f"holds no map at step {i} (sigma {float(sigma):.4g}) of this sampler's schedule.",
-                                "make the template with the generation's SIGMAS and a last step at or after the "
-                                "last layout step."))
-    if appearance:
-        p_step = palette.step_at(sigma)
-        if p_step is None:
-            report("palette", (f"holds no features at step {i} (sigma {float(sigma):.4g}) of this sampler's schedule.",
-                               "make the palette with the generation's steps and scheduler, and appearance steps "
-                               "covering the sampler's."))
+
+    def step_of(source, name: str, what: str, fix: str):
+        step = source.step_at(sigma)
+        if step is None:
+            report(name, (f"holds no {what} at step {i} (sigma {float(sigma):.4g}) of this sampler's schedule.", fix))
+        return step
+
+    t_step = step_of(template, "template", "map", "make the template with the generation's SIGMAS and a last step "
+                     "at or after the last layout step.") if layout else None
+    p_step = step_of(palette, "palette", "features", "make the palette with the generation's steps and scheduler "
+                     "(connect its sigmas), and appearance steps covering the sampler's.") if appearance else None
     return (template if layout else None), t_step, (palette if appearance else None), p_step

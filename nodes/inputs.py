@@ -7,7 +7,9 @@ the node, the input and the fix.
 
 from __future__ import annotations
 
+import comfy.samplers
 import torch
+from comfy_api.latest import io
 
 from ..attention.layers import layer_problem, parse_layers
 from ..errors import Problem
@@ -129,3 +131,15 @@ def check_mask(node: str, input_name: str, mask: torch.Tensor, batch: int) -> No
         raise NodeInputError(node, input_name, "is all zeros: the target would take the layout's attention "
                              "everywhere from mask_start on.", "check the mask (Adaptive Mask refuses an empty one), "
                              "or disconnect it for no blend.")
+
+
+def inversion_schedule_inputs() -> list:
+    """The scheduler and sampler inputs of an inversion node: the schedule and the sampler that
+    will redraw from the inverted latent (DDIM Inversion, Null-Text Inversion)."""
+    return [
+        io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform",
+                       tooltip="Schedule; use the same as the sampler that starts from the inverted latent."),
+        io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="ddim",
+                       tooltip="The sampler that will redraw from the inverted latent: ddim or euler, the "
+                               "deterministic ones this inversion retraces."),
+    ]

@@ -6,7 +6,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..sampling import inversion, null_text
-from .inputs import NodeInputError, check_conditioning, check_latent, raise_for
+from .inputs import NodeInputError, check_conditioning, check_latent, inversion_schedule_inputs, raise_for
 from .types import Inversion
 
 CATEGORY = "layout_retouch/sampling"
@@ -33,11 +33,7 @@ class NullTextInversion(io.ComfyNode):
                 io.Int.Input("steps", default=50, min=1, max=10000,
                              tooltip="Steps of the schedule; use the same steps in the sampler that starts from the "
                                      "inverted latent. Each step costs up to 'iterations' forward and backward passes."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform",
-                               tooltip="Schedule; use the same in the sampler that starts from the inverted latent."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="ddim",
-                               tooltip="The sampler that will redraw from the inverted latent: ddim or euler, the "
-                                       "deterministic ones this inversion retraces."),
+                *inversion_schedule_inputs(),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="The guidance you will sample with (paper: 7.5); must be above 1, where the "
                                        "unconditional embedding matters."),

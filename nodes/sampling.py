@@ -13,7 +13,15 @@ from ..attention.recording import LAYOUT_KINDS, add_recording
 from ..masks.cross_attention import DEFAULT_RESOLUTION
 from ..records import SubjectMapRecord, map_key
 from ..sampling import inversion, step_blend
-from .inputs import NodeInputError, check_conditioning, check_latent, check_same_family, layer_input, raise_for
+from .inputs import (
+    NodeInputError,
+    check_conditioning,
+    check_latent,
+    check_same_family,
+    inversion_schedule_inputs,
+    layer_input,
+    raise_for,
+)
 from .types import Inversion
 
 CATEGORY = "layout_retouch/sampling"
@@ -147,11 +155,7 @@ class DDIMInversion(io.ComfyNode):
                 io.Int.Input("steps", default=50, min=1, max=10000,
                              tooltip="Steps of the schedule; use the same steps as the sampler that starts from the "
                                      "inverted latent."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform",
-                               tooltip="Schedule; use the same as the sampler that starts from the inverted latent."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="ddim",
-                               tooltip="The sampler that will redraw from the inverted latent: ddim or euler, the "
-                                       "deterministic ones this inversion retraces."),
+                *inversion_schedule_inputs(),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Guidance during inversion; 1.0 (the paper's) uses the positive prompt alone."),
                 io.Conditioning.Input("negative", optional=True,

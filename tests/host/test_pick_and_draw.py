@@ -27,14 +27,21 @@ def graph(comfy, tiny):
         "vanilla_guider": guider(tiny.vanilla, VANILLA),
         "latent": {"samples": torch.zeros(1, 4, 8, 8)},
     }
+    g["inversion"] = reference_inversion(comfy, tiny)
     with torch.inference_mode():  # as ComfyUI's executor runs every node
-        ref = tiny.vae.encode(torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2)))
-        g["inversion"] = m["LR_DDIMInversion"].execute(
-            model=tiny.personalized, positive=tiny.encode(REFERENCE), latent={"samples": ref}, steps=STEPS,
-            scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0).result[1]
         g["palette"] = palette(comfy, tiny, g["inversion"])
         g["template"] = template(comfy, tiny, g)
     return g
+
+
+def reference_inversion(comfy, tiny, steps=STEPS):
+    """The reference photo (a seeded random image) DDIM-inverted at the reference prompt (inside
+    inference mode, as ComfyUI's executor runs nodes)."""
+    with torch.inference_mode():
+        ref = tiny.vae.encode(torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2)))
+        return comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"].execute(
+            model=tiny.personalized, positive=tiny.encode(REFERENCE), latent={"samples": ref}, steps=steps,
+            scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0).result[1]
 
 
 def palette(comfy, tiny, inversion, **kwargs):
@@ -67,11 +74,8 @@ def test_palette_counts_steps_on_the_generations_sigmas(comfy, tiny, graph):
     keeps the last 6: with the generation's SIGMAS connected, palette step k is the sampler's step k."""
     m = comfy.NODE_CLASS_MAPPINGS
     sigmas6 = m["BasicScheduler"]().get_sigmas(tiny.personalized, "ddim_uniform", 6, 1.0)[0]
+    inversion = reference_inversion(comfy, tiny, steps=6)
     with torch.inference_mode():
-        ref = tiny.vae.encode(torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2)))
-        inversion = m["LR_DDIMInversion"].execute(
-            model=tiny.personalized, positive=tiny.encode(REFERENCE), latent={"samples": ref}, steps=6,
-            scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0).result[1]
         assert len(inversion) - 1 == len(sigmas6)  # one step more than BasicScheduler's
         counted = palette(comfy, tiny, inversion, sigmas=sigmas6)
         own = palette(comfy, tiny, inversion)
@@ -261,11 +265,8 @@ def test_paper_settings_give_finite_latents(comfy, tiny, graph):
     """50 DDIM steps, layout 0-9, appearance 10-19, eta 10, alpha 10, beta 100, 3 iterations."""
     m = comfy.NODE_CLASS_MAPPINGS
     sigmas = m["BasicScheduler"]().get_sigmas(tiny.personalized, "ddim_uniform", 50, 1.0)[0]
+    inversion = reference_inversion(comfy, tiny, steps=50)
     with torch.inference_mode():
-        ref = tiny.vae.encode(torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2)))
-        inversion = m["LR_DDIMInversion"].execute(
-            model=tiny.personalized, positive=tiny.encode(REFERENCE), latent={"samples": ref}, steps=50,
-            scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0).result[1]
         g = {**graph, "sigmas": sigmas}
         pal = palette(comfy, tiny, inversion, appearance_start=10, appearance_end=19)
         tem = template(comfy, tiny, g, last_step=9)
