@@ -39,6 +39,7 @@ def record_template(guider, noise, sampler, sigmas: torch.Tensor, latent: dict, 
     import comfy.patcher_extension as ext
     import comfy.sample
     import comfy.utils
+    import latent_preview
 
     store = comfy.model_management.intermediate_device()
     steps = min(last_step + 1, len(sigmas) - 1)
@@ -62,8 +63,11 @@ def record_template(guider, noise, sampler, sigmas: torch.Tensor, latent: dict, 
     ext.add_wrapper_with_key(ext.WrappersMP.CALC_COND_BATCH, TEMPLATE_KEY, file_maps, run.model_options,
                              is_model_options=True)
 
+    preview = latent_preview.prepare_callback(guider.model_patcher, steps)  # ComfyUI's progress bar and preview
+
     def callback(step, x0, x, total):
         latents[step] = x.detach().to(store)
+        preview(step, x0, x, total)
 
     latent_image = comfy.sample.fix_empty_latent_channels(guider.model_patcher, latent["samples"])
     run.sample(noise.generate_noise({**latent, "samples": latent_image}), latent_image, sampler, schedule,
