@@ -88,6 +88,7 @@ def _measure(name: str, fn: Callable[[], object], device: torch.device, repeats:
     return part
 
 
+BATCH = 4  # the throughput rows' batch
 CACHED, FAST = "offloaded to RAM", "recorded, attention from the inversions (fast)"  # the swap's combo labels
 
 
@@ -142,18 +143,23 @@ class Pipeline:
             ext.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "lr_benchmark_rows", count,
                                      model.model_options, is_model_options=True)
 
-    def plain(self):
-        return self.nodes.KSampler().sample(self.personalized, 0, self.steps, self.cfg, "ddim", "ddim_uniform",
-                                            self.pp, self.neg, self.latent)[0]
+    def latents(self, batch: int) -> dict:
+        return {"samples": self.latent["samples"].expand(batch, -1, -1, -1).contiguous()}
 
-    def stage1(self, record: bool = False) -> Callable[[], None]:
+    def plain(self, batch: int = 1):
+        return self.nodes.KSampler().sample(self.personalized, 0, self.steps, self.cfg, "ddim", "ddim_uniform",
+                                            self.pp, self.neg, self.latents(batch))[0]
+
+    def stage1(self, record: bool = False, batch: int = 1) -> Callable[[], None]:
+        """``batch`` > 1: that many seeds through one execution, as the runner's ``--batch`` does."""
         def fn():
-            self.state["stage1"] = self.mapping["LR_StepBlendedKSampler"].execute(
+            self.state[_key("stage1", batch)] = self.mapping["LR_StepBlendedKSampler"].execute(
                 vanilla_model=self.vanilla, personalized_model=self.personalized, vanilla_positive=self.vp,
                 vanilla_negative=self.neg, personalized_positive=self.pp, personalized_negative=self.neg,
-                latent_image=self.latent, seed=0, steps=self.steps, lambda1=self.lambda1, cfg=self.cfg,
+                latent_image=self.latents(batch), seed=0, steps=self.steps, lambda1=self.lambda1, cfg=self.cfg,
                 sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0, record_attention=record,
-                attention_layers="output 6-11").result
+                attention_layers="output 6-11", batch_seeds=",".join(map(str, range(batch))) if batch > 1 else ""
+            ).result
         return fn
 
     def invert(self, name: str, source: Callable[[], dict], prompt=None, negative=None,
@@ -165,28 +171,29 @@ class Pipeline:
                 record_attention=record, attention_layers="output 6-11").result
         return fn
 
-    def layout_path(self, layout: str):
-        return self.state["stage1"][1] if layout == "stage 1" else self.state[layout][1]
+    def layout_path(self, layout: str, batch: int = 1):
+        return self.state[_key("stage1", batch)][1] if layout == "stage 1" else self.state[layout][1]
 
-    def mask(self, layout: str) -> Callable[[], None]:
+    def mask(self, layout: str, batch: int = 1) -> Callable[[], None]:
         def fn():
-            self.state["mask"] = self.mapping["LR_CrossAttentionMask"].execute(
-                model=self.personalized, layout_inversion=self.layout_path(layout), clip=self.clip,
+            self.state[_key("mask", batch)] = self.mapping["LR_CrossAttentionMask"].execute(
+                model=self.personalized, layout_inversion=self.layout_path(layout, batch), clip=self.clip,
                 prompt="a sks vase on a beach", subject="vase", resolution="1/2 of the latent (32x32 at 512 px)",
                 steps_to_average=10, threshold=0.1).result[1]
         return fn
 
     def stage2(self, reference_inv: str, layout: str, mode: str = "recorded",
-               cache: str = "off") -> Callable[[], None]:
+               cache: str = "off", batch: int = 1) -> Callable[[], None]:
         def fn():
             patched = self.mapping["LR_MultiSourceAttentionSwap"].execute(
                 model=self.personalized, reference_inversion=self.state[reference_inv][1],
-                layout_inversion=self.layout_path(layout), reference_positive=self.yr, reference_negative=self.neg,
+                layout_inversion=self.layout_path(layout, batch), reference_positive=self.yr,
+                reference_negative=self.neg,
                 layout_positive=self.pp, layout_negative=self.neg, lambda2=self.lambda2, mask_start=self.mask_start,
                 layout_layers="output 6-11", reference_layers="output 6-11", source_paths=mode,
-                reference_cache=cache, mask=self.state["mask"]).result[0]
-            start = self.state["stage1"][2] if layout == "stage 1" else self.state[layout][0]
-            self.state["out", reference_inv, layout, mode, cache] = self.nodes.KSamplerAdvanced().sample(
+                reference_cache=cache, mask=self.state[_key("mask", batch)]).result[0]
+            start = self.state[_key("stage1", batch)][2] if layout == "stage 1" else self.state[layout][0]
+            self.state["out", reference_inv, layout, mode, cache, batch] = self.nodes.KSamplerAdvanced().sample(
                 patched, "disable", 0, self.steps, self.cfg, "ddim", "ddim_uniform", self.yr, self.neg, start, 0,
                 10000, "disable")[0]
         return fn
@@ -231,6 +238,10 @@ class Pipeline:
                                                                                self.latent)[0]
 
         return {"null_text": null_text, "palette": palette, "template": template, "guided": guided}
+
+
+def _key(name: str, batch: int) -> str | tuple[str, int]:
+    return name if batch == 1 else (name, batch)
 
 
 def _chain(*parts: Callable[[], None]) -> Callable[[], None]:
@@ -298,6 +309,13 @@ def measure_parts(p: Pipeline, repeats: int) -> list[Part]:
         measure("P&D per image (palette reused)", _chain(pd["template"], pd["guided"])),
         measure("P&D, new reference", _chain(pd["null_text"], pd["palette"], pd["template"], pd["guided"])),
     ]
+    # Throughput: BATCH seeds of one prompt through one execution (the runner's --batch), reference reused.
+    parts += [
+        measure(f"plain KSampler, batch of {BATCH}", lambda: p.plain(BATCH)),
+        measure(f"shipped default, batch of {BATCH}", _chain(
+            p.stage1(record=True, batch=BATCH), p.mask("stage 1", BATCH),
+            p.stage2("reference_rec", "stage 1", FAST, CACHED, BATCH))),
+    ]
     for part in parts:
         part.time_ratio = round(part.seconds / parts[0].seconds, 2)
         part.memory_ratio = round(part.peak_mib / parts[0].peak_mib, 2)
@@ -312,8 +330,8 @@ def fast_mode_fidelity(p: Pipeline) -> dict:
                                   ("inversions at the source prompts", "reference_rec", "layout_rec", "off")):
         p.stage2(ref, lay, FAST, cache)()
         p.stage2(ref, lay, "recorded", cache)()
-        got = p.state["out", ref, lay, FAST, cache]["samples"].float()
-        want = p.state["out", ref, lay, "recorded", cache]["samples"].float()
+        got = p.state["out", ref, lay, FAST, cache, 1]["samples"].float()
+        want = p.state["out", ref, lay, "recorded", cache, 1]["samples"].float()
         diff = (got - want).abs()
         fidelity[name] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
                           "max_relative": float(diff.max() / want.abs().max())}
@@ -334,8 +352,25 @@ def run(size: int, steps: int, repeats: int, cpu: bool) -> dict:
                     "process peak RSS during the part" if _reset_cpu_peak() else "process peak RSS so far",
                     "date": time.strftime("%Y-%m-%d")},
         "parts": [asdict(part) for part in parts],
+        "throughput": throughput(parts),
         "fast_mode_vs_recorded": fast_mode_fidelity(p),
     }
+
+
+def throughput(parts: list[Part]) -> dict:
+    """Images per minute at batch 1 and BATCH, plain and shipped default (the reference's inversion reused)."""
+    by_name = {part.name: part for part in parts}
+    return {name: {str(batch): round(60 * batch / by_name[part].seconds, 2)
+                   for batch, part in ((1, name), (BATCH, f"{name}, batch of {BATCH}"))}
+            for name in ("plain KSampler", "shipped default")}
+
+
+def throughput_table(report: dict) -> str:
+    lines = [f"| images per minute | batch 1 | batch {BATCH} | gain |", "|---|---|---|---|"]
+    for name, rates in report["throughput"].items():
+        lines.append(f"| {name} | {rates['1']:.2f} | {rates[str(BATCH)]:.2f} | "
+                     f"{rates[str(BATCH)] / rates['1']:.2f}x |")
+    return "\n".join(lines)
 
 
 # The headline: what a user of the shipped full workflows pays per image, then the paper's graph.
@@ -377,6 +412,8 @@ def main(size: int, steps: int, repeats: int, cpu: bool, output: Path) -> dict:
     output.write_text(json.dumps(report, indent=1))
     print(json.dumps(report["setting"]))  # noqa: T201  (the command's output)
     print(headline(report))  # noqa: T201
+    print()  # noqa: T201
+    print(throughput_table(report))  # noqa: T201
     print()  # noqa: T201
     print(table(report))  # noqa: T201
     for name, f in report["fast_mode_vs_recorded"].items():

@@ -6,7 +6,7 @@ import json
 
 
 def test_benchmark_smoke(comfy, tmp_path):
-    from comfyui_layout_retouch.benchmark.run import HEADLINE, headline, main, table
+    from comfyui_layout_retouch.benchmark.run import HEADLINE, headline, main, table, throughput_table
 
     report = main(size=64, steps=3, repeats=1, cpu=True, output=tmp_path / "bench.json")
     names = [p["name"] for p in report["parts"]]
@@ -17,7 +17,8 @@ def test_benchmark_smoke(comfy, tmp_path):
                      "full, reference cached", "full, stage 1's path, cached", "full, fast mode, cached",
                      "shipped default", "shipped default, new reference", "P&D null-text inversion (reference)",
                      "P&D palette (reference)", "P&D layout template", "P&D guided sampling",
-                     "P&D per image (palette reused)", "P&D, new reference"]
+                     "P&D per image (palette reused)", "P&D, new reference", "plain KSampler, batch of 4",
+                     "shipped default, batch of 4"]
     assert report["parts"][0]["time_ratio"] == 1.0 and report["parts"][0]["memory_ratio"] == 1.0
     assert all(p["seconds"] > 0 and p["peak_mib"] > 0 and p["unet_rows"] > 0 for p in report["parts"])
     rows = {p["name"]: p["unet_rows"] for p in report["parts"]}
@@ -41,3 +42,11 @@ def test_benchmark_smoke(comfy, tmp_path):
     assert rows["P&D per image (palette reused)"] == rows["P&D guided sampling"] + rows["P&D layout template"]
     for fidelity in report["fast_mode_vs_recorded"].values():
         assert 0 <= fidelity["mean_abs"] <= fidelity["max_abs"] < float("inf")
+    # Throughput: four seeds through one execution run four times the rows of one image.
+    assert rows["plain KSampler, batch of 4"] == 4 * rows["plain KSampler"]
+    assert rows["shipped default, batch of 4"] == 4 * rows["shipped default"]
+    for name, part in (("plain KSampler", "plain KSampler"), ("shipped default", "shipped default")):
+        seconds = {p["name"]: p["seconds"] for p in report["parts"]}
+        assert report["throughput"][name] == {"1": round(60 / seconds[part], 2),
+                                              "4": round(240 / seconds[f"{part}, batch of 4"], 2)}
+    assert throughput_table(report).count("\n") == 3
