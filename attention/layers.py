@@ -1,8 +1,18 @@
 """Naming attention layers the way ComfyUI's patch keys do: ``(block_name, block_id)``.
 
 A layer set is written as text, e.g. ``"output 6-11"`` or ``"input 4-5, middle 0, output 3-11"``,
-or ``"all"``. For SD1.x, ``"output 6-11"`` is MasaCtrl's and DreamMatcher's ``start_layer = 10``
-of 16 attention blocks in call order (down 0-5, mid 6, up 7-15): the decoder at 32x32 and 64x64.
+``"all"``, or ``"auto"``: the model family's default, the decoder's attention blocks whose tokens
+are at 1/1 or 1/2 of the latent's size (:func:`auto_layers`):
+
+- SD1.x/SD2.x: ``"output 6-11"``, MasaCtrl's and DreamMatcher's ``start_layer = 10`` of 16
+  attention blocks in call order (down 0-5, mid 6, up 7-15): the decoder at 32x32 and 64x64 for
+  a 512 px image.
+- SDXL: ``"output 3-5"``, the decoder at 64x64 for a 1024 px image (SDXL has no attention at
+  1/1): Visual Style Prompting's SDXL configuration (diffusers ``up_blocks.1``, 6 transformer
+  blocks). MasaCtrl's SDXL example starts at 44 of 70 transformer blocks, i.e. also
+  ``"output 1-2"`` at 1/4 (32x32, 10 transformer blocks each); those 20 blocks hold 1280-wide
+  keys and values and would triple the fast mode's records (see the README's SDXL notes), so the
+  default stops at 1/2, as for SD1.x.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from dataclasses import dataclass
 
 BLOCK_NAMES = ("input", "middle", "output")
 ALL = "all"
+AUTO = "auto"
 MASACTRL_DECODER = "output 6-11"
 DECODER = "output 0-11"  # every decoder block of SD1.x and SDXL; a resolution picks among them
 
@@ -96,19 +107,47 @@ def layer_problem(model, layers: LayerSet):
     return None
 
 
+def _levels(model, block_name: str) -> list[tuple[int, int]]:
+    """``(block_id, resolution)`` of each of ``block_name``'s blocks: its tokens are latent size /
+    ``resolution``, from the UNet's down- and upsampling layers, without running it."""
+    unet = model.model.diffusion_model
+    downs = sum(type(layer).__name__ == "Downsample" for block in unet.input_blocks for layer in block)
+    blocks = {"input": unet.input_blocks, "middle": [unet.middle_block], "output": unet.output_blocks}[block_name]
+    found, level = [], 0 if block_name == "input" else downs
+    for i, block in enumerate(blocks):
+        found.append((i, 2 ** level))
+        for layer in block:
+            name = type(layer).__name__
+            level += (name == "Downsample") - (name == "Upsample")
+    return found
+
+
+def auto_layers(model) -> LayerSet:
+    """``"auto"``: the decoder's attention blocks at 1/1 or 1/2 of the latent (SD1.x ``output 6-11``,
+    SDXL ``output 3-5``; see the module's docstring)."""
+    depths = transformer_depths(model)
+    return LayerSet(frozenset(("output", i) for i, resolution in _levels(model, "output")
+                              if resolution <= 2 and ("output", i) in depths))
+
+
+def written(layers: LayerSet) -> str:
+    """A layer set as the nodes' text inputs write it, e.g. ``"output 3-5"``."""
+    if layers.blocks is None:
+        return ALL
+    parts = []
+    for name in BLOCK_NAMES:
+        ids = sorted(i for n, i in layers.blocks if n == name)
+        while ids:
+            last = next(k for k in range(len(ids)) if k + 1 == len(ids) or ids[k + 1] != ids[k] + 1)
+            parts.append(f"{name} {ids[0]}" + (f"-{ids[last]}" if last else ""))
+            ids = ids[last + 1:]
+    return ", ".join(parts)
+
+
 def layers_at(model, resolution: int, block_name: str = "output") -> tuple[tuple[str, int, int], ...]:
     """The patch keys of ``block_name``'s transformer blocks whose tokens are latent size /
     ``resolution`` (e.g. SD1.x's decoder at 1/2: ``output 6-8``), from the UNet's down- and
     upsampling layers, without running it."""
-    unet = model.model.diffusion_model
-    downs = sum(type(layer).__name__ == "Downsample" for block in unet.input_blocks for layer in block)
-    blocks = {"input": unet.input_blocks, "middle": [unet.middle_block], "output": unet.output_blocks}[block_name]
     depths = transformer_depths(model)
-    found, level = [], 0 if block_name == "input" else downs
-    for i, block in enumerate(blocks):
-        if 2 ** level == resolution and (block_name, i) in depths:
-            found.extend((block_name, i, j) for j in range(depths[(block_name, i)]))
-        for layer in block:
-            name = type(layer).__name__
-            level += (name == "Downsample") - (name == "Upsample")
-    return tuple(found)
+    return tuple((block_name, i, j) for i, at in _levels(model, block_name)
+                 if at == resolution and (block_name, i) in depths for j in range(depths[(block_name, i)]))

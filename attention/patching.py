@@ -10,6 +10,7 @@ from .layers import LayerSet, layer_keys, replace_patch
 from .session import (
     KEY,
     PATHS,
+    Adm,
     CacheMode,
     ErrorFor,
     OuterSample,
@@ -67,19 +68,23 @@ def record_problem(model, spec: SwapSpec, mask, inversions: dict[str, InversionT
 
 def swap_model(model, layout: InversionTrajectory, reference: InversionTrajectory,
                layout_prompts: tuple[torch.Tensor, torch.Tensor], reference_prompts: tuple[torch.Tensor, torch.Tensor],
-               spec: SwapSpec, mode: SourceMode, cache: CacheMode, mask: torch.Tensor | None, error_for: ErrorFor):
+               spec: SwapSpec, mode: SourceMode, cache: CacheMode, mask: torch.Tensor | None, error_for: ErrorFor,
+               layout_adm: Adm = (None, None), reference_adm: Adm = (None, None)):
     """A clone of ``model`` that runs the multi-source swap in any stock sampler.
 
     Args:
         layout, reference: the source paths' recorded inversions (or stage 1's trajectory).
         layout_prompts, reference_prompts: each path's ``(positive, negative)`` text embeddings.
+        layout_adm, reference_adm: each path's ``(positive, negative)`` ADM vectors ``y`` (SDXL's
+            pooled text and size embedding), None for a UNet without one (SD1.x).
         mode, cache: how the sources run, and where the reference cache lives (off in the paper's mode).
         error_for: turns a problem with an input into the exception raised, here (a model that
             carries a swap already) or when a sampler runs the model (:class:`~.session.OuterSample`).
     """
     cache = CacheMode.OFF if mode is SourceMode.REDENOISE else cache
     paths = SourcePaths(layout, reference, layout_prompts, reference_prompts, mode, cache,
-                        (model_key(model, KEY), *reference_prompts) if cache is not CacheMode.OFF else ())
+                        (model_key(model, KEY), *reference_prompts, *reference_adm) if cache is not CacheMode.OFF
+                        else (), layout_adm, reference_adm)
     needs = source_needs(model, spec, mask)
     problem = swapped_problem(model)
     if problem is not None:

@@ -33,6 +33,7 @@ from .swap import SourceNeeds
 
 # (input name, problem) -> the exception raised: the node that made the patch words it for the artist.
 ErrorFor = Callable[[str, Problem], Exception]
+Adm = tuple[torch.Tensor | None, torch.Tensor | None]  # a path's (positive, negative) ADM vectors y, or None
 KEY = "lr_multi_source_swap"
 RUN_KEY = "lr_swap_run"
 PATHS = ("layout", "reference")
@@ -71,6 +72,8 @@ class SourcePaths:
     mode: SourceMode = SourceMode.RECORDED
     reference_cache: CacheMode = CacheMode.OFF
     cache_key: tuple = ()
+    layout_adm: Adm = (None, None)
+    reference_adm: Adm = (None, None)
 
     def __deepcopy__(self, memo) -> SourcePaths:
         return self  # immutable; ModelPatcher.clone() deep-copies model_options, where it lives
@@ -88,6 +91,9 @@ class SourcePaths:
 
     def prompts(self, path: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.layout_prompts if path == "layout" else self.reference_prompts
+
+    def adm(self, path: str) -> Adm:
+        return self.layout_adm if path == "layout" else self.reference_adm
 
 
 @dataclass
@@ -193,13 +199,23 @@ def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control
     latents = {p: run.source_latent(p, sigma).to(x) for p in PATHS if run.runs(p, step, halves)}
     n = {p: latents[p].shape[0] if p in latents else 0 for p in PATHS}
     rows = RowLayout(halves, batch, n["layout"], n["reference"], step)
-    xs, contexts = [], []
+    y = kwargs.get("y")  # the ADM input of SDXL-family UNets: one row per latent row
+    xs, contexts, ys = [], [], []
     for h, half in enumerate(halves):  # per half: its targets, then its source rows (rows.py)
         xs.append(x[h * batch:(h + 1) * batch])
         contexts.append(c_crossattn[h * batch:(h + 1) * batch])
+        ys.append(None if y is None else y[h * batch:(h + 1) * batch])
         for path in latents:
             xs.append(latents[path])
             contexts.append(run.paths.prompts(path)[half].to(c_crossattn).expand(n[path], -1, -1))
+            if y is not None:
+                adm = run.paths.adm(path)[half]
+                if adm is None:
+                    raise run.error_for("model", ("takes an ADM input (y) that the sources' prompts lack.",
+                                                  "give the swap the sources' CONDITIONING from this model's CLIP."))
+                ys.append(adm.to(y).expand(n[path], -1))
+    if y is not None and latents:
+        kwargs = {**kwargs, "y": torch.cat(ys)}
     options = dict(transformer_options)
     options[ROWS_KEY] = rows
     options[SOURCES_KEY] = StepSources(rows, {p: r for p, r in run.read.items() if p not in latents},

@@ -1,10 +1,19 @@
-"""Randomly initialised SD1.x models in the real checkpoint layout, built with ComfyUI's own classes.
+"""Randomly initialised SD1.x and SDXL models in the real checkpoint layout, built with ComfyUI's own classes.
 
-Speed does not depend on the weights, so the benchmark times a random full-size SD1.5 on a GPU
-and a tiny SD1.x (every level 320 channels wide, SD1.5's block layout) on the CPU; the tests use
-the tiny one. ComfyUI's layers skip weight initialisation, so every tensor gets a seeded value.
-ComfyUI detects SD1.x by ``model_channels = 320`` and ``context_dim = 768``; note that
-``transformer_depth_output`` lists the output blocks from the last to the first.
+Speed does not depend on the weights, so the benchmark times a random full-size SD1.5 (or SDXL) on
+a GPU and a tiny one on the CPU; the tests use the tiny ones. ComfyUI's layers skip weight
+initialisation, so every tensor gets a seeded value.
+
+- SD1.x: ComfyUI detects it by ``model_channels = 320`` and ``context_dim = 768``. The tiny one
+  keeps SD1.5's block layout with every level 320 channels wide.
+- SDXL: detected by ``model_channels = 320``, linear transformer projections, the encoder's
+  transformer depths ``[0, 0, 2, 2, 10, 10]``, ``context_dim = 2048`` and the ADM input of 2816.
+  The tiny one keeps SDXL's block layout and every depth (70 transformer blocks: the same patch
+  keys as SDXL) with every level 320 channels wide; its text encoders are SDXL's CLIP-L and
+  CLIP-G at their fixed sizes (ComfyUI builds them from its own configs), so prompts go through
+  ComfyUI's SDXL CLIP path.
+
+Note that ``transformer_depth_output`` lists the output blocks from the last to the first.
 """
 
 from __future__ import annotations
@@ -20,6 +29,12 @@ _SD1_COMMON = dict(image_size=32, in_channels=4, out_channels=4, model_channels=
                    use_linear_in_transformer=False, legacy=False)
 SD1_TINY_UNET = dict(_SD1_COMMON, channel_mult=(1, 1, 1, 1))
 SD15_UNET = dict(_SD1_COMMON, channel_mult=(1, 2, 4, 4))
+_SDXL_COMMON = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+                    transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+                    transformer_depth_middle=10, context_dim=2048, adm_in_channels=2816, num_classes="sequential",
+                    num_head_channels=64, use_spatial_transformer=True, use_linear_in_transformer=True, legacy=False)
+SDXL_TINY_UNET = dict(_SDXL_COMMON, channel_mult=(1, 1, 1))
+SDXL_UNET = dict(_SDXL_COMMON, channel_mult=(1, 2, 4))
 SD_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
           "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
 
@@ -79,4 +94,30 @@ def sd1_checkpoint(unet: dict, unet_seed: int, shared_seed: int = 0, dtype: torc
         sd.update({"cond_stage_model." + k: v for k, v in clip_l_state_dict(shared_seed).items()})
         sd.update({"first_stage_model." + k: v for k, v in vae_state_dict(shared_seed + 1).items()})
     sd.update({"model.diffusion_model." + k: v for k, v in unet_state_dict(unet, unet_seed).items()})
+    return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+
+
+def sdxl_clip_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    """SDXL's two text encoders (CLIP-L and CLIP-G at their real sizes) in the checkpoint's layout,
+    converted by ComfyUI's own SDXL saving code."""
+    import comfy.sdxl_clip
+    import comfy.supported_models
+
+    with torch.device("meta"):
+        clip = comfy.sdxl_clip.SDXLClipModel(device="meta")
+    sd = {k: v for k, v in fill(clip, seed).items() if ".transformer." in k}
+    return comfy.supported_models.SDXL(_SDXL_COMMON).process_clip_state_dict_for_saving(sd)
+
+
+def sdxl_checkpoint(unet: dict, unet_seed: int, shared_seed: int = 0, dtype: torch.dtype = torch.float16,
+                    with_text_and_vae: bool = True, v_prediction: bool = False) -> dict[str, torch.Tensor]:
+    """An SDXL checkpoint state dict: the given UNet and (unless told not to) both text encoders and
+    the VAE; ``v_prediction`` adds the ``v_pred`` key by which ComfyUI loads v-prediction finetunes."""
+    sd = {}
+    if with_text_and_vae:
+        sd.update(sdxl_clip_state_dict(shared_seed))
+        sd.update({"first_stage_model." + k: v for k, v in vae_state_dict(shared_seed + 1).items()})
+    sd.update({"model.diffusion_model." + k: v for k, v in unet_state_dict(unet, unet_seed).items()})
+    if v_prediction:
+        sd["v_pred"] = torch.tensor([])
     return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}

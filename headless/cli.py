@@ -1,7 +1,8 @@
 """Command line: ``python -m comfyui_layout_retouch run WORKFLOW.json [options]``.
 
 (``python path/to/comfyui-layout-retouch run ...`` works the same where the folder's name is
-not importable.)
+not importable.) ``... eval RUN_DIR [RUN_DIR ...] --references DIR --dino DIR --clip DIR``: the
+papers' metrics over runner outputs (``evaluation/``), without ComfyUI.
 """
 
 from __future__ import annotations
@@ -79,11 +80,59 @@ def seeds(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
 
 
+# ``run --method``: the shipped workflow of each method of a Table 1-style comparison, and what it sets
+# (before the user's --set, which win). "plain" is the personalized model alone: stage 1 at lambda1 = 0 is,
+# bit for bit, one KSampler on the personalized model (README, Step-Blended KSampler).
+METHODS = {
+    "plain": ("layout_retouch_stage1_layout.json", ["LR_StepBlendedKSampler.lambda1=0"]),
+    "layout-retouch": ("layout_retouch_full_dreambooth.json", []),
+    "pick-and-draw": ("pick_and_draw_dreambooth.json", []),
+}
+
+
+def add_eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="the papers' metrics (I_DINO, I_CLIP, T_CLIP, IS, subject centres, "
+                        "ImageReward) over runner outputs, one folder per method")
+    ev.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
+                    help="a runner --output folder (with manifest.json); one per method, named by the folder")
+    ev.add_argument("--references", type=Path, required=True, help="the folder of your subject's photos")
+    ev.add_argument("--dino", type=Path, required=True, help="a local facebook/dino-vits16 folder")
+    ev.add_argument("--clip", type=Path, required=True, help="a local openai/clip-vit-base-patch32 folder")
+    ev.add_argument("--inception", type=Path, help="torchvision's inception_v3 weights (inception_v3_google-"
+                    "0cc3c7bd.pth), for the Inception Score")
+    ev.add_argument("--sam", type=Path, help="a Segment Anything checkpoint, for the subject centres (L&R Fig. 1)")
+    ev.add_argument("--image-reward", type=Path, help="ImageReward.pt (with the image-reward package)")
+    ev.add_argument("--image", default=None, help="which of a job's images: its SaveImage prefix, e.g. layout "
+                    "(default: the last it saved, the final image)")
+    ev.add_argument("--is-min-images", type=int, default=8, help="the Inception Score of a prompt needs this many "
+                    "images (default 8)")
+    ev.add_argument("--device", default=None, help="torch device (default: cuda where available, else cpu)")
+    ev.add_argument("--output", type=Path, default=Path("output/eval"), help="where eval.json, eval.md and the "
+                    "pictures go")
+
+
+def run_eval(args) -> int:
+    from ..evaluation.evaluate import evaluate
+    from ..evaluation.runs import EvalInputError
+
+    try:
+        evaluate(args.runs, args.references, args.dino, args.clip, args.output, inception=args.inception,
+                 sam=args.sam, image_reward=args.image_reward, image=args.image, is_min_images=args.is_min_images,
+                 device=args.device)
+    except EvalInputError as error:
+        raise SystemExit(f"eval: {error}") from None
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="comfyui_layout_retouch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a workflow over prompts and seeds, without the web server")
-    run.add_argument("workflow", type=Path, help="a workflow file (UI or API format), e.g. workflows/....json")
+    run.add_argument("workflow", type=Path, nargs="?", help="a workflow file (UI or API format), e.g. "
+                     "workflows/....json (or --method)")
+    run.add_argument("--method", choices=sorted(METHODS), help="instead of a workflow: the shipped one of a method "
+                     "(plain: layout_retouch_stage1_layout at lambda1 0, the personalized model alone; "
+                     "layout-retouch: layout_retouch_full_dreambooth; pick-and-draw: pick_and_draw_dreambooth)")
     run.add_argument("--prompt", action="append", help="a prompt template; {} is the subject (repeatable)")
     run.add_argument("--prompts-file", action="append", help="a file of prompt templates, one a line (repeatable)")
     run.add_argument("--seeds", default="0", help="seeds: '0-7' or '0,3,5' (default 0)")
@@ -109,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     masks.add_argument("--sam", nargs="+", default=["vit_b", "vit_h"], choices=["vit_b", "vit_l", "vit_h"],
                        help="SAM sizes to time (random weights)")
     masks.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    add_eval_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "eval":
+        return run_eval(args)
     if args.command == "bench-masks":
         from ..benchmark.masks import time_masks
 
@@ -131,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.batch < 1:
         raise SystemExit(f"--batch {args.batch}: give 1 (no batching) or more seeds per batch")
+    if (args.workflow is None) == (args.method is None):
+        raise SystemExit("run: give a workflow file or --method (plain, layout-retouch, pick-and-draw), not both")
+    if args.method is not None:
+        name, sets = METHODS[args.method]
+        args.workflow, args.set = PACK_ROOT / "workflows" / name, sets + args.set
 
     workflow = json.loads(args.workflow.read_text())
     templates = read_prompts(args) or [""]

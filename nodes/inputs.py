@@ -11,7 +11,7 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..attention.layers import layer_problem, parse_layers
+from ..attention.layers import AUTO, auto_layers, layer_problem, parse_layers
 from ..errors import Problem
 from ..records import model_family
 
@@ -40,6 +40,18 @@ def prompt_tensor(conditioning) -> torch.Tensor:
     return conditioning[0][0][:1].detach()
 
 
+def prompt_adm(model, conditioning, latent: torch.Tensor, prompt_type: str) -> torch.Tensor | None:
+    """The ADM vector ``y`` ``[1, dim]`` that ComfyUI's sampler gives ``model`` with a CONDITIONING's
+    first entry on ``latent`` (SDXL: the pooled text and the size embedding; sizes default to the
+    latent's in pixels, as ComfyUI's ``encode_model_conds`` does), or None for a UNet without one."""
+    entry = conditioning[0][1]
+    h, w = latent.shape[-2:]
+    params = {**entry, "width": entry.get("width", w * 8), "height": entry.get("height", h * 8),
+              "prompt_type": entry.get("prompt_type", prompt_type), "device": "cpu"}
+    adm = model.model.encode_adm(**params)
+    return None if adm is None else adm[:1].detach()
+
+
 def check_conditioning(node: str, name: str, conditioning, model) -> None:
     """Raise unless every entry of a CONDITIONING has the text width ``model`` reads (768 for SD1.x,
     1024 for SD2.x, 2048 for SDXL): a prompt encoded with another family's CLIP."""
@@ -53,8 +65,15 @@ def check_conditioning(node: str, name: str, conditioning, model) -> None:
                                  "encode the prompt with the CLIP of the checkpoint that gives this model.")
 
 
+AUTO_LAYERS = ("'auto' (the default): the model family's decoder at 1/1 and "
+               "1/2 of the latent: SD1.x 'output 6-11' (MasaCtrl), SDXL 'output 3-5' (Visual Style Prompting). Or e.g. 'output 6-11', or 'all'.")
+
+
 def layer_input(node: str, name: str, text: str, model):
-    """The layer set written in a node's text input, checked against ``model``'s attention blocks."""
+    """The layer set written in a node's text input, checked against ``model``'s attention blocks;
+    ``auto``: the model family's default (:func:`attention.layers.auto_layers`)."""
+    if text.strip().lower() == AUTO:
+        return auto_layers(model)
     try:
         parsed = parse_layers(text)
     except ValueError as e:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..attention.layers import ALL, layer_keys, layers_at, parse_layers
+from ..attention.layers import ALL, AUTO, layer_keys, layers_at, parse_layers
 from ..attention.tokens import subject_positions, subject_problem
 from ..guidance.palette import EmptyMask, build_palette, steps_on_path
 from ..guidance.sampler import Guidance, guided_sampler
@@ -21,7 +21,6 @@ from .types import Inversion, LayoutTemplate, Palette
 
 CATEGORY = "layout_retouch/pick_and_draw"
 PALETTE, TEMPLATE, SAMPLER = "Reference Palette", "Layout Template", "Pick-and-Draw Sampler"
-AUTO = "auto"
 
 
 def subject_inputs(prompt_default: str, prompt_tip: str, subject_default: str):

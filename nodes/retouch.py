@@ -5,17 +5,19 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..attention.layers import MASACTRL_DECODER
+from ..attention.layers import AUTO
 from ..attention.patching import record_problem, swap_model
 from ..attention.session import CacheMode, SourceMode
 from ..attention.swap import SwapSpec
 from ..records import model_family
 from .inputs import (
+    AUTO_LAYERS,
     NodeInputError,
     check_conditioning,
     check_mask,
     check_same_size,
     layer_input,
+    prompt_adm,
     prompt_tensor,
     raise_for,
     schedule_text,
@@ -58,12 +60,11 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                 io.Int.Input("mask_start", default=30, min=0, max=10000,
                              tooltip="First step of the mask blend (paper: 30, the 31st of 50), at or after lambda2. Needs a "
                                      "mask."),
-                io.String.Input("layout_layers", default=MASACTRL_DECODER,
-                                tooltip="Blocks swapped with the layout while step < lambda2, e.g. 'output 6-11' "
-                                        "(SD1.x decoder at 32x32 and 64x64, as MasaCtrl), or 'all'."),
-                io.String.Input("reference_layers", default=MASACTRL_DECODER,
+                io.String.Input("layout_layers", default=AUTO,
+                                tooltip="Blocks swapped with the layout while step < lambda2. " + AUTO_LAYERS),
+                io.String.Input("reference_layers", default=AUTO,
                                 tooltip="Blocks that take the reference's keys and values from lambda2 on, and blend "
-                                        "with the mask from mask_start on."),
+                                        "with the mask from mask_start on. " + AUTO_LAYERS),
                 io.Combo.Input("source_paths", options=list(SOURCE_MODES), default="recorded",
                                tooltip="recorded: the sources follow their inversions exactly. fast: as recorded, "
                                        "but their attention is read from what their DDIM Inversion or Step-Blended "
@@ -98,9 +99,6 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                 source_paths, reference_cache, mask=None) -> io.NodeOutput:
         ref, lay = reference_inversion, layout_inversion
         family = model_family(model)
-        if model.model.model_config.unet_config.get("adm_in_channels") is not None:
-            raise NodeInputError(NODE, "model", f"is a {family} model; the swap supports SD1.x and SD2.x UNets.",
-                                 "use an SD1.x personalized model, as the paper does.")
         for name, traj in (("reference_inversion", ref), ("layout_inversion", lay)):
             if traj.family != family:
                 raise NodeInputError(NODE, name, f"was made with a {traj.family} model, not this {family} model.",
@@ -135,4 +133,8 @@ class MultiSourceAttentionSwap(io.ComfyNode):
             model, lay, ref,
             (prompt_tensor(layout_positive), prompt_tensor(layout_negative)),
             (prompt_tensor(reference_positive), prompt_tensor(reference_negative)),
-            spec, mode, CACHE_MODES[reference_cache], mask, lambda name, problem: NodeInputError(NODE, name, *problem)))
+            spec, mode, CACHE_MODES[reference_cache], mask, lambda name, problem: NodeInputError(NODE, name, *problem),
+            (prompt_adm(model, layout_positive, lay.latents[0], "positive"),
+             prompt_adm(model, layout_negative, lay.latents[0], "negative")),
+            (prompt_adm(model, reference_positive, ref.latents[0], "positive"),
+             prompt_adm(model, reference_negative, ref.latents[0], "negative"))))

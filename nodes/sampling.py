@@ -8,12 +8,13 @@ import comfy.model_management
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..attention.layers import MASACTRL_DECODER
+from ..attention.layers import AUTO
 from ..attention.recording import LAYOUT_KINDS, add_recording
 from ..masks.cross_attention import DEFAULT_RESOLUTION
 from ..records import SubjectMapRecord, map_key
 from ..sampling import inversion, step_blend
 from .inputs import (
+    AUTO_LAYERS,
     NodeInputError,
     check_conditioning,
     check_latent,
@@ -73,8 +74,9 @@ class StepBlendedKSampler(io.ComfyNode):
                                          "Mask on 'trajectory' with this prompt reads instead of running the model. "
                                          "Exact: it is the very computation those nodes would repeat. Costs RAM: "
                                          "the README's Speed section gives the size."),
-                io.String.Input("attention_layers", default=MASACTRL_DECODER, optional=True,
-                                tooltip="Where to record: the swap's layout_layers and reference_layers together."),
+                io.String.Input("attention_layers", default=AUTO, optional=True,
+                                tooltip="Where to record: the swap's layout_layers and reference_layers together. "
+                                        + AUTO_LAYERS),
                 io.String.Input("batch_seeds", default="", optional=True, force_input=True,
                                 tooltip="One seed per latent of the batch, e.g. '3,4' (the headless runner's "
                                         "--batch sets it): latent k starts from the noise of its own seed, so each "
@@ -104,7 +106,7 @@ class StepBlendedKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, vanilla_model, personalized_model, vanilla_positive, vanilla_negative, personalized_positive,
                 personalized_negative, latent_image, seed, steps, lambda1, cfg, sampler_name, scheduler,
-                denoise, record_attention=False, attention_layers=MASACTRL_DECODER, batch_seeds="") -> io.NodeOutput:
+                denoise, record_attention=False, attention_layers=AUTO, batch_seeds="") -> io.NodeOutput:
         node = STEP_BLENDED
         raise_for(step_blend.lambda1_problem(steps, lambda1), node, "lambda1")
         raise_for(step_blend.denoise_problem(denoise), node, "denoise")
@@ -168,9 +170,9 @@ class DDIMInversion(io.ComfyNode):
                                          "without a negative the positive half stands in for both CFG halves. "
                                          "Costs one more model evaluation (and the negative half, if connected) "
                                          "and RAM: the README's Speed section gives the size."),
-                io.String.Input("attention_layers", default=MASACTRL_DECODER, optional=True,
+                io.String.Input("attention_layers", default=AUTO, optional=True,
                                 tooltip="Where to record: the blocks the swap uses (its layout_layers and "
-                                        "reference_layers together), e.g. 'output 6-11' or 'all'."),
+                                        "reference_layers together). " + AUTO_LAYERS),
             ],
             outputs=[
                 io.Latent.Output(display_name="inverted_latent", tooltip="The noise latent: feed it to a "
@@ -187,7 +189,7 @@ class DDIMInversion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, steps, scheduler, sampler_name, cfg, negative=None,
-                record_attention=False, attention_layers=MASACTRL_DECODER) -> io.NodeOutput:
+                record_attention=False, attention_layers=AUTO) -> io.NodeOutput:
         node = DDIM_INVERSION
         raise_for(inversion.sampler_problem(sampler_name), node, "sampler_name")
         if negative is None and abs(cfg - 1.0) > 1e-6:

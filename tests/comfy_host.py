@@ -92,3 +92,43 @@ class Tiny:
 @pytest.fixture(scope="session")
 def tiny(comfy, tiny_files):
     return Tiny(comfy)
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_files(comfy, tmp_path_factory):
+    """Tiny SDXL checkpoints (vanilla with both text encoders and the VAE; personalized and a
+    v-prediction one UNet only), an SDXL LoRA and an SDXL embedding, in registered model folders."""
+    import folder_paths
+    import tiny_models
+
+    from comfyui_layout_retouch.benchmark.random_models import SDXL_TINY_UNET
+
+    root = tmp_path_factory.mktemp("models_xl")
+    paths = tiny_models.write_sdxl_checkpoints(root / "checkpoints", {"tiny_xl_vanilla": 1, "tiny_xl_personalized": 2,
+                                                                       "tiny_xl_vpred": 3},
+                                               v_prediction=("tiny_xl_vpred",))
+    paths["embedding"] = tiny_models.write_sdxl_embedding(root / "embeddings")
+    paths["lora"] = tiny_models.write_lora(root / "loras", "tiny_xl_lora", unet=SDXL_TINY_UNET)
+    for folder in ("checkpoints", "embeddings", "loras"):
+        folder_paths.add_model_folder_path(folder, str(root / folder), is_default=True)
+    return paths
+
+
+class TinyXL(Tiny):
+    """The tiny SDXL models loaded through ComfyUI's stock loader nodes: prompts through SDXL's CLIP."""
+
+    def __init__(self, nodes, files):
+        import comfy.sd
+
+        self.nodes = nodes
+        self.vanilla, self.clip, self.vae = nodes.CheckpointLoaderSimple().load_checkpoint(
+            "tiny_xl_vanilla.safetensors")[:3]
+        # UNet-only files: CheckpointLoaderSimple's own loader, told not to look for CLIP and VAE.
+        self.personalized, self.v_prediction = (
+            comfy.sd.load_checkpoint_guess_config(str(files[name]), output_vae=False, output_clip=False)[0]
+            for name in ("tiny_xl_personalized", "tiny_xl_vpred"))
+
+
+@pytest.fixture(scope="session")
+def tiny_xl(comfy, tiny_xl_files):
+    return TinyXL(comfy, tiny_xl_files)

@@ -9,9 +9,14 @@ value here before it is saved.
   the UNet keeps SD1.5's block layout (4 levels, 2 res blocks each, attention on the first
   three, so the decoder's attention keys are ``("output", 3..11)`` as in SD1.5) but with every
   level 320 channels wide. The text encoder is CLIP-L at its fixed size; the VAE is SD's.
+- SDXL checkpoint: SDXL's block layout and transformer depths with every level 320 channels wide,
+  SDXL's two text encoders at their real sizes and the VAE (``benchmark.random_models``); detected
+  as ``SDXL``. A v-prediction one carries the ``v_pred`` key, as v-prediction finetunes do.
 - SDXL-family diffusion model: Segmind Vega's detection keys with narrow levels, loadable with
   ``UNETLoader``; used to test the family checks.
-- Textual Inversion embedding: ``emb_params`` of shape ``[n_vectors, 768]``.
+- Textual Inversion embedding: ``emb_params`` of shape ``[n_vectors, 768]`` (SD1.x); for SDXL,
+  ``clip_l`` ``[n, 768]`` and ``clip_g`` ``[n, 1280]``, as SDXL embeddings are saved.
+- LoRA: kohya format over every attention projection of the tiny UNet (SD1.x or SDXL).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import safetensors.torch
 import torch
 
 from comfyui_layout_retouch.benchmark.random_models import SD1_TINY_UNET as SD1_UNET
-from comfyui_layout_retouch.benchmark.random_models import sd1_checkpoint, unet_state_dict
+from comfyui_layout_retouch.benchmark.random_models import SDXL_TINY_UNET as SDXL_UNET
+from comfyui_layout_retouch.benchmark.random_models import sd1_checkpoint, sdxl_checkpoint, unet_state_dict
 
 VEGA_UNET = dict(
     image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
@@ -42,6 +48,31 @@ def write_sd1_checkpoints(folder: Path, unet_seeds: dict[str, int], shared_seed:
     return paths
 
 
+def write_sdxl_checkpoints(folder: Path, unet_seeds: dict[str, int], shared_seed: int = 0,
+                           v_prediction: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Write one SDXL checkpoint per name: the first with the text encoders and the VAE, the others
+    UNet only (as the personalized checkpoints a test loads without CLIP); ``v_prediction`` names
+    the v-prediction ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for k, (name, seed) in enumerate(unet_seeds.items()):
+        paths[name] = folder / f"{name}.safetensors"
+        sd = sdxl_checkpoint(SDXL_UNET, seed, shared_seed, with_text_and_vae=k == 0,
+                             v_prediction=name in v_prediction)
+        safetensors.torch.save_file(sd, str(paths[name]))
+        del sd
+    return paths
+
+
+def write_sdxl_embedding(folder: Path, name: str = "tiny_sdxl_concept", vectors: int = 2, seed: int = 4) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    path = folder / f"{name}.safetensors"
+    safetensors.torch.save_file({"clip_l": torch.randn(vectors, 768, generator=gen) * 0.02,
+                                 "clip_g": torch.randn(vectors, 1280, generator=gen) * 0.02}, str(path))
+    return path
+
+
 def write_vega_unet(folder: Path, seed: int = 7) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     sd = unet_state_dict(VEGA_UNET, seed)
@@ -58,13 +89,13 @@ def write_embedding(folder: Path, name: str = "tiny_concept", vectors: int = 2, 
     return path
 
 
-def write_lora(folder: Path, name: str = "tiny_lora", rank: int = 4, seed: int = 5) -> Path:
-    """A kohya-format LoRA over every attention projection of the tiny SD1.x UNet."""
+def write_lora(folder: Path, name: str = "tiny_lora", rank: int = 4, seed: int = 5, unet: dict = SD1_UNET) -> Path:
+    """A kohya-format LoRA over every attention projection of the tiny UNet (``unet``: its config)."""
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     folder.mkdir(parents=True, exist_ok=True)
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in UNetModel(**SD1_UNET, device="meta").state_dict().items()}
+        shapes = {k: v.shape for k, v in UNetModel(**unet, device="meta").state_dict().items()}
     gen = torch.Generator().manual_seed(seed)
     sd = {}
     for key, shape in shapes.items():

@@ -452,9 +452,10 @@ CASES = [
          CLEAR + "'already has a attn1 replace patch on ('output', 6, 0) from another node' (the first swap)",
          swap_twice, at_run(SWAP, "model", r"already carries a Multi-Source Attention Swap.*Fix: connect the swap to "
                                            r"the model before the first swap")),
-    Case("swap-sdxl-model", "an SDXL-family model into the swap", CLEAR + "'is a Segmind_Vega model; the swap supports "
-         "SD1.x and SD2.x UNets'", linked("LR_MultiSourceAttentionSwap", model=sdxl_model),
-         at_run(SWAP, "model", r"is a \w+ model; the swap supports SD1.x and SD2.x UNets.*Fix: use an SD1.x")),
+    Case("swap-sdxl-model", "an SDXL-family model into the swap, with SD1.x inversions", CLEAR + "'was made with a "
+         "SD15 model, not this Segmind_Vega model'", linked("LR_MultiSourceAttentionSwap", model=sdxl_model),
+         at_run(SWAP, "reference_inversion", r"was made with a SD15 model, not this \w+ model.*Fix: invert with the "
+                                             r"same personalized model")),
     # DDIM Inversion.
     Case("inversion-sampler-euler-ancestral", "DDIM Inversion sampler_name euler_ancestral",
          CLEAR + "''euler_ancestral' cannot be inverted'", inversion("layout", sampler_name="euler_ancestral"),

@@ -19,6 +19,7 @@ LAYERS = {
     "attention": 1, "sampling": 1, "personalize": 1,  # algorithms
     "masks": 2,  # algorithms built on attention/ (the cross-attention mask)
     "guidance": 3,  # Pick-and-Draw's guidance, on attention/, sampling/ and masks/
+    "evaluation": 3,  # the papers' metrics (issue 16), on masks/ (Segment Anything)
     "nodes": 4,  # thin V3 nodes: input checks, one algorithm call each
     "benchmark": 5, "headless": 6,  # tools that run the nodes
     "__init__": 7, "__main__": 7,  # ComfyUI's entry point

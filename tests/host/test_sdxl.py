@@ -1,0 +1,299 @@
+"""SDXL twins of the SD1.x exactness tests, and v-prediction models, on the real host.
+
+The tiny SDXL checkpoint keeps SDXL's block layout and transformer depths (the same patch keys)
+and runs its prompts through ComfyUI's SDXL CLIP path (CLIP-L and CLIP-G at their real sizes),
+so the swap's source rows get SDXL's ADM input (pooled text and size embedding) as the targets do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_inversion import relative_error, smooth_model
+from test_source_records import rows_per_step, subject_mask
+from test_step_blend import STEPS, blended, chain, ksampler, latent, max_diff
+from test_swap import probed, rel
+from test_swap import sample as swap_sample
+from test_swap import swap as swap_node
+
+FAST = "recorded, attention from the inversions (fast)"
+PAPER = "re-denoised (paper)"
+CFG = 7.5
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_xl):
+    return {
+        "vanilla": (tiny_xl.encode("a red vase on a beach"), tiny_xl.encode("blurry")),
+        "personalized": (tiny_xl.encode("a sks vase on a beach"), tiny_xl.encode("blurry")),
+        "embedding": (tiny_xl.encode("a embedding:tiny_sdxl_concept vase on a beach"), tiny_xl.encode("blurry")),
+        "reference": tiny_xl.encode("a photo of sks vase"),
+        "empty": tiny_xl.encode(""),
+    }
+
+
+@pytest.fixture(scope="module")
+def images(tiny_xl):
+    gen = torch.Generator().manual_seed(1)
+    with torch.inference_mode():
+        latents = tiny_xl.vae.encode(torch.rand(2, 64, 64, 3, generator=gen))
+    return {"layout": {"samples": latents[:1]}, "reference": {"samples": latents[1:]}}
+
+
+def invert(comfy, model, positive, lat, steps=STEPS, record=False, negative=None, sampler="ddim"):
+    node = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
+    return node.execute(model=model, positive=positive, latent=lat, steps=steps, scheduler="ddim_uniform",
+                        sampler_name=sampler, cfg=1.0, negative=negative, record_attention=record,
+                        attention_layers="auto").result
+
+
+def test_detected_as_sdxl_with_the_familys_layers(comfy, tiny, tiny_xl, prompts):
+    import comfy.model_base
+
+    from comfyui_layout_retouch.attention.layers import auto_layers, layer_keys, layers_at, transformer_depths, written
+    from comfyui_layout_retouch.records import model_family
+
+    assert model_family(tiny_xl.vanilla) == model_family(tiny_xl.personalized) == "SDXL"
+    assert tiny_xl.personalized.model.model_type == comfy.model_base.ModelType.EPS
+    assert tiny_xl.v_prediction.model.model_type == comfy.model_base.ModelType.V_PREDICTION
+    entry = prompts["reference"][0]
+    assert entry[0].shape[-1] == 2048 and entry[1]["pooled_output"].shape[-1] == 1280  # CLIP-L + CLIP-G
+    depths = transformer_depths(tiny_xl.personalized)
+    assert sum(depths.values()) == 70 and depths[("middle", 0)] == 10  # SDXL's 70 transformer blocks
+    assert {b: d for b, d in depths.items() if b[0] == "output"} == {
+        **{("output", i): 10 for i in range(3)}, **{("output", i): 2 for i in range(3, 6)}}
+    assert written(auto_layers(tiny_xl.personalized)) == "output 3-5"
+    assert written(auto_layers(tiny.personalized)) == "output 6-11"
+    assert layer_keys(tiny_xl.personalized, auto_layers(tiny_xl.personalized)) == layers_at(tiny_xl.personalized, 2)
+    assert len(layers_at(tiny_xl.personalized, 2)) == 6 and len(layers_at(tiny_xl.personalized, 4)) == 30
+
+
+# ----- Stage 1 -----------------------------------------------------------------------------------
+
+def test_step_blend_is_the_stock_chain_bit_for_bit(comfy, tiny_xl, prompts):
+    lat = latent(batch=2)
+    v, p = tiny_xl.vanilla, tiny_xl.personalized
+    for lambda1 in (0, 2, STEPS - 1, STEPS):
+        got = blended(comfy, v, p, prompts["vanilla"], prompts["personalized"], lat, lambda1)
+        if lambda1 == 0:
+            want = ksampler(comfy, p, prompts["personalized"], lat)
+        elif lambda1 == STEPS:
+            want = ksampler(comfy, v, prompts["vanilla"], lat)
+        else:
+            want = chain(comfy, v, p, prompts["vanilla"], prompts["personalized"], lat, lambda1)
+        assert max_diff(got, want) == 0.0, f"lambda1={lambda1}"
+        assert torch.isfinite(got).all()
+
+
+def test_step_blend_with_an_sdxl_lora_and_embedding(comfy, tiny_xl, prompts):
+    from comfyui_layout_retouch.attention.tokens import subject_positions
+
+    lora = comfy.LoraLoaderModelOnly().load_lora_model_only(tiny_xl.vanilla, "tiny_xl_lora.safetensors", 1.0)[0]
+    got = blended(comfy, tiny_xl.vanilla, lora, prompts["vanilla"], prompts["embedding"], latent(), 2)
+    want = chain(comfy, tiny_xl.vanilla, lora, prompts["vanilla"], prompts["embedding"], latent(), 2)
+    assert max_diff(got, want) == 0.0
+    without = blended(comfy, tiny_xl.vanilla, tiny_xl.vanilla, prompts["vanilla"], prompts["embedding"], latent(), 2)
+    assert max_diff(got, without) > 1e-4  # the LoRA acts
+    # The embedding was loaded into both encoders (clip_l, clip_g) and is found as the subject.
+    tokens = tiny_xl.clip.tokenize("embedding:tiny_sdxl_concept")
+    vectors = {name: [t[0].shape[-1] for chunk in chunks for t in chunk if torch.is_tensor(t[0])]
+               for name, chunks in tokens.items()}
+    assert vectors == {"l": [768, 768], "g": [1280, 1280]}
+    concept = "embedding:tiny_sdxl_concept"
+    assert len(subject_positions(tiny_xl.clip, f"a {concept} vase", concept)) == 2
+
+
+def test_mixed_families_stay_an_error(comfy, tiny, tiny_xl, prompts):
+    node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
+    with pytest.raises(ValueError, match=r"Step-Blended KSampler.*personalized_model.*SDXL model.*same base family"):
+        node.execute(vanilla_model=tiny.vanilla, personalized_model=tiny_xl.personalized,
+                     vanilla_positive=tiny.encode("a"), vanilla_negative=tiny.encode(""),
+                     personalized_positive=prompts["personalized"][0], personalized_negative=prompts["empty"],
+                     latent_image=latent(), seed=0, steps=STEPS, lambda1=2, cfg=CFG, sampler_name="ddim",
+                     scheduler="ddim_uniform", denoise=1.0)
+
+
+# ----- Inversion ---------------------------------------------------------------------------------
+
+def test_inversion_falls_at_first_order(comfy, tiny_xl, prompts, measured):
+    lat = {"samples": tiny_xl.vae.encode(torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0)))}
+    model = smooth_model(tiny_xl.personalized)
+    errors = {}
+    for steps in (6, 24, 96):
+        inverted, _ = invert(comfy, model, prompts["empty"], lat, steps)
+        redrawn = comfy.KSamplerAdvanced().sample(model, "disable", 0, steps, 1.0, "ddim", "ddim_uniform",
+                                                  prompts["empty"], prompts["empty"], inverted, 0, 10000,
+                                                  "disable")[0]["samples"]
+        errors[steps] = relative_error(redrawn, lat["samples"])
+    orders = [math.log(errors[a] / errors[b]) / math.log(4) for a, b in ((6, 24), (24, 96))]
+    measured(f"SDXL inversion, smooth prediction: relative reconstruction error by steps {errors}, orders {orders}")
+    assert errors[6] > errors[24] > errors[96] and errors[96] < 0.1
+    assert all(0.8 < p < 1.3 for p in orders), (errors, orders)
+
+
+# ----- Stage 2 -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def inverted(comfy, tiny_xl, prompts, images):
+    """Both sources inverted at the empty prompt (paper), and recording at their own prompts (fast mode)."""
+    neg, model = prompts["vanilla"][1], tiny_xl.personalized
+    return {
+        "layout": invert(comfy, tiny_xl.personalized, prompts["empty"], images["layout"]),
+        "reference": invert(comfy, tiny_xl.personalized, prompts["empty"], images["reference"]),
+        "layout_rec": invert(comfy, model, prompts["personalized"][0], images["layout"], record=True, negative=neg),
+        "reference_rec": invert(comfy, model, prompts["reference"], images["reference"], record=True, negative=neg),
+        "layout_at_prompt": invert(comfy, tiny_xl.personalized, prompts["personalized"][0], images["layout"]),
+        "reference_at_prompt": invert(comfy, tiny_xl.personalized, prompts["reference"], images["reference"]),
+    }
+
+
+def test_swap_identity_in_paper_mode(comfy, tiny_xl, prompts, inverted, measured):
+    """Reference = layout = target: the swap changes nothing but batch numerics."""
+    lay_inv, lay = inverted["layout"]
+    y, neg = prompts["personalized"][0], prompts["vanilla"][1]
+    patched = swap_node(comfy, tiny_xl.personalized, lay, lay, y, y, neg, mode=PAPER, mask=torch.full((1, 64, 64), 0.5),
+                        layout_layers="all", reference_layers="all")
+    got = swap_sample(comfy, patched, y, neg, lay_inv)
+    want = swap_sample(comfy, tiny_xl.personalized, y, neg, lay_inv)
+    measured(f"SDXL swap identity (paper mode, all 70 layers, mask 0.5): max relative difference {rel(got, want):.2e}")
+    assert rel(got, want) < 1e-4
+
+
+def test_patches_fire_on_exactly_the_chosen_keys(comfy, tiny_xl, prompts, inverted):
+    lay_inv, lay = inverted["layout"]
+    _, ref = inverted["reference"]
+    y_p, y_r, neg = prompts["personalized"][0], prompts["reference"], prompts["vanilla"][1]
+    patched = swap_node(comfy, tiny_xl.personalized, ref, lay, y_r, y_p, neg, layout_layers="output 5",
+                        reference_layers="auto")
+    replaces = patched.model_options["transformer_options"]["patches_replace"]
+    assert set(replaces["attn1"]) == {("output", i, j) for i in (3, 4, 5) for j in (0, 1)}
+    assert set(replaces["attn2"]) == {("output", 5, j) for j in (0, 1)}
+    probe, log = probed(patched)
+    swap_sample(comfy, probe, y_r, neg, lay_inv)
+    n_steps = len(lay) - 1
+    for kind, key in [("attn1", (5, 1)), ("attn1", (3, 0)), ("attn2", (5, 0))]:
+        calls = [c for c in log if c["kind"] == kind and c["key"] == ("output", *key)]
+        assert sorted(c["step"] for c in calls) == list(range(n_steps)), (kind, key)
+    assert {c["key"] for c in log} == {("output", i, j) for i in (3, 4, 5) for j in (0, 1)}
+
+
+def test_fast_mode_equals_the_recorded_mode(comfy, tiny_xl, prompts, inverted, measured):
+    lay_inv, lay = inverted["layout_at_prompt"]
+    _, ref = inverted["reference_at_prompt"]
+    _, fast_lay = inverted["layout_rec"]
+    _, fast_ref = inverted["reference_rec"]
+    im = {"y_r": prompts["reference"], "y_p": prompts["personalized"][0], "neg": prompts["vanilla"][1]}
+    mask = subject_mask()
+    node = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"]
+
+    def swap(r, la, mode):
+        return node.execute(model=tiny_xl.personalized, reference_inversion=r, layout_inversion=la,
+                            reference_positive=im["y_r"], reference_negative=im["neg"], layout_positive=im["y_p"],
+                            layout_negative=im["neg"], lambda2=2, mask_start=4, layout_layers="auto",
+                            reference_layers="auto", source_paths=mode, reference_cache="off", mask=mask).result[0]
+
+    got, seen = rows_per_step(comfy, swap(fast_ref, fast_lay, FAST), im, lay_inv, CFG)
+    assert seen.keys() == set(range(len(lay) - 1)) and all(calls == {(0, 0)} for calls in seen.values())
+    want = swap_sample(comfy, swap(ref, lay, "recorded"), im["y_r"], im["neg"], lay_inv)
+    plain = swap_sample(comfy, tiny_xl.personalized, im["y_r"], im["neg"], lay_inv)
+    measured(f"SDXL fast mode vs recorded (cfg {CFG}): max relative difference {rel(got, want):.2e} "
+             f"(unswapped vs recorded {rel(plain, want):.2e})")
+    assert rel(got, want) < 1e-5 and rel(plain, want) > 1e-3
+
+
+def test_shipped_default_on_sdxl_and_the_callers_model_untouched(comfy, tiny_xl, prompts, inverted):
+    """Stage 1 records; the mask reads its record; the swap runs in the fast mode on stage 1's path."""
+    import copy
+
+    before = copy.deepcopy(tiny_xl.personalized.model_options), dict(tiny_xl.personalized.patches)
+    stage1 = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"].execute(
+        vanilla_model=tiny_xl.vanilla, personalized_model=tiny_xl.personalized,
+        vanilla_positive=prompts["vanilla"][0], vanilla_negative=prompts["vanilla"][1],
+        personalized_positive=prompts["personalized"][0], personalized_negative=prompts["personalized"][1],
+        latent_image=latent(), seed=3, steps=STEPS, lambda1=2, cfg=CFG, sampler_name="ddim",
+        scheduler="ddim_uniform", denoise=1.0, record_attention=True, attention_layers="auto").result
+    _, trajectory, start = stage1
+    mask = comfy.NODE_CLASS_MAPPINGS["LR_CrossAttentionMask"].execute(
+        model=tiny_xl.personalized, layout_inversion=trajectory, clip=tiny_xl.clip, prompt="a sks vase on a beach",
+        subject="vase", resolution="1/2 of the latent (32x32 at 512 px)", steps_to_average=3, threshold=0.1).result[1]
+    assert mask.shape == (1, 64, 64) and torch.isfinite(mask).all()
+    _, ref = inverted["reference_rec"]
+    patched = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"].execute(
+        model=tiny_xl.personalized, reference_inversion=ref, layout_inversion=trajectory,
+        reference_positive=prompts["reference"], reference_negative=prompts["vanilla"][1],
+        layout_positive=prompts["personalized"][0], layout_negative=prompts["personalized"][1], lambda2=2,
+        mask_start=4, layout_layers="auto", reference_layers="auto", source_paths=FAST,
+        reference_cache="offloaded to RAM", mask=mask).result[0]
+    _, seen = rows_per_step(comfy, patched, {"y_r": prompts["reference"], "neg": prompts["vanilla"][1]}, start, CFG)
+    out = swap_sample(comfy, patched, prompts["reference"], prompts["vanilla"][1], start)
+    assert torch.isfinite(out).all()
+    # The personalized steps read stage 1's record; only vanilla steps (0, 1) may run layout rows.
+    assert all(calls == {(0, 0)} for step, calls in seen.items() if step >= 2), seen
+    after = tiny_xl.personalized.model_options, tiny_xl.personalized.patches
+    assert after[0] == before[0] and after[1] == before[1]
+
+
+# ----- v-prediction ------------------------------------------------------------------------------
+
+def smooth_network(model):
+    """A clone whose *network output* (eps or v, as the model is parameterised) is the smooth
+    0.3 * tanh(x_in) of the scaled input: ComfyUI's own conversion then turns it into the
+    denoised prediction, so each parameterisation is exercised."""
+    import comfy.patcher_extension as ext
+
+    patched = model.clone()
+
+    def network(executor, x, *args, **kwargs):
+        return 0.3 * torch.tanh(x)
+
+    ext.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "test_smooth_network", network, patched.model_options,
+                             is_model_options=True)
+    return patched
+
+
+@pytest.fixture(scope="module")
+def v_models(comfy, tiny):
+    """SD1.x as eps and as v-prediction (ComfyUI's ModelSamplingDiscrete, as users load v-models)."""
+    v = comfy.NODE_CLASS_MAPPINGS["ModelSamplingDiscrete"]().patch(tiny.personalized, "v_prediction", False)[0]
+    return {"eps": tiny.personalized, "v": v}
+
+
+def test_v_prediction_inverts_at_the_eps_models_order(comfy, tiny, v_models, measured):
+    lat = {"samples": tiny.vae.encode(torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0)))}
+    empty = tiny.encode("")
+    errors = {}
+    for kind, base in v_models.items():
+        model = smooth_network(base)
+        for steps in (6, 24, 96):
+            inverted, _ = invert(comfy, model, empty, lat, steps)
+            redrawn = comfy.KSamplerAdvanced().sample(model, "disable", 0, steps, 1.0, "ddim", "ddim_uniform", empty,
+                                                      empty, inverted, 0, 10000, "disable")[0]["samples"]
+            errors[kind, steps] = relative_error(redrawn, lat["samples"])
+    orders = {k: [math.log(errors[k, a] / errors[k, b]) / math.log(4) for a, b in ((6, 24), (24, 96))]
+              for k in v_models}
+    measured(f"inversion, smooth network output: relative reconstruction error {errors}; orders {orders}")
+    # Both parameterisations give a smooth denoised prediction in sigma: first order, small at 96 steps.
+    for kind in v_models:
+        assert errors[kind, 6] > errors[kind, 24] > errors[kind, 96] and errors[kind, 96] < 0.1
+        assert all(0.7 < p < 1.4 for p in orders[kind]), (kind, errors, orders)
+    # and the two models differ (the parameterisation is applied, not ignored)
+    eps_out = smooth_network(v_models["eps"])
+    v_out = smooth_network(v_models["v"])
+    a = invert(comfy, eps_out, empty, lat, 6)[0]["samples"]
+    b = invert(comfy, v_out, empty, lat, 6)[0]["samples"]
+    assert max_diff(a, b) > 1e-3
+
+
+def test_v_prediction_swap_identity(comfy, tiny, v_models, measured):
+    model = v_models["v"]
+    lat = {"samples": tiny.vae.encode(torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2)))}
+    y, neg = tiny.encode("a sks vase on a beach"), tiny.encode("blurry")
+    lay_inv, lay = invert(comfy, model, tiny.encode(""), lat)
+    patched = swap_node(comfy, model, lay, lay, y, y, neg, mode=PAPER, mask=torch.full((1, 64, 64), 0.5),
+                        layout_layers="all", reference_layers="all")
+    got = swap_sample(comfy, patched, y, neg, lay_inv)
+    want = swap_sample(comfy, model, y, neg, lay_inv)
+    measured(f"v-prediction swap identity (paper mode, all layers): max relative difference {rel(got, want):.2e}")
+    assert rel(got, want) < 1e-4 and torch.isfinite(got).all()
