@@ -10,8 +10,8 @@ are at 1/1 or 1/2 of the latent's size (:func:`auto_layers`):
 - SDXL: ``"output 3-5"``, the decoder at 64x64 for a 1024 px image (SDXL has no attention at
   1/1): Visual Style Prompting's SDXL configuration (diffusers ``up_blocks.1``, 6 transformer
   blocks). MasaCtrl's SDXL example starts at 44 of 70 transformer blocks, i.e. also
-  ``"output 1-2"`` at 1/4 (32x32, 10 transformer blocks each); those 20 blocks hold 1280-wide
-  keys and values and would triple the fast mode's records (see the README's SDXL notes), so the
+  ``"output 1-2"`` at 1/4 (32x32, 10 transformer blocks each); those 20 blocks are 1280 wide and
+  would raise the reference's record from 2.9 to 7.8 GiB at 50 steps (README, Tuning), so the
   default stops at 1/2, as for SD1.x.
 """
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+import torch
 
 BLOCK_NAMES = ("input", "middle", "output")
 ALL = "all"
@@ -122,6 +124,11 @@ def _levels(model, block_name: str) -> list[tuple[int, int]]:
     return found
 
 
+def block_resolutions(model) -> dict[tuple[str, int], int]:
+    """Each block's token grid as a fraction of the latent's side: ``{("output", 3): 2, ...}`` (1/2)."""
+    return {(name, i): resolution for name in BLOCK_NAMES for i, resolution in _levels(model, name)}
+
+
 def auto_layers(model) -> LayerSet:
     """``"auto"``: the decoder's attention blocks at 1/1 or 1/2 of the latent (SD1.x ``output 6-11``,
     SDXL ``output 3-5``; see the module's docstring)."""
@@ -151,3 +158,21 @@ def layers_at(model, resolution: int, block_name: str = "output") -> tuple[tuple
     depths = transformer_depths(model)
     return tuple((block_name, i, j) for i, at in _levels(model, block_name)
                  if at == resolution and (block_name, i) in depths for j in range(depths[(block_name, i)]))
+
+
+def self_attention(unet, layer: tuple[str, int, int]):
+    """The ``attn1`` module (ComfyUI's ``CrossAttention``) of ``layer`` in a UNet (the model's
+    ``diffusion_model``)."""
+    name, block_id, index = layer
+    blocks = {"input": unet.input_blocks, "middle": [unet.middle_block], "output": unet.output_blocks}[name]
+    transformer = next(m for m in blocks[block_id] if type(m).__name__ == "SpatialTransformer")
+    return transformer.transformer_blocks[index].attn1
+
+
+def projection(unet):
+    """``project(layer, kind, input)``: keys (``"keys"``) or values of ``layer``'s self-attention
+    from its input, with the layer's own projections (weights as loaded, LoRA patches included)."""
+    def project(layer, kind: str, tensor: torch.Tensor) -> torch.Tensor:
+        attn = self_attention(unet, layer)
+        return attn.to_k(tensor) if kind == "keys" else attn.to_v(tensor)
+    return project

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import Problem
-from ..records import InversionTrajectory, model_key
+from ..records import CROSS_OUT, KEYS, SELF_OUT, VALUES, InversionTrajectory, model_key
 from .layers import LayerSet, layer_keys, replace_patch
 from .session import (
     KEY,
@@ -40,6 +40,10 @@ def source_needs(model, spec: SwapSpec, mask: torch.Tensor | None) -> SourceNeed
     return SourceNeeds(spec, self_keys, cross_keys, mask is not None)
 
 
+KIND_NAMES = {SELF_OUT: "self-attention output", CROSS_OUT: "cross-attention output",
+              KEYS: "self-attention keys", VALUES: "self-attention values"}
+
+
 def record_problem(model, spec: SwapSpec, mask, inversions: dict[str, InversionTrajectory]) -> tuple[str, Problem] | None:
     """Fast mode: ``(input, problem)`` unless at least one inversion recorded attention and each
     record holds every layer the swap reads from that path (a path without a record runs its
@@ -55,14 +59,19 @@ def record_problem(model, spec: SwapSpec, mask, inversions: dict[str, InversionT
         record = inversions[path].attention
         if record is None:
             continue
-        wanted = {layer for step in steps for layer, _ in needs.of(path, step)}
-        missing = sorted(wanted - record.layers())
+        wanted = {need for step in steps for need in needs.of(path, step)}
+        missing = sorted({layer for layer, _ in wanted} - record.layers())
         if missing:
             blocks = ", ".join(f"{n} {i}" for n, i in sorted({layer[:2] for layer in missing}))
             return f"{path}_inversion", (
                 f"recorded no attention at {blocks}, which the swap reads.",
                 "set attention_layers of the node that recorded it (DDIM Inversion, or Step-Blended KSampler with "
-                "lambda1 below steps) to cover the swap's layout_layers and reference_layers (e.g. 'output 6-11').")
+                "lambda1 below steps) to cover the swap's layout_layers and reference_layers (e.g. 'auto').")
+        lacking = sorted({kind for _, kind in record.lacks(wanted)})
+        if lacking:
+            return f"{path}_inversion", (
+                f"recorded no {' or '.join(KIND_NAMES[k] for k in lacking)}, which the swap reads from its {path}.",
+                f"set record_for of its DDIM Inversion to '{path}' (or 'layout and reference').")
     return None
 
 

@@ -3,20 +3,35 @@
 DDIM inversion evaluates the model at the same latents and sigmas that the swap's source rows
 would be evaluated at later (the recorded path), except for the schedule's top sigma, which the
 inversion reaches but never evaluates: the inversion evaluates it once more when
-recording. Each evaluation keeps, per swapped layer, the self-attention keys, values
-and output and the cross-attention output of every CFG half it ran.
+recording. Each evaluation keeps, per swapped layer and CFG half it ran, what is asked of it
+among: the self-attention's output, its input (after the block's norm: the keys and values
+are its projections, recomputed with the layer's own ``to_k``/``to_v`` when the swap reads them,
+for half the memory of keeping both) and the cross-attention's output.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..records import CROSS_OUT, KEYS, KINDS, SELF_OUT, VALUES, AttentionRecord, SubjectMapRecord, sigma_position
+from ..records import (
+    CROSS_OUT,
+    KEYS,
+    KINDS,
+    LAYOUT_KINDS,
+    SELF_IN,
+    SELF_OUT,
+    SELF_VALUE_IN,
+    VALUES,
+    AttentionRecord,
+    Layer,
+    SubjectMapRecord,
+    sigma_position,
+)
 from .attend import attend_as_before
 from .capture import add_map_capture
 from .layers import DECODER, LayerSet, layer_keys, parse_layers, replace_patch
 
-LAYOUT_KINDS = (SELF_OUT, CROSS_OUT)  # what a swap reads from its layout path
+__all__ = ["LAYOUT_KINDS", "RecordSelfInput", "RecordSourceAttention", "add_recording"]
 
 
 class RecordSourceAttention:
@@ -46,6 +61,30 @@ class RecordSourceAttention:
         return out
 
 
+class RecordSelfInput:
+    """An ``attn1_patch`` (run on every block before the self-attention's projections) that records
+    the input its keys are projected from, and its values' where they differ (another pack's
+    ``attn1_patch`` before it), on ``layers``. It changes nothing."""
+
+    def __init__(self, record: AttentionRecord, sampling_sigmas: torch.Tensor, layers: set[Layer]) -> None:
+        self.record = record
+        self.sigmas = sampling_sigmas[:-1]
+        self.layers = layers
+
+    def __call__(self, n, context_attn1, value_attn1, extra_options):
+        layer = (*extra_options["block"], extra_options["block_index"])
+        step = sigma_position(self.sigmas, extra_options["sigmas"][0].cpu()) if layer in self.layers else None
+        if step is not None:
+            halves = list(extra_options["cond_or_uncond"])
+            rows = n.shape[0] // len(halves)
+            kept = {SELF_IN: context_attn1} if value_attn1 is context_attn1 else \
+                {SELF_IN: context_attn1, SELF_VALUE_IN: value_attn1}
+            for h, half in enumerate(halves):
+                for kind, tensor in kept.items():
+                    self.record.put(step, half, layer, kind, tensor[h * rows:(h + 1) * rows])
+        return n, context_attn1, value_attn1
+
+
 def add_recording(model, record: AttentionRecord, sampling_sigmas: torch.Tensor, layers: LayerSet,
                   kinds: tuple[str, ...] = KINDS, maps: SubjectMapRecord | None = None):
     """A clone of ``model`` recording ``kinds`` into ``record`` on ``layers``, at the sampling steps
@@ -56,8 +95,11 @@ def add_recording(model, record: AttentionRecord, sampling_sigmas: torch.Tensor,
     # One clone, patched last: a later clone would deep-copy the patches set before it, records and all.
     m = model.clone() if maps is None else add_map_capture(model, maps, parse_layers(DECODER), None, maps.resolution,
                                                            sampling_sigmas)
-    for key in layer_keys(model, layers):
+    keys = layer_keys(model, layers)
+    for key in keys:
         for kind, attn in (("self", "attn1"), ("cross", "attn2")):
             patch = RecordSourceAttention(kind, record, sampling_sigmas, replace_patch(m, attn, key), kinds)
             m.set_model_patch_replace(patch, attn, *key)
+    if SELF_IN in kinds:  # last of the attn1 patches: it sees the context and value the projections get
+        m.set_model_attn1_patch(RecordSelfInput(record, sampling_sigmas, set(keys)))
     return m

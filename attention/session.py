@@ -27,6 +27,7 @@ import torch
 from ..errors import Problem
 from ..records import AttentionRecord, InversionTrajectory, sigma_position
 from .attend import ROWS_KEY, SOURCES_KEY
+from .layers import projection
 from .rows import RowLayout
 from .sources import StepSources
 from .swap import SourceNeeds
@@ -219,7 +220,8 @@ def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control
     options = dict(transformer_options)
     options[ROWS_KEY] = rows
     options[SOURCES_KEY] = StepSources(rows, {p: r for p, r in run.read.items() if p not in latents},
-                                       {p: r for p, r in run.write.items() if p in latents})
+                                       {p: r for p, r in run.write.items() if p in latents},
+                                       projection(executor.class_obj.diffusion_model))
     x_all = torch.cat(xs)
     t_all = t[:1].expand(x_all.shape[0])
     out = executor(x_all, t_all, None, torch.cat(_repeat_tokens(contexts)), None, options, **kwargs)

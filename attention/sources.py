@@ -17,6 +17,7 @@ an :class:`~..records.AttentionRecord` can stand in for a path's rows:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,7 @@ class StepSources:
     rows: RowLayout
     read: dict[str, AttentionRecord] = field(default_factory=dict)
     write: dict[str, AttentionRecord] = field(default_factory=dict)
+    project: Callable[[Layer, str, torch.Tensor], torch.Tensor] | None = None  # keys/values from a kept input
 
     def for_targets(self, path: str, layer: Layer, kind: str, computed: torch.Tensor | None,
                     like: torch.Tensor) -> torch.Tensor:
@@ -47,7 +49,8 @@ class StepSources:
         halves, step = self.rows.halves, self.rows.step
         if computed is None:
             record = self.read[path]
-            computed = torch.cat([record.get(step, half, layer, kind) for half in halves]).to(like.device, like.dtype)
+            computed = torch.cat([record.get(step, half, layer, kind, self._project(like)) for half in halves])
+            computed = computed.to(like.device, like.dtype)
         elif path in self.write:
             n = computed.shape[0] // len(halves)
             for h, half in enumerate(halves):
@@ -55,3 +58,9 @@ class StepSources:
         if path == "reference":
             return self.rows.joined_for_targets(computed)
         return computed[self.rows.pair(computed.shape[0] // len(halves))]
+
+    def _project(self, like: torch.Tensor):
+        """The projection, run where and in the dtype the call computes (as the rows would)."""
+        if self.project is None:
+            return None
+        return lambda layer, kind, tensor: self.project(layer, kind, tensor.to(like.device, like.dtype))

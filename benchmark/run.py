@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .record_sizes import sizes as record_sizes
+
 logger = logging.getLogger(__name__)
 
 
@@ -95,26 +97,29 @@ CACHED, FAST = "offloaded to RAM", "recorded, attention from the inversions (fas
 class Pipeline:
     """The benchmark's models, prompts and latents; each part of the pipeline as a callable.
 
-    On a GPU (unless ``cpu``): full-size random SD1.5; else the tiny SD1.x. Vanilla and
-    personalized are two UNets, as with a DreamBooth checkpoint (one text encoder and VAE).
+    On a GPU (unless ``cpu``): full-size random SD1.5 (or SDXL); else the tiny SD1.x (or SDXL).
+    Vanilla and personalized are two UNets, as with a DreamBooth checkpoint (one text encoder and VAE).
     The nodes' outputs are kept in ``state`` so later parts use earlier ones, as in a graph.
     """
 
-    def __init__(self, size: int, steps: int, cpu: bool) -> None:
+    def __init__(self, size: int, steps: int, cpu: bool, family: str = "sd1") -> None:
         import comfy.model_management as mm
         import comfy.sd
 
         import nodes
 
-        from .random_models import SD1_TINY_UNET, SD15_UNET, sd1_checkpoint
+        from .random_models import SD1_TINY_UNET, SD15_UNET, SDXL_TINY_UNET, SDXL_UNET, sd1_checkpoint, sdxl_checkpoint
 
         self.nodes, self.mapping = nodes, nodes.NODE_CLASS_MAPPINGS
         self.device = mm.get_torch_device()
         self.full = self.device.type == "cuda" and not cpu
-        unet = SD15_UNET if self.full else SD1_TINY_UNET
-        self.vanilla, self.clip, _ = comfy.sd.load_state_dict_guess_config(sd1_checkpoint(unet, 1),
+        self.family = family
+        checkpoint = sdxl_checkpoint if family == "sdxl" else sd1_checkpoint
+        unet = {("sd1", True): SD15_UNET, ("sd1", False): SD1_TINY_UNET, ("sdxl", True): SDXL_UNET,
+                ("sdxl", False): SDXL_TINY_UNET}[family, self.full]
+        self.vanilla, self.clip, _ = comfy.sd.load_state_dict_guess_config(checkpoint(unet, 1),
                                                                            embedding_directory=None)[:3]
-        personalized_sd = sd1_checkpoint(unet, 2, with_text_and_vae=False)
+        personalized_sd = checkpoint(unet, 2, with_text_and_vae=False)
         self.personalized = comfy.sd.load_state_dict_guess_config(personalized_sd, output_vae=False,
                                                                   output_clip=False)[0]
         encode = lambda text: nodes.CLIPTextEncode().encode(self.clip, text)[0]  # noqa: E731
@@ -158,17 +163,18 @@ class Pipeline:
                 vanilla_negative=self.neg, personalized_positive=self.pp, personalized_negative=self.neg,
                 latent_image=self.latents(batch), seed=0, steps=self.steps, lambda1=self.lambda1, cfg=self.cfg,
                 sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0, record_attention=record,
-                attention_layers="output 6-11", batch_seeds=",".join(map(str, range(batch))) if batch > 1 else ""
+                attention_layers="auto", batch_seeds=",".join(map(str, range(batch))) if batch > 1 else ""
             ).result
         return fn
 
     def invert(self, name: str, source: Callable[[], dict], prompt=None, negative=None,
-               record: bool = False) -> Callable[[], None]:
+               record: str = "") -> Callable[[], None]:
+        """``record``: the DDIM Inversion's ``record_for`` ('reference', 'layout'), or '' (no record)."""
         def fn():
             self.state[name] = self.mapping["LR_DDIMInversion"].execute(
                 model=self.personalized, positive=self.empty if prompt is None else prompt, latent=source(),
                 steps=self.steps, scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0, negative=negative,
-                record_attention=record, attention_layers="output 6-11").result
+                record_attention=bool(record), attention_layers="auto", record_for=record or "layout").result
         return fn
 
     def layout_path(self, layout: str, batch: int = 1):
@@ -190,7 +196,7 @@ class Pipeline:
                 layout_inversion=self.layout_path(layout, batch), reference_positive=self.yr,
                 reference_negative=self.neg,
                 layout_positive=self.pp, layout_negative=self.neg, lambda2=self.lambda2, mask_start=self.mask_start,
-                layout_layers="output 6-11", reference_layers="output 6-11", source_paths=mode,
+                layout_layers="auto", reference_layers="auto", source_paths=mode,
                 reference_cache=cache, mask=self.state[_key("mask", batch)]).result[0]
             start = self.state[_key("stage1", batch)][2] if layout == "stage 1" else self.state[layout][0]
             self.state["out", reference_inv, layout, mode, cache, batch] = self.nodes.KSamplerAdvanced().sample(
@@ -256,8 +262,8 @@ def measure_parts(p: Pipeline, repeats: int) -> list[Part]:
     invert_reference = p.invert("reference_inv", lambda: p.reference)
     invert_layout = p.invert("layout_inv", lambda: p.state["stage1"][0])
     # The fast mode's inversions use the sources' own prompts and the negative: then it is exact.
-    record_reference = p.invert("reference_rec", lambda: p.reference, p.yr, p.neg, True)
-    record_layout = p.invert("layout_rec", lambda: p.state["stage1"][0], p.pp, p.neg, True)
+    record_reference = p.invert("reference_rec", lambda: p.reference, p.yr, p.neg, "reference")
+    record_layout = p.invert("layout_rec", lambda: p.state["stage1"][0], p.pp, p.neg, "layout")
     fill_cache = p.stage2("reference_inv", "layout_inv", cache=CACHED)
     p.plain()  # warm-up: loads the models
     p.count_rows()
@@ -316,11 +322,36 @@ def measure_parts(p: Pipeline, repeats: int) -> list[Part]:
             p.stage1(record=True, batch=BATCH), p.mask("stage 1", BATCH),
             p.stage2("reference_rec", "stage 1", FAST, CACHED, BATCH))),
     ]
+    return with_ratios(parts)
+
+
+def with_ratios(parts: list[Part]) -> list[Part]:
+    """Each part's ratios to the first, the plain generation."""
     for part in parts:
         part.time_ratio = round(part.seconds / parts[0].seconds, 2)
         part.memory_ratio = round(part.peak_mib / parts[0].peak_mib, 2)
         part.rows_ratio = round(part.unet_rows / parts[0].unet_rows, 2)
     return parts
+
+
+def measure_core_parts(p: Pipeline, repeats: int) -> list[Part]:
+    """The headline's Layout-and-Retouch rows only (SDXL): plain, the shipped default in steady state
+    and with a new reference, and the paper's graph."""
+    record_reference = p.invert("reference_rec", lambda: p.reference, p.yr, p.neg, "reference")
+    shipped = (p.stage1(record=True), p.mask("stage 1"), p.stage2("reference_rec", "stage 1", FAST, CACHED))
+    paper = (p.stage1(), p.invert("reference_inv", lambda: p.reference),
+             p.invert("layout_inv", lambda: p.state["stage1"][0]), p.mask("layout_inv"),
+             p.stage2("reference_inv", "layout_inv"))
+    p.plain()  # warm-up: loads the models
+    p.count_rows()
+    record_reference()  # once per reference, kept by ComfyUI's cache
+    measure = lambda name, fn: _measure(name, fn, p.device, repeats, p.rows)  # noqa: E731
+    return with_ratios([
+        measure("plain KSampler", p.plain),
+        measure("shipped default", _chain(*shipped)),
+        measure("shipped default, new reference", _chain(record_reference, *shipped)),
+        measure("full pipeline", _chain(*paper)),
+    ])
 
 
 def fast_mode_fidelity(p: Pipeline) -> dict:
@@ -338,22 +369,30 @@ def fast_mode_fidelity(p: Pipeline) -> dict:
     return fidelity
 
 
-def run(size: int, steps: int, repeats: int, cpu: bool) -> dict:
-    """Measure every part; return the report (parts with ratios, the fast mode's fidelity, the setting)."""
-    p = Pipeline(size, steps, cpu)
-    parts = measure_parts(p, repeats)
+def run(size: int, steps: int, repeats: int, cpu: bool, family: str = "sd1") -> dict:
+    """Measure every part (SDXL: the headline's); return the report (parts with ratios, the fast
+    mode's fidelity and the throughput for SD1.x, the setting, the records' sizes)."""
+    p = Pipeline(size, steps, cpu, family)
     device = p.device
+    model = {("sd1", True): "random SD1.5 (fp16)", ("sd1", False): "tiny random SD1.x",
+             ("sdxl", True): "random SDXL (fp16)", ("sdxl", False): "tiny random SDXL"}[family, p.full]
+    if family == "sdxl":
+        parts = measure_core_parts(p, repeats)
+        extra = {}
+    else:
+        parts = measure_parts(p, repeats)
+        extra = {"throughput": throughput(parts), "fast_mode_vs_recorded": fast_mode_fidelity(p)}
     return {
         "setting": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-                    or "cpu", "model": "random SD1.5 (fp16)" if p.full else "tiny random SD1.x",
+                    or "cpu", "model": model,
                     "size": size, "steps": steps, "lambda1": p.lambda1, "lambda2": p.lambda2,
                     "mask_start": p.mask_start, "cfg": p.cfg, "sampler": "ddim/ddim_uniform", "repeats": repeats,
                     "torch": torch.__version__, "memory": "CUDA max allocated" if device.type == "cuda" else
                     "process peak RSS during the part" if _reset_cpu_peak() else "process peak RSS so far",
                     "date": time.strftime("%Y-%m-%d")},
         "parts": [asdict(part) for part in parts],
-        "throughput": throughput(parts),
-        "fast_mode_vs_recorded": fast_mode_fidelity(p),
+        **extra,
+        "record_sizes_gib": record_sizes(),
     }
 
 
@@ -373,6 +412,16 @@ def throughput_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def sizes_table(report: dict) -> str:
+    """The records' RAM at each family's native size (real shapes, fp16, 50 steps, ``auto`` layers)."""
+    families = list(report["record_sizes_gib"])
+    lines = ["| record (GiB) | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
+    for name in report["record_sizes_gib"][families[0]]:
+        values = [report["record_sizes_gib"][f][name] for f in families]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in values) + " |")
+    return "\n".join(lines)
+
+
 # The headline: what a user of the shipped full workflows pays per image, then the paper's graph.
 HEADLINE = (("shipped default, per image (the reference's inversion reused)", "shipped default"),
             ("shipped default, first image with a new reference", "shipped default, new reference"),
@@ -386,6 +435,8 @@ def headline(report: dict) -> str:
     lines = ["| per image | seconds | x plain | UNet rows (backward) | x plain | peak MiB | x plain |",
              "|---|---|---|---|---|---|---|"]
     for label, name in HEADLINE:
+        if name not in parts:  # SDXL measures Layout-and-Retouch's rows only
+            continue
         p = parts[name]
         lines.append(f"| {label} | {p['seconds']:.2f} | {p['time_ratio']:.2f} | {_rows(p)} | "
                      f"{p['rows_ratio']:.2f} | {p['peak_mib']:.0f} | {p['memory_ratio']:.2f} |")
@@ -406,17 +457,20 @@ def _rows(part: dict) -> str:
     return f"{part['unet_rows']} ({part['backward_rows']})" if part.get("backward_rows") else str(part["unet_rows"])
 
 
-def main(size: int, steps: int, repeats: int, cpu: bool, output: Path) -> dict:
+def main(size: int, steps: int, repeats: int, cpu: bool, output: Path, family: str = "sd1") -> dict:
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
-        report = run(size, steps, repeats, cpu)
+        report = run(size, steps, repeats, cpu, family)
     output.write_text(json.dumps(report, indent=1))
     print(json.dumps(report["setting"]))  # noqa: T201  (the command's output)
     print(headline(report))  # noqa: T201
     print()  # noqa: T201
-    print(throughput_table(report))  # noqa: T201
+    if "throughput" in report:
+        print(throughput_table(report))  # noqa: T201
+        print()  # noqa: T201
+    print(sizes_table(report))  # noqa: T201
     print()  # noqa: T201
     print(table(report))  # noqa: T201
-    for name, f in report["fast_mode_vs_recorded"].items():
+    for name, f in report.get("fast_mode_vs_recorded", {}).items():
         print(f"fast mode vs recorded ({name}), final latent: max abs difference {f['max_abs']:.3g}, "  # noqa: T201
               f"mean {f['mean_abs']:.3g}, max relative {f['max_relative']:.3g}")
     return report

@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     bench.add_argument("--repeats", type=int, default=None, help="runs per part, median kept (default 3 GPU, 1 CPU)")
     bench.add_argument("--cpu", action="store_true", help="run on the CPU with the tiny model")
+    bench.add_argument("--family", choices=["sd1", "sdxl"], default="sd1", help="sd1 (every part) or sdxl (the "
+                       "headline's Layout-and-Retouch rows; default size 1024 on a GPU)")
     bench.add_argument("--output", type=Path, default=Path("bench.json"), help="the JSON report")
     masks = sub.add_parser("bench-masks", help="time Segment Anything and the adaptive mask at 512x512")
     masks.add_argument("--sam", nargs="+", default=["vit_b", "vit_h"], choices=["vit_b", "vit_l", "vit_h"],
@@ -175,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         from ..benchmark.run import main as bench_main
 
         gpu = torch.cuda.is_available() and not args.cpu
-        bench_main(args.size or (512 if gpu else 64), args.steps, args.repeats or (3 if gpu else 1), args.cpu,
-                   args.output)
+        native = 1024 if args.family == "sdxl" else 512
+        bench_main(args.size or (native if gpu else 64), args.steps, args.repeats or (3 if gpu else 1), args.cpu,
+                   args.output, args.family)
         return 0
 
     from .runner import BatchError, Job, Subject, run_batch

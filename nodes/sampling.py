@@ -9,9 +9,9 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..attention.layers import AUTO
-from ..attention.recording import LAYOUT_KINDS, add_recording
+from ..attention.recording import add_recording
 from ..masks.cross_attention import DEFAULT_RESOLUTION
-from ..records import SubjectMapRecord, map_key
+from ..records import KINDS, LAYOUT_KINDS, REFERENCE_KINDS, SubjectMapRecord, map_key
 from ..sampling import inversion, step_blend
 from .inputs import (
     AUTO_LAYERS,
@@ -27,6 +27,8 @@ from .types import Inversion
 
 CATEGORY = "layout_retouch/sampling"
 STEP_BLENDED = "Step-Blended KSampler"
+BOTH = "layout and reference"
+RECORD_FOR = {BOTH: KINDS, "reference": REFERENCE_KINDS, "layout": LAYOUT_KINDS}  # DDIM Inversion's record_for
 DDIM_INVERSION = "DDIM Inversion"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -173,6 +175,11 @@ class DDIMInversion(io.ComfyNode):
                 io.String.Input("attention_layers", default=AUTO, optional=True,
                                 tooltip="Where to record: the blocks the swap uses (its layout_layers and "
                                         "reference_layers together). " + AUTO_LAYERS),
+                io.Combo.Input("record_for", options=list(RECORD_FOR), default=BOTH, optional=True,
+                               tooltip="What to record: what the swap reads from this image as its reference (the "
+                                       "self-attention's input, from which its keys and values are projected), "
+                                       "as its layout (the attention outputs), or both. A reference's record is "
+                                       "a third of both's size."),
             ],
             outputs=[
                 io.Latent.Output(display_name="inverted_latent", tooltip="The noise latent: feed it to a "
@@ -189,7 +196,7 @@ class DDIMInversion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, steps, scheduler, sampler_name, cfg, negative=None,
-                record_attention=False, attention_layers=AUTO) -> io.NodeOutput:
+                record_attention=False, attention_layers=AUTO, record_for=BOTH) -> io.NodeOutput:
         node = DDIM_INVERSION
         raise_for(inversion.sampler_problem(sampler_name), node, "sampler_name")
         if negative is None and abs(cfg - 1.0) > 1e-6:
@@ -203,7 +210,8 @@ class DDIMInversion(io.ComfyNode):
         raise_for(inversion.schedule_problem(sigmas, scheduler, steps), node, "scheduler")
         recorder = None
         if record_attention:
-            recorder = partial(add_recording, layers=layer_input(node, "attention_layers", attention_layers, model))
+            recorder = partial(add_recording, layers=layer_input(node, "attention_layers", attention_layers, model),
+                               kinds=RECORD_FOR[record_for])
         samples, trajectory = inversion.ddim_invert(model, positive, negative, latent, steps, scheduler, cfg, recorder)
         out = {k: v for k, v in latent.items() if k != "noise_mask"}
         out["samples"] = samples

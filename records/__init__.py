@@ -28,12 +28,19 @@ a patched model's options (trajectories, :class:`Same` keys) return themselves f
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 SELF_OUT, CROSS_OUT, KEYS, VALUES = "self_out", "cross_out", "keys", "values"
-KINDS = (SELF_OUT, CROSS_OUT, KEYS, VALUES)
+# The self-attention's input (after its norm; keys and values are its projections), and the input of
+# its values where another pack's attn1 patch made them differ: half the memory of keys and values.
+SELF_IN, SELF_VALUE_IN = "self_in", "self_value_in"
+KINDS = (SELF_OUT, CROSS_OUT, SELF_IN)  # what a recording inversion keeps by default
+REFERENCE_KINDS = (SELF_IN,)  # what a swap reads from its reference path
+LAYOUT_KINDS = (SELF_OUT, CROSS_OUT)  # what a swap reads from its layout path
+PROJECTED = {KEYS: (SELF_IN,), VALUES: (SELF_VALUE_IN, SELF_IN)}  # stored inputs a kind is projected from
 Layer = tuple[str, int, int]  # (block name, block id, transformer index), as ComfyUI's patch keys
 Need = tuple[Layer, str]
 
@@ -52,10 +59,13 @@ class AttentionRecord:
         self.tensors: dict[tuple[int, int, Layer, str], torch.Tensor] = {}
 
     def _key(self, step: int, half: int, layer: Layer, kind: str) -> tuple[int, int, Layer, str]:
-        key = (step, half, layer, kind)
-        if key not in self.tensors and self.stand_in_half and half != 0:
-            return (step, 0, layer, kind)
-        return key
+        """Where ``kind`` is kept: itself, or the input it is projected from (keys and values), of
+        ``half``, or of half 0 standing in."""
+        for h in (half, 0) if self.stand_in_half and half != 0 else (half,):
+            for stored in (kind, *PROJECTED.get(kind, ())):
+                if (step, h, layer, stored) in self.tensors:
+                    return (step, h, layer, stored)
+        return (step, half, layer, kind)
 
     def put(self, step: int, half: int, layer: Layer, kind: str, tensor: torch.Tensor) -> None:
         self.tensors[(step, half, layer, kind)] = tensor.detach().to(self.device or tensor.device, copy=True)
@@ -63,14 +73,29 @@ class AttentionRecord:
     def __deepcopy__(self, memo) -> AttentionRecord:
         return self  # rides in a recording model's options: its clones record into this one
 
-    def get(self, step: int, half: int, layer: Layer, kind: str) -> torch.Tensor:
-        return self.tensors[self._key(step, half, layer, kind)]
+    def get(self, step: int, half: int, layer: Layer, kind: str,
+            project: Callable[[Layer, str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The tensor of ``kind``; keys and values kept as the self-attention's input are projected
+        with ``project(layer, kind, input)`` (the layer's own ``to_k``/``to_v``)."""
+        key = self._key(step, half, layer, kind)
+        tensor = self.tensors[key]
+        if key[3] == kind:
+            return tensor
+        if project is None:
+            raise KeyError(f"{kind} of {layer} at step {step} is kept as the attention's input; give a projection")
+        return project(layer, kind, tensor)
 
     def covers(self, step: int, halves: tuple[int, ...], needs: frozenset[Need]) -> bool:
         return all(self._key(step, half, layer, kind) in self.tensors for half in halves for layer, kind in needs)
 
     def layers(self) -> set[Layer]:
         return {key[2] for key in self.tensors}
+
+    def lacks(self, needs: set[Need]) -> set[Need]:
+        """Of ``needs``, the (layer, kind) pairs kept at no step (as themselves or as their input)."""
+        held = {key[2:] for key in self.tensors}
+        return {(layer, kind) for layer, kind in needs
+                if not any((layer, stored) in held for stored in (kind, *PROJECTED.get(kind, ())))}
 
     @property
     def nbytes(self) -> int:

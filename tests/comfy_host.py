@@ -96,8 +96,9 @@ def tiny(comfy, tiny_files):
 
 @pytest.fixture(scope="session")
 def tiny_xl_files(comfy, tmp_path_factory):
-    """Tiny SDXL checkpoints (vanilla with both text encoders and the VAE; personalized and a
-    v-prediction one UNet only), an SDXL LoRA and an SDXL embedding, in registered model folders."""
+    """Tiny SDXL checkpoints (vanilla and personalized with both text encoders and the VAE, as SDXL
+    DreamBooth checkpoints are saved; a v-prediction one UNet only), an SDXL LoRA and an SDXL
+    embedding, in registered model folders."""
     import folder_paths
     import tiny_models
 
@@ -106,7 +107,7 @@ def tiny_xl_files(comfy, tmp_path_factory):
     root = tmp_path_factory.mktemp("models_xl")
     paths = tiny_models.write_sdxl_checkpoints(root / "checkpoints", {"tiny_xl_vanilla": 1, "tiny_xl_personalized": 2,
                                                                        "tiny_xl_vpred": 3},
-                                               v_prediction=("tiny_xl_vpred",))
+                                               v_prediction=("tiny_xl_vpred",), full=2)
     paths["embedding"] = tiny_models.write_sdxl_embedding(root / "embeddings")
     paths["lora"] = tiny_models.write_lora(root / "loras", "tiny_xl_lora", unet=SDXL_TINY_UNET)
     for folder in ("checkpoints", "embeddings", "loras"):

@@ -49,15 +49,14 @@ def write_sd1_checkpoints(folder: Path, unet_seeds: dict[str, int], shared_seed:
 
 
 def write_sdxl_checkpoints(folder: Path, unet_seeds: dict[str, int], shared_seed: int = 0,
-                           v_prediction: tuple[str, ...] = ()) -> dict[str, Path]:
-    """Write one SDXL checkpoint per name: the first with the text encoders and the VAE, the others
-    UNet only (as the personalized checkpoints a test loads without CLIP); ``v_prediction`` names
-    the v-prediction ones."""
+                           v_prediction: tuple[str, ...] = (), full: int = 1) -> dict[str, Path]:
+    """Write one SDXL checkpoint per name: the first ``full`` with the text encoders and the VAE (the
+    same ones), the others UNet only; ``v_prediction`` names the v-prediction ones."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for k, (name, seed) in enumerate(unet_seeds.items()):
         paths[name] = folder / f"{name}.safetensors"
-        sd = sdxl_checkpoint(SDXL_UNET, seed, shared_seed, with_text_and_vae=k == 0,
+        sd = sdxl_checkpoint(SDXL_UNET, seed, shared_seed, with_text_and_vae=k < full,
                              v_prediction=name in v_prediction)
         safetensors.torch.save_file(sd, str(paths[name]))
         del sd

@@ -1,4 +1,4 @@
-"""Writes the full two-stage workflows (UI format), one per kind of personalized model.
+"""Writes the full two-stage workflows (UI format), one per kind of personalized model and family.
 
 Run: python tools/build_full_workflows.py workflows/
 """
@@ -14,27 +14,38 @@ STR = [("STRING", "STRING")]
 SCENE = "a photo of a {} floating in a swimming pool, top view"
 
 
-def build(kind: str) -> WF:
+# Per family: the base checkpoint, the file names the notes ask for, the image size and the layers.
+FAMILIES = {
+    "sd1": {"base": ("v1-5-pruned-emaonly.safetensors", "plain SD 1.5"), "prefix": "my_subject", "size": 512,
+            "layers": "output 6-11"},
+    "sdxl": {"base": ("sd_xl_base_1.0.safetensors", "SDXL base 1.0"), "prefix": "my_subject_sdxl", "size": 1024,
+             "layers": "auto"},
+}
+
+
+def build(kind: str, family: str = "sd1") -> WF:
     w = WF()
+    f = FAMILIES[family]
+    base, base_name, size, layers = *f["base"], f["size"], f["layers"]
     subject = {"dreambooth": "sks vase", "lora": "sks vase", "embedding": "embedding:my_vase"}[kind]
     word = "embedding:my_vase" if kind == "embedding" else "vase"
     # --- models ---
     if kind == "dreambooth":
-        van = w.node("CheckpointLoaderSimple", (0, 0), ["v1-5-pruned-emaonly.safetensors"], outputs=[M, C, V],
-                     title="Vanilla model (plain SD 1.5)")
-        per = w.node("CheckpointLoaderSimple", (0, 200), ["my_subject_dreambooth.safetensors"], outputs=[M, C, V],
+        van = w.node("CheckpointLoaderSimple", (0, 0), [base], outputs=[M, C, V],
+                     title=f"Vanilla model ({base_name})")
+        per = w.node("CheckpointLoaderSimple", (0, 200), [f"{f['prefix']}_dreambooth.safetensors"], outputs=[M, C, V],
                      title="Personalized model (DreamBooth)")
         per_model, per_clip, vae = (per, 0), (per, 1), (per, 2)
     elif kind == "lora":
-        van = w.node("CheckpointLoaderSimple", (0, 0), ["v1-5-pruned-emaonly.safetensors"], outputs=[M, C, V],
-                     title="Vanilla model (plain SD 1.5)")
-        lora = w.node("LoraLoader", (0, 200), ["my_subject_lora.safetensors", 1.0, 1.0],
+        van = w.node("CheckpointLoaderSimple", (0, 0), [base], outputs=[M, C, V],
+                     title=f"Vanilla model ({base_name})")
+        lora = w.node("LoraLoader", (0, 200), [f"{f['prefix']}_lora.safetensors", 1.0, 1.0],
                       inputs=[("model", "MODEL"), ("clip", "CLIP")], outputs=[M, C], title="Personalized model (LoRA)")
         w.link(van, 0, lora, "model"); w.link(van, 1, lora, "clip")
         per_model, per_clip, vae = (lora, 0), (lora, 1), (van, 2)
     else:
-        van = w.node("CheckpointLoaderSimple", (0, 0), ["v1-5-pruned-emaonly.safetensors"], outputs=[M, C, V],
-                     title="Model (plain SD 1.5; the embedding is in the personalized prompt)", size=(360, 120))
+        van = w.node("CheckpointLoaderSimple", (0, 0), [base], outputs=[M, C, V],
+                     title=f"Model ({base_name}; the embedding is in the personalized prompt)", size=(360, 120))
         per_model, per_clip, vae = (van, 0), (van, 1), (van, 2)
     # --- texts (column 1) and their encodings (column 2) ---
     vp_text = w.node("PrimitiveStringMultiline", (0, 420), [SCENE.format("red vase")], outputs=STR,
@@ -52,9 +63,9 @@ def build(kind: str) -> WF:
     pn = enc((420, 390), "Personalized negative", per_clip)
     rp = enc((420, 700), "Reference positive (y_r)", per_clip, rp_text)
     # --- stage 1 (column 3): it records the layout's attention, and its trajectory is the layout path ---
-    lat = w.node("EmptyLatentImage", (820, 0), [512, 512, 1], outputs=[LAT], size=(340, 110))
+    lat = w.node("EmptyLatentImage", (820, 0), [size, size, 1], outputs=[LAT], size=(340, 110))
     sb = w.node("LR_StepBlendedKSampler", (820, 150), [0, "randomize", 50, 5, 7.5, "ddim", "ddim_uniform", 1.0, True,
-                                                       "output 6-11"],
+                                                       layers],
                 inputs=[("vanilla_model", "MODEL"), ("personalized_model", "MODEL"), ("vanilla_positive", "CONDITIONING"),
                         ("vanilla_negative", "CONDITIONING"), ("personalized_positive", "CONDITIONING"),
                         ("personalized_negative", "CONDITIONING"), ("latent_image", "LATENT")],
@@ -73,12 +84,13 @@ def build(kind: str) -> WF:
     # --- the reference's inversion (columns 3-4, under stage 1), recording its attention ---
     ref_img = w.node("LoadImage", (820, 720), ["reference.png", "image"], outputs=[IMG, MASK],
                      title="Reference photo of the subject", size=(340, 320))
-    ref_scale = w.node("ImageScale", (1200, 720), ["lanczos", 512, 512, "center"], inputs=[("image", "IMAGE")],
-                       outputs=[IMG], title="Reference to 512x512", size=(300, 130))
+    ref_scale = w.node("ImageScale", (1200, 720), ["lanczos", size, size, "center"], inputs=[("image", "IMAGE")],
+                       outputs=[IMG], title=f"Reference to {size}x{size}", size=(300, 130))
     ref_enc = w.node("VAEEncode", (1200, 890), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[LAT],
                      size=(300, 50))
     w.link(ref_img, 0, ref_scale, "image"); w.link(ref_scale, 0, ref_enc, "pixels"); w.link(*vae, ref_enc, "vae")
-    ref_inv = w.node("LR_DDIMInversion", (1200, 990), [50, "ddim_uniform", "ddim", 1.0, True, "output 6-11"],
+    # It records what the swap reads of a reference: the self-attention's input (keys and values projected from it).
+    ref_inv = w.node("LR_DDIMInversion", (1200, 990), [50, "ddim_uniform", "ddim", 1.0, True, layers, "reference"],
                      inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"),
                              ("negative", "CONDITIONING")],
                      outputs=[("inverted_latent", "LATENT"), ("inversion", "LR_INVERSION")],
@@ -111,7 +123,7 @@ def build(kind: str) -> WF:
                       size=(220, 270))
         w.link(src, slot, m2i, "mask"); w.link(m2i, 0, prev, "images")
     # --- stage 2: swap (fast mode on stage 1's path) and the retouch sampler (columns 6-8) ---
-    swap = w.node("LR_MultiSourceAttentionSwap", (2440, 0), [10, 30, "output 6-11", "output 6-11",
+    swap = w.node("LR_MultiSourceAttentionSwap", (2440, 0), [10, 30, layers, layers,
                   "recorded, attention from the inversions (fast)", "offloaded to RAM"],
                   inputs=[("model", "MODEL"), ("reference_inversion", "LR_INVERSION"),
                           ("layout_inversion", "LR_INVERSION"), ("reference_positive", "CONDITIONING"),
@@ -137,6 +149,10 @@ def build(kind: str) -> WF:
            "lora": "Put the base model in `models/checkpoints` and your LoRA in `models/loras`.",
            "embedding": "Put the base model in `models/checkpoints` and your embedding in `models/embeddings`; "
                         "the personalized prompt and the subject word use `embedding:name`."}[kind]
+    if family == "sdxl":
+        how += (" SDXL at 1024x1024: the attention layers are `auto`, SDXL's decoder at 1/2 of the latent (output "
+                "3-5); the records take about 3 GiB of RAM for the reference and 5.3 GiB for stage 1 at 50 steps "
+                "(README, SDXL).")
     w.note("**Layout-and-Retouch** (two stages). " + how + " A Segment Anything checkpoint goes in `models/sams`. "
            "Write the prompts in the four text boxes on the left; the reference photo goes in the Load Image node.",
            (0, -260), size=(780, 120))
@@ -171,3 +187,5 @@ if __name__ == "__main__":
     out = Path(sys.argv[1])
     for kind in ("dreambooth", "lora", "embedding"):
         build(kind).save(out / f"layout_retouch_full_{kind}.json")
+    for kind in ("dreambooth", "lora"):
+        build(kind, "sdxl").save(out / f"layout_retouch_full_sdxl_{kind}.json")

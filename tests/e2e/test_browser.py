@@ -57,7 +57,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(comfy, tiny_files, tiny_sam, tmp_path_factory):
+def server(comfy, tiny_files, tiny_xl_files, tiny_sam, tmp_path_factory):
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     pytest.importorskip("playwright", reason="Python's playwright is not installed (pip install playwright)")
@@ -67,7 +67,9 @@ def server(comfy, tiny_files, tiny_sam, tmp_path_factory):
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "comfyui-layout-retouch").symlink_to(PACK_ROOT)
     for folder, path in (("checkpoints", tiny_files["tiny_vanilla"]), ("checkpoints", tiny_files["tiny_personalized"]),
-                         ("loras", tiny_files["lora"]), ("embeddings", tiny_files["embedding"]), ("sams", tiny_sam)):
+                         ("loras", tiny_files["lora"]), ("embeddings", tiny_files["embedding"]), ("sams", tiny_sam),
+                         ("checkpoints", tiny_xl_files["tiny_xl_vanilla"]),
+                         ("checkpoints", tiny_xl_files["tiny_xl_personalized"]), ("loras", tiny_xl_files["lora"])):
         (base / "models" / folder).mkdir(parents=True, exist_ok=True)
         (base / "models" / folder / path.name).symlink_to(path)
     (base / "input").mkdir()
@@ -180,8 +182,10 @@ def test_workflow_in_the_real_frontend(server, page, tiny_files, tiny_sam, path)
     assert missing == [], f"missing node types: {missing}"
     if os.environ.get("LR_BROWSER_SHOTS"):
         screenshot(page, Path(os.environ["LR_BROWSER_SHOTS"]) / f"{path.stem}.png")
-    page.evaluate(SHRINK_JS, {"vanilla": "tiny_vanilla.safetensors", "personalized": "tiny_personalized.safetensors",
-                              "lora": tiny_files["lora"].name, "sam": tiny_sam.name})
+    xl = "_xl" if "sdxl" in path.stem else ""  # the SDXL workflows get the tiny SDXL checkpoints and LoRA
+    page.evaluate(SHRINK_JS, {"vanilla": f"tiny{xl}_vanilla.safetensors", "personalized": f"tiny{xl}_personalized"
+                              ".safetensors", "lora": "tiny_xl_lora.safetensors" if xl else tiny_files["lora"].name,
+                              "sam": tiny_sam.name})
     before = set(history(url))
     page.evaluate("async () => { await app.queuePrompt(0, 1); }")
     errors = page.evaluate("() => app.lastNodeErrors")

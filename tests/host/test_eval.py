@@ -1,7 +1,7 @@
 """The ``eval`` command (issue 16) on runner-shaped folders with tiny random DINO, CLIP, Inception and SAM
 models loaded through the users' path (``from_pretrained``, a state dict, the pack's SAM loader):
 every number equals its direct computation, the report and pictures are written, bad input is a
-clear error. The real runner's output is evaluated end to end in ``e2e/test_eval.py``.
+clear error. The real runner's output is evaluated end to end in ``e2e/test_eval_runs.py``.
 
 Needs the host only for the CLIP tokenizer files ComfyUI ships (``comfy/sd1_tokenizer``).
 """

@@ -194,6 +194,12 @@ def test_fast_mode_equals_the_recorded_mode(comfy, tiny_xl, prompts, inverted, m
                             layout_negative=im["neg"], lambda2=2, mask_start=4, layout_layers="auto",
                             reference_layers="auto", source_paths=mode, reference_cache="off", mask=mask).result[0]
 
+    from comfyui_layout_retouch.attention.layers import layers_at
+    from comfyui_layout_retouch.benchmark.record_sizes import record_bytes
+
+    unet = tiny_xl.personalized.model.diffusion_model
+    assert fast_ref.attention.nbytes == record_bytes(unet, layers_at(tiny_xl.personalized, 2), 8, len(fast_ref) - 1, 2,
+                                                     ("self_out", "cross_out", "self_in"), element_size=4)
     got, seen = rows_per_step(comfy, swap(fast_ref, fast_lay, FAST), im, lay_inv, CFG)
     assert seen.keys() == set(range(len(lay) - 1)) and all(calls == {(0, 0)} for calls in seen.values())
     want = swap_sample(comfy, swap(ref, lay, "recorded"), im["y_r"], im["neg"], lay_inv)

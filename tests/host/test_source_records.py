@@ -210,6 +210,47 @@ def test_fast_mode_errors(comfy, tiny, images):
         invert(comfy, tiny, images["reference"], record=True, layers="middle")
 
 
+def test_a_reference_records_only_the_self_attention_input(comfy, tiny, images, measured):
+    """record_for 'reference': a third of both's record, and the same retouch as the recorded mode."""
+    y_p, y_r, neg = images["y_p"], images["y_r"], images["neg"]
+    node = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
+
+    def recording(record_for, latent, prompt):
+        return node.execute(model=tiny.personalized, positive=prompt, latent={"samples": latent}, steps=STEPS,
+                            scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0, negative=neg,
+                            record_attention=True, attention_layers="auto", record_for=record_for).result
+
+    _, both = recording("layout and reference", images["reference"], y_r)
+    _, ref = recording("reference", images["reference"], y_r)
+    lay_inv, lay = recording("layout", images["layout"], y_p)
+    assert {key[3] for key in ref.attention.tensors} == {"self_in"}
+    assert {key[3] for key in lay.attention.tensors} == {"self_out", "cross_out"}
+    assert 3 * ref.attention.nbytes == both.attention.nbytes
+    # The README's record sizes come from this formula on the real shapes; here it meets a real record.
+    from comfyui_layout_retouch.attention.layers import auto_layers, layer_keys
+    from comfyui_layout_retouch.benchmark.record_sizes import record_bytes
+
+    keys = layer_keys(tiny.personalized, auto_layers(tiny.personalized))
+    unet = tiny.personalized.model.diffusion_model
+    for record, kinds in ((ref, ("self_in",)), (lay, ("self_out", "cross_out"))):
+        assert record.attention.nbytes == record_bytes(unet, keys, 8, len(record) - 1, 2, kinds, element_size=4)
+    _, want_ref = invert(comfy, tiny, images["reference"], prompt=y_r)
+    _, want_lay = invert(comfy, tiny, images["layout"], prompt=y_p)
+    mask = subject_mask()
+    got, seen = rows_per_step(comfy, swap(comfy, tiny.personalized, ref, lay, images, FAST, mask=mask, layers="auto"),
+                              images, lay_inv)
+    assert all(calls == {(0, 0)} for calls in seen.values())
+    want = sample(comfy, swap(comfy, tiny.personalized, want_ref, want_lay, images, mask=mask, layers="auto"), images,
+                  lay_inv)
+    measured(f"fast mode, reference recorded as the self-attention input ({ref.attention.nbytes / 2**20:.1f} MiB vs "
+             f"{both.attention.nbytes / 2**20:.1f} MiB for both roles): max relative difference {rel(got, want):.2e}")
+    assert rel(got, want) < 1e-5
+    with pytest.raises(ValueError, match=r"input 'reference_inversion': recorded no self-attention keys or "
+                                         r"self-attention values, which the swap reads from its reference.*Fix: set "
+                                         r"record_for of its DDIM Inversion to 'reference'"):
+        swap(comfy, tiny.personalized, lay, lay, images, FAST, mask=mask)
+
+
 def test_fast_mode_from_stage_1(comfy, tiny, images, measured):
     """Stage 1 records its personalized steps; the swap reads them and runs layout rows only before lambda1."""
     node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]

@@ -13,6 +13,8 @@ EXPECTED = {  # saved images, previews
     "layout_retouch_full_dreambooth.json": (2, 3),
     "layout_retouch_full_lora.json": (2, 3),
     "layout_retouch_full_embedding.json": (2, 3),
+    "layout_retouch_full_sdxl_dreambooth.json": (2, 3),
+    "layout_retouch_full_sdxl_lora.json": (2, 3),
     "pick_and_draw_dreambooth.json": (1, 0),
     "pick_and_draw_lora.json": (1, 0),
     "pick_and_draw_embedding.json": (1, 0),
@@ -25,7 +27,9 @@ def test_every_workflow_is_checked():
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_workflow_runs(comfy, tiny_files, tiny_sam, name):
+def test_workflow_runs(comfy, tiny_files, tiny_sam, name, request):
+    if "sdxl" in name:
+        request.getfixturevalue("tiny_xl_files")
     write_input_images(comfy)
     prompt = shrink(convert(comfy, name))
     outputs = executor.execute(prompt)
@@ -46,12 +50,18 @@ def test_workflow_has_papers_defaults(comfy, name):
     for blend in by_kind.get("LR_StepBlendedKSampler", []):
         assert (blend["steps"], blend["lambda1"], blend["scheduler"], blend["cfg"]) == (50, 5, "ddim_uniform", 7.5)
     for swap in by_kind.get("LR_MultiSourceAttentionSwap", []):
-        assert (swap["lambda2"], swap["mask_start"], swap["layout_layers"]) == (10, 30, "output 6-11")
+        layers = "auto" if "sdxl" in name else "output 6-11"  # auto: SDXL's family default (output 3-5)
+        assert (swap["lambda2"], swap["mask_start"], swap["layout_layers"], swap["reference_layers"]) == (
+            10, 30, layers, layers)
+    for latent in by_kind.get("EmptyLatentImage", []):
+        assert latent["width"] == latent["height"] == (1024 if "sdxl" in name else 512)
     for sampler in by_kind.get("KSamplerAdvanced", []):
         assert (sampler["add_noise"], sampler["steps"], sampler["scheduler"], sampler["cfg"]) == (
             "disable", 50, "ddim_uniform", 7.5)
     for inversion in by_kind.get("LR_DDIMInversion", []):
         assert (inversion["steps"], inversion["scheduler"], inversion["cfg"]) == (50, "ddim_uniform", 1.0)
+        if name.startswith("layout_retouch_full"):  # the reference's record: what a swap reads of a reference
+            assert (inversion["record_attention"], inversion["record_for"]) == (True, "reference")
     # Pick-and-Draw (Lv et al. 2024): eta 10, alpha 10, beta 100, layout 0-9, appearance 10-19, 3 iterations,
     # tau 0.1, DDIM 50 steps at cfg 7.5; the reference's null-text inversion as Mokady et al.
     for guided in by_kind.get("LR_PickAndDrawSampler", []):

@@ -18,6 +18,7 @@ WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 SHIPPED = sorted(p.name for p in WORKFLOWS.glob("*.json"))
 CHECKPOINTS = {"Vanilla": "tiny_vanilla.safetensors", "Model": "tiny_vanilla.safetensors",
                "Personalized": "tiny_personalized.safetensors"}
+XL_CHECKPOINTS = {"Vanilla": "tiny_xl_vanilla.safetensors", "Personalized": "tiny_xl_personalized.safetensors"}
 
 
 def load(name: str) -> dict:
@@ -39,12 +40,17 @@ def shrink(prompt: dict, steps: int = 6) -> dict:
                 "LR_PickAndDrawSampler": {"layout_start": 0, "layout_end": 1, "appearance_start": 2,
                                           "appearance_end": 4},
                 "LR_LayoutTemplate": {"last_step": 1}, "LR_NullTextInversion": {"iterations": 2}}
+    xl = any(node["class_type"] == "CheckpointLoaderSimple" and "sd_xl" in node["inputs"]["ckpt_name"]
+             for node in prompt.values())
     for node in prompt.values():
         inputs, title, kind = node["inputs"], node["_meta"]["title"], node["class_type"]
         if kind == "CheckpointLoaderSimple":
-            inputs["ckpt_name"] = next(v for k, v in CHECKPOINTS.items() if title.startswith(k))
+            inputs["ckpt_name"] = next(v for k, v in (XL_CHECKPOINTS if xl else CHECKPOINTS).items()
+                                       if title.startswith(k))
         inputs.update(sizes.get(kind, {}))
         inputs.update(settings.get(kind, {}))
+        if xl and kind == "LoraLoader":
+            inputs["lora_name"] = "tiny_xl_lora.safetensors"
         for name, value in inputs.items():
             if isinstance(value, str) and "embedding:my_vase" in value:
                 inputs[name] = value.replace("embedding:my_vase", "embedding:tiny_concept")
