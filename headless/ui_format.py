@@ -26,8 +26,9 @@ class WorkflowError(ValueError):
     """The workflow cannot be converted against the host's node definitions."""
 
 
-def widget_inputs(input_types: dict[str, dict[str, Any]]) -> list[tuple[str, int]]:
-    """The widget inputs of a node definition in widget order, each with its slot count.
+def widget_inputs(input_types: dict[str, dict[str, Any]]) -> list[tuple[str, int, bool]]:
+    """The widget inputs of a node definition in widget order, each with its slot count and
+    whether it is optional.
 
     A seed-like INT with "control after generate" and an upload combo take one more slot in
     ``widgets_values`` without being an input.
@@ -40,7 +41,7 @@ def widget_inputs(input_types: dict[str, dict[str, Any]]) -> list[tuple[str, int
                 continue
             extra = options.get("control_after_generate", kind == "INT" and name in SEED_NAMES)
             extra = bool(extra) or any(options.get(flag) for flag in UPLOAD_FLAGS)
-            out.append((name, 2 if extra else 1))
+            out.append((name, 2 if extra else 1, section == "optional"))
     return out
 
 
@@ -81,16 +82,21 @@ def ui_to_prompt(workflow: dict[str, Any], node_classes: dict[str, type]) -> dic
         values = node.get("widgets_values", [])
         widgets = widget_inputs(node_classes[kind].INPUT_TYPES())
         if isinstance(values, dict):
-            inputs.update({name: values[name] for name, _ in widgets if name in values})
+            inputs.update({name: values[name] for name, _, _ in widgets if name in values})
         else:
-            expected = sum(slots for _, slots in widgets)
-            if len(values) != expected:
-                names = ", ".join(name for name, _ in widgets)
+            expected = sum(slots for _, slots, _ in widgets)
+            # A workflow saved before a node gained optional widgets at its end: those take their
+            # defaults, as in the frontend.
+            given = widgets
+            while sum(slots for _, slots, _ in given) > len(values) and given and given[-1][2]:
+                given = given[:-1]
+            if sum(slots for _, slots, _ in given) != len(values):
+                names = ", ".join(name for name, _, _ in widgets)
                 raise WorkflowError(f"node #{node_id} ({kind}) has {len(values)} widget values but its inputs "
                                     f"({names}) take {expected}: the workflow was saved for another version of "
                                     "the node. Re-create the node and save the workflow again.")
             at = 0
-            for name, slots in widgets:
+            for name, slots, _ in given:
                 inputs[name] = values[at]
                 at += slots
         for inp in node.get("inputs", []):

@@ -15,7 +15,7 @@ lay_scale = w.node("ImageScale", (360, 560), ["lanczos", 512, 512, "center"], in
 ref_enc = w.node("VAEEncode", (700, 200), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[LAT], size=(220, 50))
 lay_enc = w.node("VAEEncode", (700, 560), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[LAT], size=(220, 50))
 empty = w.node("CLIPTextEncode", (360, 0), [""], inputs=[("clip", "CLIP")], outputs=cond, title="Inversion prompt (empty)", size=(300, 100))
-inv_widgets = [50, "ddim_uniform", "ddim", 1.0, False, "output 6-11"]
+inv_widgets = [50, "ddim_uniform", "ddim", 1.0, False, "output 6-11", "layout and reference"]
 inv_inputs = [("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"), ("negative", "CONDITIONING")]
 ref_inv = w.node("LR_DDIMInversion", (960, 160), inv_widgets, inputs=inv_inputs, outputs=[("inverted_latent", "LATENT"), INV], title="DDIM Inversion (reference)", size=(320, 200))
 lay_inv = w.node("LR_DDIMInversion", (960, 520), inv_widgets, inputs=inv_inputs, outputs=[("inverted_latent", "LATENT"), INV], title="DDIM Inversion (layout)", size=(320, 200))

@@ -13,6 +13,7 @@ import pytest
 import torch
 from test_inversion import relative_error, smooth_model
 from test_source_records import rows_per_step, subject_mask
+from test_source_records import swap as records_swap
 from test_step_blend import STEPS, blended, chain, ksampler, latent, max_diff
 from test_swap import probed, rel
 from test_swap import sample as swap_sample
@@ -207,6 +208,27 @@ def test_fast_mode_equals_the_recorded_mode(comfy, tiny_xl, prompts, inverted, m
     measured(f"SDXL fast mode vs recorded (cfg {CFG}): max relative difference {rel(got, want):.2e} "
              f"(unswapped vs recorded {rel(plain, want):.2e})")
     assert rel(got, want) < 1e-5 and rel(plain, want) > 1e-3
+
+
+def test_reference_cache_skips_the_reference_rows(comfy, tiny_xl, prompts, images, inverted, measured):
+    """The cache's key holds the reference's ADM input too; the second run runs no reference rows."""
+    lay_inv, lay = inverted["layout"]
+    _, ref = invert(comfy, tiny_xl.personalized, prompts["empty"], images["reference"])  # its own cache
+    im = {"y_r": prompts["reference"], "y_p": prompts["personalized"][0], "neg": prompts["vanilla"][1]}
+    model = tiny_xl.personalized
+    want = swap_sample(comfy, records_swap(comfy, model, ref, lay, im, layers="auto"), im["y_r"], im["neg"], lay_inv)
+    cached = records_swap(comfy, model, ref, lay, im, cache="offloaded to RAM", layers="auto")
+    first, seen = rows_per_step(comfy, cached, im, lay_inv)
+    assert torch.equal(first, want) and any(n_ref == 1 for calls in seen.values() for _, n_ref in calls)
+    second, seen = rows_per_step(comfy, cached, im, lay_inv)
+    assert all(n_ref == 0 for calls in seen.values() for _, n_ref in calls)
+    measured(f"SDXL reference cache: second run vs cache off: max relative difference {rel(second, want):.2e}")
+    assert rel(second, want) < 1e-5
+    # The same text with another size conditioning (as CLIPTextEncodeSDXL sets it): another ADM input, a miss.
+    resized = [[im["y_r"][0][0], {**im["y_r"][0][1], "width": 2048, "height": 2048}]]
+    _, seen = rows_per_step(comfy, records_swap(comfy, model, ref, lay, im, cache="offloaded to RAM", y_r=resized,
+                                                layers="auto"), {**im, "y_r": resized}, lay_inv)
+    assert any(n_ref == 1 for calls in seen.values() for _, n_ref in calls)
 
 
 def test_shipped_default_on_sdxl_and_the_callers_model_untouched(comfy, tiny_xl, prompts, inverted):

@@ -176,9 +176,21 @@ def test_stage2_workflow_keeps_its_layout_inversion(comfy):
 def test_stale_widget_values_are_reported(comfy):
     workflow = load("layout_retouch_stage1_layout.json")
     node = next(n for n in workflow["nodes"] if n["type"] == "LR_StepBlendedKSampler")
-    node["widgets_values"] = node["widgets_values"][:-1]
+    node["widgets_values"] = node["widgets_values"][:-3]  # the last required one (denoise) is missing too
     with pytest.raises(ui_format.WorkflowError, match="widget values"):
         ui_format.ui_to_prompt(workflow, comfy.NODE_CLASS_MAPPINGS)
+    node["widgets_values"] = [*node["widgets_values"], 1.0, True, "output 6-11", "surplus"]
+    with pytest.raises(ui_format.WorkflowError, match="widget values"):
+        ui_format.ui_to_prompt(workflow, comfy.NODE_CLASS_MAPPINGS)
+
+
+def test_a_workflow_saved_before_an_optional_widget_takes_its_default(comfy):
+    """As the frontend does: optional widgets a node gained at its end are absent, so the node's defaults apply."""
+    workflow = load("layout_retouch_full_dreambooth.json")
+    node = next(n for n in workflow["nodes"] if n["type"] == "LR_DDIMInversion")
+    node["widgets_values"] = node["widgets_values"][:-1]  # saved before record_for existed
+    inputs = ui_format.ui_to_prompt(workflow, comfy.NODE_CLASS_MAPPINGS)[str(node["id"])]["inputs"]
+    assert "record_for" not in inputs and inputs["attention_layers"] == "output 6-11" and inputs["steps"] == 50
 
 
 def test_validation_rejects_lambda1_above_steps(comfy, tiny_files):
