@@ -112,7 +112,9 @@ def tiny_xl_files(comfy, tmp_path_factory):
     paths["lora"] = tiny_models.write_lora(root / "loras", "tiny_xl_lora", unet=SDXL_TINY_UNET)
     for folder in ("checkpoints", "embeddings", "loras"):
         folder_paths.add_model_folder_path(folder, str(root / folder), is_default=True)
-    return paths
+    yield paths
+    for path in paths.values():  # 5 GB (SDXL's text encoders at their real sizes): not kept in pytest's tmp
+        path.unlink(missing_ok=True)
 
 
 class TinyXL(Tiny):
