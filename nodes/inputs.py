@@ -69,6 +69,13 @@ AUTO_LAYERS = ("'auto' (the default): the model family's decoder at 1/1 and "
                "1/2 of the latent: SD1.x 'output 6-11' (MasaCtrl), SDXL 'output 3-5' (Visual Style Prompting). Or e.g. 'output 6-11', or 'all'.")
 
 
+def record_layers_input():
+    """The recording nodes' ``attention_layers`` input."""
+    return io.String.Input("attention_layers", default=AUTO, optional=True,
+                           tooltip="Where to record: the blocks the swap uses (its layout_layers and reference_layers "
+                                   "together). " + AUTO_LAYERS)
+
+
 def layer_input(node: str, name: str, text: str, model):
     """The layer set written in a node's text input, checked against ``model``'s attention blocks;
     ``auto``: the model family's default (:func:`attention.layers.auto_layers`)."""

@@ -14,7 +14,6 @@ from ..masks.cross_attention import DEFAULT_RESOLUTION
 from ..records import KINDS, LAYOUT_KINDS, REFERENCE_KINDS, SubjectMapRecord, map_key
 from ..sampling import inversion, step_blend
 from .inputs import (
-    AUTO_LAYERS,
     NodeInputError,
     check_conditioning,
     check_latent,
@@ -22,6 +21,7 @@ from .inputs import (
     inversion_schedule_inputs,
     layer_input,
     raise_for,
+    record_layers_input,
 )
 from .types import Inversion
 
@@ -75,10 +75,8 @@ class StepBlendedKSampler(io.ComfyNode):
                                          "decoder's cross-attention at 1/2 of the latent, which a Cross-Attention "
                                          "Mask on 'trajectory' with this prompt reads instead of running the model. "
                                          "Exact: it is the very computation those nodes would repeat. Costs RAM: "
-                                         "the README's Speed section gives the size."),
-                io.String.Input("attention_layers", default=AUTO, optional=True,
-                                tooltip="Where to record: the swap's layout_layers and reference_layers together. "
-                                        + AUTO_LAYERS),
+                                         "the README's Tuning section gives the size."),
+                record_layers_input(),
                 io.String.Input("batch_seeds", default="", optional=True, force_input=True,
                                 tooltip="One seed per latent of the batch, e.g. '3,4' (the headless runner's "
                                         "--batch sets it): latent k starts from the noise of its own seed, so each "
@@ -171,10 +169,8 @@ class DDIMInversion(io.ComfyNode):
                                          "node's positive and negative are the swap's prompts for this image; "
                                          "without a negative the positive half stands in for both CFG halves. "
                                          "Costs one more model evaluation (and the negative half, if connected) "
-                                         "and RAM: the README's Speed section gives the size."),
-                io.String.Input("attention_layers", default=AUTO, optional=True,
-                                tooltip="Where to record: the blocks the swap uses (its layout_layers and "
-                                        "reference_layers together). " + AUTO_LAYERS),
+                                         "and RAM: the README's Tuning section gives the size."),
+                record_layers_input(),
                 io.Combo.Input("record_for", options=list(RECORD_FOR), default=BOTH, optional=True,
                                tooltip="What to record: what the swap reads from this image as its reference (the "
                                        "self-attention's input, from which its keys and values are projected), "
