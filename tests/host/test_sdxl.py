@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from test_attention_masks import counting, mask_node
 from test_inversion import relative_error, smooth_model
 from test_source_records import rows_per_step, subject_mask
 from test_source_records import swap as records_swap
@@ -114,6 +115,32 @@ def test_mixed_families_stay_an_error(comfy, tiny, tiny_xl, prompts):
                      personalized_positive=prompts["personalized"][0], personalized_negative=prompts["empty"],
                      latent_image=latent(), seed=0, steps=STEPS, lambda1=2, cfg=CFG, sampler_name="ddim",
                      scheduler="ddim_uniform", denoise=1.0)
+
+
+def test_mask_reads_stage_1s_record(comfy, tiny_xl, prompts):
+    """SDXL twin: the mask from stage 1's record (decoder at 1/2: output 3-5) equals the full passes'."""
+    import dataclasses
+
+    prompt = "a sks vase on a beach"
+    counted, calls = counting(tiny_xl.personalized)
+    _, traj, _ = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"].execute(
+        vanilla_model=tiny_xl.vanilla, personalized_model=counted, vanilla_positive=prompts["vanilla"][0],
+        vanilla_negative=prompts["empty"], personalized_positive=prompts["personalized"][0],
+        personalized_negative=prompts["empty"], latent_image=latent(), seed=4, steps=STEPS, lambda1=2, cfg=CFG,
+        sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0, record_attention=True,
+        attention_layers="auto").result
+    n_steps = len(traj) - 1
+    assert set(traj.maps.sums) == set(range(2, n_steps)) and traj.maps.sums[2].shape == (1, 4 * 4, 77)
+    calls.clear()
+    soft, mask = mask_node(comfy, tiny_xl, traj, prompt=prompt, steps=n_steps, model=counted)
+    assert len(calls) == 2  # the vanilla steps 0 and 1 only
+    calls.clear()
+    full_soft, full_mask = mask_node(comfy, tiny_xl, dataclasses.replace(traj, maps=None), prompt=prompt,
+                                     steps=n_steps, model=counted)
+    assert len(calls) == n_steps
+    torch.testing.assert_close(soft, full_soft, rtol=0, atol=1e-5)
+    sure = (full_soft - 0.1).abs() > 1e-4
+    assert torch.equal(mask[sure], full_mask[sure])
 
 
 # ----- Inversion ---------------------------------------------------------------------------------
