@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..records import KEYS
+
 BLOCK_NAMES = ("input", "middle", "output")
 ALL = "all"
 AUTO = "auto"
@@ -137,20 +139,6 @@ def auto_layers(model) -> LayerSet:
                               if resolution <= 2 and ("output", i) in depths))
 
 
-def written(layers: LayerSet) -> str:
-    """A layer set as the nodes' text inputs write it, e.g. ``"output 3-5"``."""
-    if layers.blocks is None:
-        return ALL
-    parts = []
-    for name in BLOCK_NAMES:
-        ids = sorted(i for n, i in layers.blocks if n == name)
-        while ids:
-            last = next(k for k in range(len(ids)) if k + 1 == len(ids) or ids[k + 1] != ids[k] + 1)
-            parts.append(f"{name} {ids[0]}" + (f"-{ids[last]}" if last else ""))
-            ids = ids[last + 1:]
-    return ", ".join(parts)
-
-
 def layers_at(model, resolution: int, block_name: str = "output") -> tuple[tuple[str, int, int], ...]:
     """The patch keys of ``block_name``'s transformer blocks whose tokens are latent size /
     ``resolution`` (e.g. SD1.x's decoder at 1/2: ``output 6-8``), from the UNet's down- and
@@ -174,5 +162,5 @@ def projection(unet):
     from its input, with the layer's own projections (weights as loaded, LoRA patches included)."""
     def project(layer, kind: str, tensor: torch.Tensor) -> torch.Tensor:
         attn = self_attention(unet, layer)
-        return attn.to_k(tensor) if kind == "keys" else attn.to_v(tensor)
+        return attn.to_k(tensor) if kind == KEYS else attn.to_v(tensor)
     return project

@@ -17,7 +17,6 @@ from ..records import (
     CROSS_OUT,
     KEYS,
     KINDS,
-    LAYOUT_KINDS,
     SELF_IN,
     SELF_OUT,
     SELF_VALUE_IN,
@@ -30,8 +29,6 @@ from ..records import (
 from .attend import attend_as_before
 from .capture import add_map_capture
 from .layers import DECODER, LayerSet, layer_keys, parse_layers, replace_patch
-
-__all__ = ["LAYOUT_KINDS", "RecordSelfInput", "RecordSourceAttention", "add_recording"]
 
 
 class RecordSourceAttention:

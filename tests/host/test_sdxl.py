@@ -54,7 +54,13 @@ def invert(comfy, model, positive, lat, steps=STEPS, record=False, negative=None
 def test_detected_as_sdxl_with_the_familys_layers(comfy, tiny, tiny_xl, prompts):
     import comfy.model_base
 
-    from comfyui_layout_retouch.attention.layers import auto_layers, layer_keys, layers_at, transformer_depths, written
+    from comfyui_layout_retouch.attention.layers import (
+        auto_layers,
+        layer_keys,
+        layers_at,
+        parse_layers,
+        transformer_depths,
+    )
     from comfyui_layout_retouch.records import model_family
 
     assert model_family(tiny_xl.vanilla) == model_family(tiny_xl.personalized) == "SDXL"
@@ -66,8 +72,8 @@ def test_detected_as_sdxl_with_the_familys_layers(comfy, tiny, tiny_xl, prompts)
     assert sum(depths.values()) == 70 and depths[("middle", 0)] == 10  # SDXL's 70 transformer blocks
     assert {b: d for b, d in depths.items() if b[0] == "output"} == {
         **{("output", i): 10 for i in range(3)}, **{("output", i): 2 for i in range(3, 6)}}
-    assert written(auto_layers(tiny_xl.personalized)) == "output 3-5"
-    assert written(auto_layers(tiny.personalized)) == "output 6-11"
+    assert auto_layers(tiny_xl.personalized) == parse_layers("output 3-5")
+    assert auto_layers(tiny.personalized) == parse_layers("output 6-11")
     assert layer_keys(tiny_xl.personalized, auto_layers(tiny_xl.personalized)) == layers_at(tiny_xl.personalized, 2)
     assert len(layers_at(tiny_xl.personalized, 2)) == 6 and len(layers_at(tiny_xl.personalized, 4)) == 30
 
