@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..records import sigma_position
+from ..records import StepOfCall
 from .attend import ROWS_KEY, attend_as_before
 from .layers import LayerSet, layer_keys, replace_patch
 
@@ -108,12 +108,13 @@ class CaptureAttention:
         # Steps counted on this schedule; None: on the running sampler's own (a KSamplerAdvanced
         # that starts at step 10 counts its first step as 0 there).
         self.sigmas = None if sampling_sigmas is None else sampling_sigmas[:-1]
+        self.position = StepOfCall()
 
     def step_of(self, extra_options: dict) -> int | None:
         sigmas = extra_options.get("sample_sigmas") if self.sigmas is None else self.sigmas
         if sigmas is None:
             return None
-        return sigma_position(sigmas, extra_options["sigmas"][0])
+        return self.position(extra_options["sigmas"], sigmas)
 
     def wanted(self, extra_options: dict) -> tuple | None:
         h, w = extra_options["activations_shape"][-2:]
@@ -130,7 +131,7 @@ class CaptureAttention:
         heads = extra_options["n_heads"]
         out = attend_as_before(self.chained, q, k, v, extra_options)
         found = self.wanted(extra_options)
-        rows = conditional_rows(extra_options, q.shape[0]).to(q.device)
+        rows = conditional_rows(extra_options, q.shape[0]).to(q.device, non_blocking=True)
         if found is not None and len(rows):
             layer, step, size = found
             store = self.store

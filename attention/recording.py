@@ -23,8 +23,8 @@ from ..records import (
     VALUES,
     AttentionRecord,
     Layer,
+    StepOfCall,
     SubjectMapRecord,
-    sigma_position,
 )
 from .attend import attend_as_before
 from .capture import add_map_capture
@@ -39,12 +39,12 @@ class RecordSourceAttention:
         self.kind = kind
         self.record = record
         self.kinds = kinds
-        self.sigmas = sampling_sigmas[:-1]  # step s starts at sampling_sigmas[s]
+        self.step_of = StepOfCall(sampling_sigmas[:-1])  # step s starts at sampling_sigmas[s]
         self.chained = chained
 
     def __call__(self, q, k, v, extra_options):
         out = attend_as_before(self.chained, q, k, v, extra_options)
-        step = sigma_position(self.sigmas, extra_options["sigmas"][0].cpu())
+        step = self.step_of(extra_options["sigmas"])
         if step is None:  # the inversion's first evaluation, near sigma 0: no sampling step starts there
             return out
         layer = (*extra_options["block"], extra_options["block_index"])
@@ -65,12 +65,12 @@ class RecordSelfInput:
 
     def __init__(self, record: AttentionRecord, sampling_sigmas: torch.Tensor, layers: set[Layer]) -> None:
         self.record = record
-        self.sigmas = sampling_sigmas[:-1]
+        self.step_of = StepOfCall(sampling_sigmas[:-1])
         self.layers = layers
 
     def __call__(self, n, context_attn1, value_attn1, extra_options):
         layer = (*extra_options["block"], extra_options["block_index"])
-        step = sigma_position(self.sigmas, extra_options["sigmas"][0].cpu()) if layer in self.layers else None
+        step = self.step_of(extra_options["sigmas"]) if layer in self.layers else None
         if step is not None:
             halves = list(extra_options["cond_or_uncond"])
             rows = n.shape[0] // len(halves)

@@ -111,6 +111,6 @@ class RowLayout:
         if sources is None or sources.shape[0] == 0:
             return target
         out = target.new_empty((self.total, *target.shape[1:]))
-        out[self.target_index().to(target.device)] = target
-        out[self.sources_index().to(target.device)] = sources.to(target.dtype)
+        out[self.target_index().to(target.device, non_blocking=True)] = target
+        out[self.sources_index().to(target.device, non_blocking=True)] = sources.to(target.dtype)
         return out

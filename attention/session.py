@@ -150,8 +150,8 @@ class RunState:
         """Keep the source rows' denoised outputs per CFG half, for :meth:`advance`."""
         if not self.paths.redenoise:
             return
-        layout = denoised[rows.layout_index().to(denoised.device)]
-        reference = denoised[rows.reference_index().to(denoised.device)]
+        layout = denoised[rows.layout_index().to(denoised.device, non_blocking=True)]
+        reference = denoised[rows.reference_index().to(denoised.device, non_blocking=True)]
         for h, half in enumerate(rows.halves):
             self.pending[half] = {
                 "layout": layout[h * rows.n_layout:(h + 1) * rows.n_layout],
@@ -226,7 +226,7 @@ def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control
     t_all = t[:1].expand(x_all.shape[0])
     out = executor(x_all, t_all, None, torch.cat(_repeat_tokens(contexts)), None, options, **kwargs)
     run.keep_outputs(rows, out)
-    return out[rows.target_index().to(out.device)]
+    return out[rows.target_index().to(out.device, non_blocking=True)]
 
 
 def post_cfg_function(args):
@@ -268,6 +268,10 @@ class OuterSample:
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
         finally:
             options.pop(RUN_KEY, None)
+            for record in run.write.values():  # the reference cache: its last step's copies moved
+                record.settle()
+            for record in run.read.values():  # the records' last step, loaded on the model's device
+                record.release()
             run.latents.clear()
             run.pending.clear()
 

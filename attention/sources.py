@@ -49,15 +49,15 @@ class StepSources:
         halves, step = self.rows.halves, self.rows.step
         if computed is None:
             record = self.read[path]
-            computed = torch.cat([record.get(step, half, layer, kind, self._project(like)) for half in halves])
-            computed = computed.to(like.device, like.dtype)
+            computed = torch.cat([record.get(step, half, layer, kind, self._project(like), like.device).to(like.dtype)
+                                  for half in halves])
         elif path in self.write:
             n = computed.shape[0] // len(halves)
             for h, half in enumerate(halves):
                 self.write[path].put(step, half, layer, kind, computed[h * n:(h + 1) * n])
         if path == "reference":
             return self.rows.joined_for_targets(computed)
-        return computed[self.rows.pair(computed.shape[0] // len(halves))]
+        return computed[self.rows.pair(computed.shape[0] // len(halves)).to(computed.device, non_blocking=True)]
 
     def _project(self, like: torch.Tensor):
         """The projection, run where and in the dtype the call computes (as the rows would)."""

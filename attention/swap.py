@@ -60,11 +60,11 @@ def _layout_of_sources(out_sources: torch.Tensor | None, rows: RowLayout) -> tor
     """The layout rows' outputs, half by half, from the source rows' outputs."""
     if out_sources is None or not rows.n_layout:
         return None
-    return out_sources[rows.sources().layout_index().to(out_sources.device)]
+    return out_sources[rows.sources().layout_index().to(out_sources.device, non_blocking=True)]
 
 
 def _sources_attend_themselves(q, k, v, rows: RowLayout, own: Own) -> torch.Tensor | None:
-    src = rows.sources_index().to(q.device)
+    src = rows.sources_index().to(q.device, non_blocking=True)
     return own(q[src], k[src], v[src], rows.sources()) if len(src) else None
 
 
@@ -72,7 +72,7 @@ def _groups_attend_themselves(q, k, v, rows: RowLayout, own: Own) -> torch.Tenso
     """Every row attends to itself through a chained patch, called for the sources, then for the
     targets (a patch that keeps what it saw, as Self-Attention Guidance does, keeps the targets')."""
     out_sources = _sources_attend_themselves(q, k, v, rows, own)
-    t = rows.target_index().to(q.device)
+    t = rows.target_index().to(q.device, non_blocking=True)
     return rows.assemble(own(q[t], k[t], v[t], rows.targets()), out_sources)
 
 
@@ -96,11 +96,11 @@ def swap_self_attention(q, k, v, rows: RowLayout, phase: Phase, attend: Attend, 
     layout = None
     if phase is Phase.LAYOUT or mask is not None:
         layout = sources.for_targets("layout", layer, SELF_OUT, _layout_of_sources(out_sources, rows), q)
-    t = rows.target_index().to(q.device)
+    t = rows.target_index().to(q.device, non_blocking=True)
     if phase is Phase.LAYOUT:
         out_target = layout
     elif phase is Phase.REFERENCE:
-        ref = rows.reference_index().to(q.device)
+        ref = rows.reference_index().to(q.device, non_blocking=True)
         present = rows.n_reference > 0
         k_ref = sources.for_targets("reference", layer, KEYS, k[ref] if present else None, k)
         v_ref = sources.for_targets("reference", layer, VALUES, v[ref] if present else None, v)

@@ -78,7 +78,7 @@ class ReadFeatures:
     def __call__(self, n, context_attn2, value_attn2, extra_options):
         layer = _layer(extra_options)
         if layer in self.probe.feature_layers:
-            rows = conditional_rows(extra_options, n.shape[0]).to(n.device)
+            rows = conditional_rows(extra_options, n.shape[0]).to(n.device, non_blocking=True)
             if len(rows):
                 self.probe.features[layer] = n[rows]
         return n, context_attn2, value_attn2
@@ -95,7 +95,7 @@ class ReadMap:
     def __call__(self, q, k, v, extra_options):
         out = attend_as_before(self.chained, q, k, v, extra_options)
         probe, layer = self.probe, _layer(extra_options)
-        rows = conditional_rows(extra_options, q.shape[0]).to(q.device)
+        rows = conditional_rows(extra_options, q.shape[0]).to(q.device, non_blocking=True)
         if len(rows) and (layer in probe.map_layers or layer in probe.feature_layers):
             h, w = extra_options["activations_shape"][-2:]
             probs = cross_attention_probs(q[rows], k[rows], extra_options["n_heads"])

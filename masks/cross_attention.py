@@ -86,7 +86,8 @@ def step_maps(model, positive, trajectory: InversionTrajectory, resolution: int,
 
 def average_steps(maps: list[tuple[torch.Tensor, int, tuple[int, int]]], positions: list[int]) -> torch.Tensor:
     """The subject map ``[B, h, w]``: the summed token ``positions``, averaged over steps and layers."""
-    total = sum(s[:, :, positions].sum(-1) for s, _, _ in maps)
+    # Steps read from a record (kept on the CPU) and steps run now (on the model's device) meet on the CPU.
+    total = sum(s[:, :, positions].sum(-1).float().cpu() for s, _, _ in maps)
     count = sum(n for _, n, _ in maps)
     h, w = maps[0][2]
     return (total / count).reshape(-1, h, w)

@@ -27,6 +27,7 @@ a patched model's options (trajectories, :class:`Same` keys) return themselves f
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,7 +57,16 @@ class AttentionRecord:
     def __init__(self, device: torch.device | str | None = None, stand_in_half: bool = False) -> None:
         self.device = device
         self.stand_in_half = stand_in_half
-        self.tensors: dict[tuple[int, int, Layer, str], torch.Tensor] = {}
+        self._kept: dict[tuple[int, int, Layer, str], torch.Tensor] = {}
+        self._queued: dict[tuple[int, int, Layer, str], torch.Tensor] = {}  # one step's copies, not yet moved
+        self._steps: dict[int, list[tuple[torch.Tensor, list]]] = {}  # per step: its flat buffers and their keys
+        self._loaded: tuple = (None, None, {})  # (step, device, views): one step's tensors on a device
+
+    @property
+    def tensors(self) -> dict[tuple[int, int, Layer, str], torch.Tensor]:
+        """Every kept tensor by ``(step, half, layer, kind)`` (queued copies moved first)."""
+        self.settle()
+        return self._kept
 
     def _key(self, step: int, half: int, layer: Layer, kind: str) -> tuple[int, int, Layer, str]:
         """Where ``kind`` is kept: itself, or the input it is projected from (keys and values), of
@@ -68,22 +78,66 @@ class AttentionRecord:
         return (step, half, layer, kind)
 
     def put(self, step: int, half: int, layer: Layer, kind: str, tensor: torch.Tensor) -> None:
-        self.tensors[(step, half, layer, kind)] = tensor.detach().to(self.device or tensor.device, copy=True)
+        """Keep a copy of ``tensor``.
 
-    def __deepcopy__(self, memo) -> AttentionRecord:
-        return self  # rides in a recording model's options: its clones record into this one
+        For a record kept elsewhere (a GPU's tensors in RAM) the copy waits on the computing device
+        until the step ends and then moves with the rest of its step in one transfer
+        (:meth:`settle`): a transfer per layer would make the CPU wait for the GPU at every layer,
+        and the kernel launches of the sampler with it."""
+        copy = tensor.detach().clone()  # the UNet may reuse the tensor once the layer is done
+        if self.device is None:
+            self._kept[(step, half, layer, kind)] = copy
+            return
+        if self._queued and next(iter(self._queued))[0] != step:
+            self.settle()
+        self._queued[(step, half, layer, kind)] = copy
+
+    def settle(self) -> None:
+        """Move the queued copies to ``device``: one flat buffer per dtype, one transfer each."""
+        if not self._queued:
+            return
+        queued, self._queued = self._queued, {}
+        groups: dict[torch.dtype, list] = {}
+        for key, tensor in queued.items():
+            groups.setdefault(tensor.dtype, []).append((key, tensor))
+        for group in groups.values():
+            flat = torch.cat([t.reshape(-1) for _, t in group]).to(self.device)
+            shapes = [(key, t.shape) for key, t in group]
+            self._steps.setdefault(group[0][0][0], []).append((flat, shapes))
+            self._kept.update(_views(flat, shapes))
 
     def get(self, step: int, half: int, layer: Layer, kind: str,
-            project: Callable[[Layer, str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+            project: Callable[[Layer, str, torch.Tensor], torch.Tensor] | None = None,
+            device: torch.device | None = None) -> torch.Tensor:
         """The tensor of ``kind``; keys and values kept as the self-attention's input are projected
-        with ``project(layer, kind, input)`` (the layer's own ``to_k``/``to_v``)."""
+        with ``project(layer, kind, input)`` (the layer's own ``to_k``/``to_v``). With ``device``,
+        the tensor there: the step's tensors move there together, in one transfer per buffer."""
         key = self._key(step, half, layer, kind)
-        tensor = self.tensors[key]
+        tensor = self.tensors[key] if device is None else self._on(device, step)[key]
         if key[3] == kind:
             return tensor
         if project is None:
             raise KeyError(f"{kind} of {layer} at step {step} is kept as the attention's input; give a projection")
         return project(layer, kind, tensor)
+
+    def _on(self, device: torch.device, step: int) -> dict:
+        """Views of ``step``'s tensors on ``device``; the last step's stay there until :meth:`release`."""
+        loaded_step, loaded_device, views = self._loaded
+        if (loaded_step, loaded_device) != (step, device):
+            self.settle()
+            views = {}
+            for flat, shapes in self._steps.get(step, []):
+                views.update(_views(flat.to(device), shapes))
+            views.update({key: t.to(device) for key, t in self._kept.items() if key[0] == step and key not in views})
+            self._loaded = (step, device, views)
+        return views
+
+    def release(self) -> None:
+        """Drop the step's tensors :meth:`get` moved to a device (when a run that read them ends)."""
+        self._loaded = (None, None, {})
+
+    def __deepcopy__(self, memo) -> AttentionRecord:
+        return self  # rides in a recording model's options: its clones record into this one
 
     def covers(self, step: int, halves: tuple[int, ...], needs: frozenset[Need]) -> bool:
         return all(self._key(step, half, layer, kind) in self.tensors for half in halves for layer, kind in needs)
@@ -122,10 +176,16 @@ class SubjectMapRecord:
     latent_size: tuple[int, int] | None = None
 
     def add_cross(self, layer: Layer, step: int, size: tuple[int, int], probs: torch.Tensor) -> None:
+        """Add one layer's maps to its step's sum, kept where they were computed until :meth:`settle`."""
         self.size = size
-        probs = probs.to(self.device or probs.device)
         self.sums[step] = probs if step not in self.sums else self.sums[step] + probs
         self.layers[step] = self.layers.get(step, frozenset()) | {layer}
+
+    def settle(self) -> None:
+        """Move the sums to ``device``: once, when the recording run ends (one copy per step,
+        not one per layer)."""
+        if self.device is not None:
+            self.sums = {step: s.to(self.device) for step, s in self.sums.items()}
 
     def __deepcopy__(self, memo) -> SubjectMapRecord:
         return self  # rides in a recording model's options: its clones record into this one
@@ -208,6 +268,38 @@ def model_key(model, skip: str) -> tuple:
         weakref.ref(base), model.patches_uuid, _options_key(dict(model.object_patches), skip),
         _options_key(model.model_options, skip), str(base.get_dtype()), str(getattr(base, "manual_cast_dtype", None)),
     )
+
+
+def _views(flat: torch.Tensor, shapes: list) -> dict:
+    """The tensors laid out one after another in ``flat``, by key: ``shapes`` lists ``(key, shape)``."""
+    parts = flat.split([math.prod(shape) for _, shape in shapes])
+    return {key: part.view(shape) for (key, shape), part in zip(shapes, parts, strict=True)}
+
+
+class StepOfCall:
+    """The position of a model call's sigma in ``sigmas``, looked up once per call.
+
+    Attention patches run on every layer with the same ``transformer_options["sigmas"]`` tensor;
+    reading a GPU tensor's value makes the CPU wait for the GPU, so a lookup in each layer would
+    hold the sampler's kernel launches back behind the GPU's work. The last call's tensor (kept,
+    so its id cannot be reused) and its position are remembered.
+    """
+
+    def __init__(self, sigmas: torch.Tensor | None = None) -> None:
+        self.sigmas = sigmas
+        self.last: tuple = (None, None, None)
+
+    def __call__(self, sigma: torch.Tensor, sigmas: torch.Tensor | None = None) -> int | None:
+        """``sigma``: the call's sigmas ``[B]``; ``sigmas``: the schedule (default: the one given at creation)."""
+        schedule = self.sigmas if sigmas is None else sigmas
+        seen, seen_schedule, position = self.last
+        if seen is not sigma or seen_schedule is not schedule:
+            position = sigma_position(schedule, sigma[0].cpu())
+            self.last = (sigma, schedule, position)
+        return position
+
+    def __deepcopy__(self, memo) -> StepOfCall:
+        return StepOfCall(self.sigmas)  # a clone's patches start with nothing remembered
 
 
 def sigma_position(sigmas: torch.Tensor, sigma: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-8) -> int | None:

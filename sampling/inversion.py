@@ -155,6 +155,8 @@ def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], step
         sigmas_up.to(model.load_device), disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0,
     )
     samples = samples.to(comfy.model_management.intermediate_device())
+    if attention is not None:
+        attention.settle()
     trajectory = InversionTrajectory(
         latents=torch.stack(recorded), sigmas=sigmas_up.float(), steps=steps, scheduler=scheduler,
         family=model_family(model), attention=attention,

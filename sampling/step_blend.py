@@ -189,6 +189,9 @@ def layout_stage(vanilla_model, personalized_model, vanilla_conds: tuple[Any, An
         personalized = recorder(personalized_model, attention, sampling_sigmas(personalized_model, settings))
     samples = step_blended_sample(vanilla_model, personalized, vanilla_conds, personalized_conds, latent, settings,
                                   lambda1, record)
+    for kept in (attention, maps):
+        if kept is not None:
+            kept.settle()
     trajectory = recorded_trajectory(personalized_model, settings, record, samples, attention, maps)
     layout = {**latent, "samples": samples}
     start = {"samples": personalized_model.get_model_object("latent_format").process_out(trajectory.latents[-1])}

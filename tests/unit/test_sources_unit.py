@@ -83,3 +83,41 @@ def test_record_says_which_needs_it_lacks():
     other = ("output", 7, 0)
     needs = {(LAYER, "keys"), (LAYER, "values"), (LAYER, "self_out"), (LAYER, "cross_out"), (other, "keys")}
     assert record.lacks(needs) == {(LAYER, "cross_out"), (other, "keys")}
+
+
+def test_record_moves_a_step_at_a_time_and_keeps_every_tensor_apart():
+    """A record kept on another device queues a step's copies and moves them together when the
+    next step starts (or when settled); each tensor reads back as put, mixed dtypes included."""
+    record = AttentionRecord(device="cpu")
+    sources = {(s, h, kind): torch.randn(1, 3 + s, 4, dtype=torch.float16 if kind == "keys" else torch.float32)
+               for s in range(3) for h in (0, 1) for kind in ("keys", "self_out")}
+    for (s, h, kind), tensor in sources.items():
+        record.put(s, h, LAYER, kind, tensor)
+        if s == 1 and h == 0 and kind == "keys":  # step 0 moved once step 1 began, step 1 still queued
+            assert {key[0] for key in record._kept} == {0} and {key[0] for key in record._queued} == {1}
+        tensor.zero_()  # the UNet may reuse its tensors: the record holds copies
+    assert len(record.tensors) == len(sources) and not record._queued
+    for (s, h, kind), tensor in sources.items():
+        kept = record.get(s, h, LAYER, kind)
+        assert kept.dtype == tensor.dtype and kept.shape == tensor.shape and bool(kept.abs().sum() > 0)
+    assert len(record._steps[0]) == 2  # one buffer per dtype for the step
+    on = record.get(2, 1, LAYER, "keys", device=torch.device("cpu"))
+    assert torch.equal(on, record.tensors[(2, 1, LAYER, "keys")]) and record._loaded[0] == 2
+    record.release()
+    assert record._loaded[0] is None
+
+
+def test_step_of_a_call_is_looked_up_once_per_sigma_tensor(monkeypatch):
+    """Every layer of a call passes the same sigma tensor: its value is read (a wait for the GPU
+    there) once per call, not once per layer."""
+    from comfyui_layout_retouch.records import StepOfCall
+
+    reads = []
+    original = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: reads.append(1) or original(self, *a, **k))
+    step_of = StepOfCall(torch.tensor([14.6, 7.0, 3.0, 1.0]))
+    sigma = torch.tensor([7.0, 7.0])
+    assert [step_of(sigma) for _ in range(16)] == [1] * 16  # 16 layers of one call
+    assert step_of(torch.tensor([3.0])) == 2 and step_of(torch.tensor([5.0])) is None
+    assert len(reads) == 3
+    assert copy.deepcopy(step_of).last == (None, None, None)  # a clone's patches start afresh
