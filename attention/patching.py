@@ -83,7 +83,8 @@ def swap_model(model, layout: InversionTrajectory, reference: InversionTrajector
 
     Args:
         layout, reference: the source paths' recorded inversions (or stage 1's trajectory).
-        layout_prompts, reference_prompts: each path's ``(positive, negative)`` text embeddings.
+        layout_prompts, reference_prompts: each path's ``(positive, negative)`` text embeddings
+            (``[1, tokens, dim]``, or ``[steps, tokens, dim]``: one per sampling step).
         layout_adm, reference_adm: each path's ``(positive, negative)`` ADM vectors ``y`` (SDXL's
             pooled text and size embedding), None for a UNet without one (SD1.x).
         mode, cache: how the sources run, and where the reference cache lives (off in the paper's mode).

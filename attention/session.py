@@ -58,7 +58,8 @@ class CacheMode(Enum):
 
 @dataclass(frozen=True)
 class SourcePaths:
-    """The two source paths: their recorded inversions and prompts (``[1, tokens, dim]`` per half).
+    """The two source paths: their recorded inversions and prompts per CFG half (``[1, tokens, dim]``,
+    or ``[steps, tokens, dim]``: one per sampling step, as a Null-Text Inversion's negative).
 
     Attributes:
         mode: how the sources run (:class:`SourceMode`).
@@ -90,8 +91,10 @@ class SourcePaths:
     def trajectory(self, path: str) -> InversionTrajectory:
         return self.layout if path == "layout" else self.reference
 
-    def prompts(self, path: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.layout_prompts if path == "layout" else self.reference_prompts
+    def prompt(self, path: str, half: int, step: int) -> torch.Tensor:
+        """The text embedding ``[1, tokens, dim]`` of ``path``'s CFG ``half`` at ``step``."""
+        prompt = (self.layout_prompts if path == "layout" else self.reference_prompts)[half]
+        return prompt if prompt.shape[0] == 1 else prompt[step:step + 1]
 
     def adm(self, path: str) -> Adm:
         return self.layout_adm if path == "layout" else self.reference_adm
@@ -208,7 +211,7 @@ def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control
         ys.append(None if y is None else y[h * batch:(h + 1) * batch])
         for path in latents:
             xs.append(latents[path])
-            contexts.append(run.paths.prompts(path)[half].to(c_crossattn).expand(n[path], -1, -1))
+            contexts.append(run.paths.prompt(path, half, step).to(c_crossattn).expand(n[path], -1, -1))
             if y is not None:
                 adm = run.paths.adm(path)[half]
                 if adm is None:

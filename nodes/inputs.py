@@ -7,6 +7,8 @@ the node, the input and the fix.
 
 from __future__ import annotations
 
+import math
+
 import comfy.samplers
 import torch
 from comfy_api.latest import io
@@ -38,6 +40,35 @@ def prompt_tensor(conditioning) -> torch.Tensor:
     """The text embedding ``[1, tokens, dim]`` of a CONDITIONING's first entry (checked by
     :func:`check_conditioning` first)."""
     return conditioning[0][0][:1].detach()
+
+
+def step_prompts(node: str, name: str, conditioning, model, sampling_sigmas: torch.Tensor) -> torch.Tensor:
+    """The text embedding a source path's rows take at each sampling step of ``sampling_sigmas``
+    (descending, step ``s`` starting at ``sampling_sigmas[s]``): ``[1, tokens, dim]`` for a
+    CONDITIONING of one entry (every step), else ``[steps, tokens, dim]``, at each step the entry
+    ComfyUI's sampler applies there by its ``start_percent``/``end_percent`` (a Null-Text
+    Inversion's ``null_negative``: one fitted embedding per step).
+
+    Raises:
+        NodeInputError: at some step no entry or several apply (combined prompts, whose
+            predictions ComfyUI averages, have no one embedding for the source rows).
+    """
+    if len(conditioning) == 1:
+        return prompt_tensor(conditioning)
+    sampling = model.get_model_object("model_sampling")
+    bounds = [(sampling.percent_to_sigma(entry[1].get("start_percent", 0.0)),
+               sampling.percent_to_sigma(entry[1].get("end_percent", 1.0))) for entry in conditioning]
+    chosen = []
+    for step, sigma in enumerate(sampling_sigmas[:-1].tolist()):
+        active = [i for i, (start, end) in enumerate(bounds) if end <= sigma <= start]  # as ComfyUI's sampler
+        if len(active) != 1:
+            raise NodeInputError(node, name, f"has {len(conditioning)} entries, of which {len(active)} apply at step "
+                                 f"{step} (sigma {sigma:.4g}); the source rows take one prompt per step.",
+                                 "connect a single CLIP Text Encode, or a Null-Text Inversion's null_negative made on "
+                                 "the same steps and scheduler as the inversions.")
+        chosen.append(conditioning[active[0]][0][:1].detach())
+    tokens = math.lcm(*(t.shape[1] for t in chosen))  # as ComfyUI batches prompts of other lengths
+    return torch.cat([t.repeat(1, tokens // t.shape[1], 1) for t in chosen])
 
 
 def prompt_adm(model, conditioning, latent: torch.Tensor, prompt_type: str) -> torch.Tensor | None:

@@ -54,7 +54,9 @@ class NullTextInversion(io.ComfyNode):
                                  "sampling with 'null_negative' passes through, for the retouch nodes."),
                 io.Conditioning.Output(display_name="null_negative", tooltip="The fitted unconditional embeddings, "
                                        "one per step, each active at its own step only: the negative of the "
-                                       "sampler that redraws the image, on the same steps and scheduler."),
+                                       "sampler that redraws the image, on the same steps and scheduler, and of "
+                                       "the retouch's reference path (Multi-Source Attention Swap's "
+                                       "reference_negative) where 'inversion' is its reference_inversion."),
             ],
         )
 

@@ -18,9 +18,9 @@ from .inputs import (
     check_same_size,
     layer_input,
     prompt_adm,
-    prompt_tensor,
     raise_for,
     schedule_text,
+    step_prompts,
 )
 from .types import Inversion
 
@@ -50,7 +50,9 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                 Inversion.Input("layout_inversion", tooltip="DDIM Inversion of the layout image (stage 1's output)."),
                 io.Conditioning.Input("reference_positive", tooltip="The reference prompt y_r, e.g. 'a photo of sks "
                                       "vase'; also give it to the KSampler."),
-                io.Conditioning.Input("reference_negative", tooltip="Negative prompt of the reference path."),
+                io.Conditioning.Input("reference_negative", tooltip="Negative prompt of the reference path; with a "
+                                      "Null-Text Inversion as reference_inversion, its null_negative (one "
+                                      "embedding per step, the path CFG sampling walks)."),
                 io.Conditioning.Input("layout_positive", tooltip="The layout prompt y_p (stage 1's personalized prompt)."),
                 io.Conditioning.Input("layout_negative", tooltip="Negative prompt of the layout path."),
                 io.Int.Input("lambda2", default=10, min=0, max=10000,
@@ -131,8 +133,10 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                 raise_for(found[1], NODE, found[0])
         return io.NodeOutput(swap_model(
             model, lay, ref,
-            (prompt_tensor(layout_positive), prompt_tensor(layout_negative)),
-            (prompt_tensor(reference_positive), prompt_tensor(reference_negative)),
+            tuple(step_prompts(NODE, name, conditioning, model, lay.sampling_sigmas) for name, conditioning in
+                  (("layout_positive", layout_positive), ("layout_negative", layout_negative))),
+            tuple(step_prompts(NODE, name, conditioning, model, ref.sampling_sigmas) for name, conditioning in
+                  (("reference_positive", reference_positive), ("reference_negative", reference_negative))),
             spec, mode, CACHE_MODES[reference_cache], mask, lambda name, problem: NodeInputError(NODE, name, *problem),
             (prompt_adm(model, layout_positive, lay.latents[0], "positive"),
              prompt_adm(model, layout_negative, lay.latents[0], "negative")),

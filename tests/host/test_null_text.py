@@ -130,6 +130,42 @@ def test_inference_tensor_weights(comfy, image_latent, prompts):
     assert all(p.grad is None for p in model.model.parameters())
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tiny, image_latent, prompts):
+    """The node's outputs on the tiny UNet itself (the swap acts on its attention layers)."""
+    with torch.inference_mode():
+        return tiny.personalized, null_text(tiny.personalized, *prompts, image_latent, **FIT)
+
+
+def retouch(comfy, model, trajectory, positive, negative, layout_negative=None):
+    """The swap with ``trajectory`` as both reference and layout, ``negative`` as the reference's
+    negative (and the layout's, unless given)."""
+    swap = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"]
+    return swap.execute(model=model, reference_inversion=trajectory, layout_inversion=trajectory,
+                        reference_positive=positive, reference_negative=negative, layout_positive=positive,
+                        layout_negative=negative if layout_negative is None else layout_negative, lambda2=2, mask_start=4, layout_layers="all", reference_layers="all",
+                        source_paths="recorded", reference_cache="off",
+                        mask=torch.full((1, 64, 64), 0.5)).result[0]
+
+
+def test_the_swap_reads_a_null_text_reference_with_its_own_negative_per_step(comfy, tiny_run, prompts, measured):
+    """Null-text inversion as the retouch's source path: CFG sampling with ``null_negative`` walks the
+    path exactly, so with ``null_negative`` as the sources' negative the source rows are the target's
+    own rows at every step and the swap changes nothing; with the plain negative (one embedding for
+    every step) the sources' unconditional half is another prompt's, and the result moves."""
+    model, (inverted, trajectory, null_negative) = tiny_run
+    positive, negative = prompts
+    with torch.inference_mode():
+        want = redraw(comfy, model, positive, null_negative, inverted)
+        per_step = redraw(comfy, retouch(comfy, model, trajectory, positive, null_negative), positive, null_negative,
+                          inverted)
+        plain = redraw(comfy, retouch(comfy, model, trajectory, positive, negative), positive, null_negative, inverted)
+    error, moved = relative_error(per_step, want), relative_error(plain, want)
+    measured(f"null-text path as the swap's sources (tiny SD1.x, all layers, mask 0.5): relative difference from "
+             f"the unswapped redraw {error:.2e} with null_negative per step, {moved:.2e} with the plain negative")
+    assert error < 1e-4 and moved > 100 * error, (error, moved)
+
+
 class TestBadInput:
     def test_cfg_one(self, tiny, image_latent, prompts):
         assert "input 'cfg': is 1.0" in NullTextInversion.validate_inputs(cfg=1.0)
@@ -145,6 +181,15 @@ class TestBadInput:
         positive, negative = prompts
         with pytest.raises(ValueError, match=r"Null-Text Inversion: input 'negative': has 2 entries"):
             null_text(tiny.personalized, positive, negative + tiny.encode("blurry"), image_latent)
+
+    def test_swap_negative_with_combined_prompts(self, comfy, tiny_run, prompts, tiny):
+        model, (_, trajectory, null_negative) = tiny_run
+        positive, negative = prompts
+        with pytest.raises(ValueError, match=r"Multi-Source Attention Swap: input 'reference_negative': has 2 "
+                                             r"entries, of which 2 apply at step 0 .*Fix: connect a single"):
+            retouch(comfy, model, trajectory, positive, negative + tiny.encode("blurry"), null_negative)
+        with pytest.raises(ValueError, match=r"input 'reference_negative': has 6 entries, of which 0 apply at step 0"):
+            retouch(comfy, model, trajectory, positive, null_negative[1:], null_negative)
 
     def test_sdxl_latent_on_sd1_model(self, tiny, prompts):
         with pytest.raises(ValueError, match=r"Null-Text Inversion: input 'latent': has 16 channels"):
