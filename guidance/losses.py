@@ -6,6 +6,11 @@
 - Layout (eq. 8): per cross-attention layer, the Frobenius norm between the generation's and the
   template's subject maps, each min-max normalised and smoothed with Attend-and-Excite's Gaussian
   (kernel 3, sigma 0.5, reflect padding), averaged over the layers.
+
+The appearance cost ``1 - cos(p, g)`` is differentiated in the equal form ``||p/|p| - g/|g|||^2 / 2``
+at each feature's nearest palette entry (picked by the cosine, as eq. 7's min): the same value and
+gradient, but exactly 0 where a feature is in the palette (``g @ p.T`` leaves float rounding there).
+How far the sampler steps along these gradients is its business (:mod:`.sampler`).
 """
 
 from __future__ import annotations
@@ -73,7 +78,8 @@ def uremd(generated: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
     """
     g = torch.nn.functional.normalize(generated.to(torch.promote_types(generated.dtype, torch.float32)), dim=-1)
     p = torch.nn.functional.normalize(palette.to(g), dim=-1)
-    return (1 - g @ p.T).min(dim=1).values.mean()
+    nearest = (g.detach() @ p.T).argmax(dim=1)  # eq. 7's min over the palette (the gradient follows the min)
+    return ((p[nearest] - g) ** 2).sum(-1).mean() / 2  # 1 - cos for unit vectors, exactly 0 at a match
 
 
 def appearance_loss(features: list[torch.Tensor], masks: list[torch.Tensor],

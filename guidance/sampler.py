@@ -11,6 +11,20 @@ The update is the paper's ``z_t <- z_t - eta * grad_{z_t} l`` on the variance-pr
 ``z_t``. ComfyUI's samplers walk ``x = z_t * sqrt(1 + sigma^2)`` (eps and v models: sigma_data
 = 1), so the same update reads ``x <- x - eta * (1 + sigma^2) * grad_x l`` here.
 
+Its size is capped, per image, at Polyak's step ``l / ||grad_x l||^2``: the step that takes the loss's
+linearisation to 0, its minimum (both losses are at least 0). Where the paper's step is shorter, it is
+taken as it is; where it would carry the latent past the linearised minimum, it stops there. Without
+the cap the guidance cannot stay at its minimum nor move continuously near it: eq. 8's norm has a
+gradient of unit size however small the difference of the maps, so the paper's step, ``eta * beta *
+(1 + sigma^2)`` (about 2e5 at the first of 50 steps) times a unit-size gradient, is as long for a
+difference of float rounding, or of a template nudged by 1e-4, as for a wrong layout. With the cap the
+step shrinks with the loss: 0 at the minimum (a template equal to the generation's own unguided run,
+or a palette of its own features, leaves the image unchanged), continuous near it.
+
+Each guided step logs its losses (weighted, as the update sees them, at each iteration before its
+update) and the size of the step's latent update relative to the latent (ComfyUI's console), so a
+user can see guidance working or running away.
+
 Unguided stretches are handed to the base sampler in one call, so with no guided step (alpha =
 beta = 0, no palette and no template, or empty step ranges) the run is the base sampler's, bit for
 bit. A guided step is a call of its own: exact for first-order samplers (ddim, euler); a
@@ -19,6 +33,7 @@ multistep sampler restarts its history there, and an ancestral one its noise seq
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +44,8 @@ from ..records import LayoutTemplate, Palette
 from ..sampling.gradients import gradients_enabled, normal_tensor
 from .losses import appearance_loss, layout_loss, subject_mask
 from .probe import Probe, conditional_pass
+
+logger = logging.getLogger(__name__)
 
 # How a problem found while sampling reaches the user: (input name, problem) -> raises.
 Report = Callable[[str, Problem], None]
@@ -72,27 +89,57 @@ class GuidedStep:
         self.probe = Probe(positions, map_layers=frozenset(self.template_layers) | frozenset(self.palette_layers),
                            feature_layers=frozenset(self.palette_layers), stop=True)
 
-    def loss(self, guider, x: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> torch.Tensor:
-        """``alpha * l_app + beta * l_lay`` per image ``[B]`` at ``x`` (differentiable)."""
+    def loss(self, guider, x: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> dict[str, torch.Tensor]:
+        """The weighted losses per image ``[B]`` at ``x`` (differentiable): ``beta * l_lay`` under
+        ``layout`` and ``alpha * l_app`` under ``appearance``, those of this step."""
         g, probe = self.guidance, self.probe
         probe.clear()
         conditional_pass(guider, x, sigma, model_options, probe)
-        total = x.new_zeros(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32))
+        losses = {}
         if self.template_layers:
             maps = [probe.maps[l] for l in self.template_layers]
-            total = total + g.beta * layout_loss(maps, [t.to(x.device) for t in self.template_maps])
+            losses["layout"] = g.beta * layout_loss(maps, [t.to(x.device) for t in self.template_maps])
         if self.palette_layers:
             masks = [subject_mask(probe.maps[l], g.threshold) for l in self.palette_layers]
             features = [probe.features[l] for l in self.palette_layers]
-            total = total + g.alpha * appearance_loss(features, masks, [p.to(x.device) for p in self.palette_sets])
-        return total
+            losses["appearance"] = g.alpha * appearance_loss(features, masks,
+                                                            [p.to(x.device) for p in self.palette_sets])
+        return losses
 
-    def gradient(self, guider, x: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> torch.Tensor:
-        """The loss's gradient with respect to ``x`` (each image's from its own loss)."""
+    def gradient(self, guider, x: torch.Tensor, sigma: torch.Tensor,
+                 model_options: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The gradient of ``alpha * l_app + beta * l_lay`` with respect to ``x`` (each image's from its own
+        loss), and the weighted losses per image (detached)."""
         with gradients_enabled():
             z = normal_tensor(x).requires_grad_()
-            loss = self.loss(guider, z, sigma, model_options)
-            return torch.autograd.grad(loss.sum(), z)[0].detach()
+            losses = self.loss(guider, z, sigma, model_options)
+            grad = torch.autograd.grad(sum(v.sum() for v in losses.values()), z)[0].detach()
+        return grad, {k: v.detach() for k, v in losses.items()}
+
+
+def step_size(paper: float, loss: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Per image ``[B, 1, ...]``: the paper's step size ``eta * (1 + sigma^2)``, capped at Polyak's
+    ``loss / ||grad||^2`` (module docstring); 0 where the loss or its gradient is 0.
+
+    Args:
+        paper: ``eta * (1 + sigma^2)``.
+        loss: the weighted loss per image ``[B]`` (at least 0).
+        grad: its gradient with respect to the latent ``[B, ...]``.
+    """
+    squared = grad.flatten(1).square().sum(1).to(loss.dtype)
+    polyak = torch.where(squared > 0, loss / squared.clamp_min(torch.finfo(squared.dtype).tiny), 0.0)
+    return torch.clamp(polyak, max=paper).view(-1, *[1] * (grad.ndim - 1))
+
+
+def describe_step(i: int, sigma: float, losses: list[dict[str, torch.Tensor]], capped: list[float],
+                  update: float) -> str:
+    """One log line of a guided step: each weighted loss at each iteration (before its update; the batch's
+    mean), the step taken as a fraction of the paper's (1: not capped), and the update's size relative to
+    the latent."""
+    parts = [f"{name} " + " -> ".join(f"{float(at[name].mean()):.4g}" for at in losses) for name in losses[0]]
+    steps = " -> ".join(f"{c:.3g}" for c in capped)
+    return (f"Pick-and-Draw step {i} (sigma {sigma:.4g}): {', '.join(parts)}; step {steps} of the paper's; "
+            f"latent moved by {update:.3g} (relative)")
 
 
 def check_sources(palette: Palette | None, template: LayoutTemplate | None, family: str,
@@ -150,10 +197,18 @@ def guided_sampler(base, guidance: Guidance, positions: list[int], palette: Pale
                 continue
             sigma = sigmas[i]
             step = GuidedStep(guidance, positions, *_sources(plan[i], sigma, i, palette, template, report))
+            paper = guidance.eta * (1 + float(sigma) ** 2)
+            start, seen, sizes = x, [], []
             for _ in range(guidance.iterations):
                 comfy.model_management.throw_exception_if_processing_interrupted()
-                grad = step.gradient(guider, x, sigma * s_in, options)
-                x = x - (guidance.eta * (1 + sigma ** 2)) * grad.to(x)
+                grad, losses = step.gradient(guider, x, sigma * s_in, options)
+                size = step_size(paper, sum(losses.values()), grad)
+                x = x - (size * grad).to(x)
+                seen.append(losses)
+                sizes.append(size)
+            if logger.isEnabledFor(logging.INFO):  # reading the values waits for a GPU: once per step
+                update = float((x - start).norm() / start.norm().clamp_min(1e-12))
+                logger.info(describe_step(i, float(sigma), seen, [float(t.mean()) / paper for t in sizes], update))
             x = run_base(x, i, i + 1)
             i += 1
         return x

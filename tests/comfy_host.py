@@ -1,14 +1,25 @@
 """The real ComfyUI host for ``host/`` and ``e2e/``: found (``provide_host.find``), run on the CPU, tiny models.
 
-Their conftests import these fixtures. Tests that need the host take the ``comfy`` fixture (or
-one built on it) and are skipped, with where the host was looked for, only when there is none.
-The pack is loaded into ComfyUI through ComfyUI's own custom-node loader, as a user's install is.
+The session fixtures built on it (``comfy``, ``tiny_files``, ``tiny_sam``, ``tiny``, ``tiny_xl_files``,
+``tiny_xl``) are defined once, in ``tests/conftest.py``, and call the functions here: a fixture
+imported into two conftests would be two fixtures, each built once per folder. Importing this module
+puts the host on ``sys.path`` (the ``host/`` and ``e2e/`` conftests do, before their test modules
+import anything of ComfyUI); ``unit/`` never imports it.
+
+The tiny model files are written once per version of the code that writes them and of the host, under
+``.venv/tiny-models/`` (:func:`written_once`): CI's second pass, whose ``.venv`` is the first's, and
+every later run on the same machine read them instead of writing them again (the SDXL set is 5 GB).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import shutil
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import provide_host
 import pytest
@@ -16,6 +27,10 @@ from provide_host import PACK_ROOT
 
 COMFYUI = provide_host.find()
 SKIP_REASON = provide_host.describe_search()
+TINY_CACHE = PACK_ROOT / ".venv" / "tiny-models"
+# The code whose output the cached files are: a change to any of them writes the files anew.
+TINY_SOURCES = (PACK_ROOT / "tests" / "tiny_models.py", PACK_ROOT / "benchmark" / "random_models.py",
+                PACK_ROOT / "masks" / "sam.py")
 
 if COMFYUI is not None:
     if str(COMFYUI) not in sys.path:
@@ -28,8 +43,23 @@ if COMFYUI is not None:
     import utils.extra_config  # noqa: F401
 
 
-@pytest.fixture(scope="session")
-def comfy(tmp_path_factory):
+def installed() -> bool:
+    """True when the pack sits in the ``custom_nodes/`` of the host the tests run against (a user's
+    install, CI's second pass)."""
+    return COMFYUI is not None and PACK_ROOT.parent.name == "custom_nodes" and (
+        PACK_ROOT.parent.parent.resolve() == COMFYUI.resolve())
+
+
+def fresh_environment() -> dict[str, str]:
+    """The environment of a user's shell for a command in a fresh interpreter: no ``COMFYUI_PATH`` where the
+    pack finds its host by the install layout (in the host's ``custom_nodes/``), else the tests' host."""
+    env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
+    if not installed():
+        env["COMFYUI_PATH"] = str(COMFYUI)
+    return env
+
+
+def load_host(tmp_path_factory):
     """The ComfyUI host with the pack loaded through ComfyUI's custom-node loader."""
     if COMFYUI is None:
         pytest.skip(SKIP_REASON)
@@ -49,31 +79,93 @@ def comfy(tmp_path_factory):
     return nodes
 
 
-@pytest.fixture(scope="session")
-def tiny_files(comfy, tmp_path_factory):
-    """Tiny model files in temporary model folders registered with ComfyUI."""
-    import folder_paths
-    import tiny_models
+def cache_key() -> str:
+    """A hash of the code that writes the tiny files and of the host's version."""
+    digest = hashlib.sha256()
+    for path in TINY_SOURCES:
+        digest.update(path.read_bytes())
+    digest.update((COMFYUI / "comfyui_version.py").read_bytes() if COMFYUI else b"")
+    return digest.hexdigest()[:16]
 
-    root = tmp_path_factory.mktemp("models")
-    paths = tiny_models.write_sd1_checkpoints(root / "checkpoints", {"tiny_vanilla": 1, "tiny_personalized": 2})
-    paths["vega"] = tiny_models.write_vega_unet(root / "diffusion_models")
-    paths["embedding"] = tiny_models.write_embedding(root / "embeddings")
-    paths["lora"] = tiny_models.write_lora(root / "loras")
-    for folder in ("checkpoints", "diffusion_models", "embeddings", "loras"):
+
+def written_once(name: str, write: Callable[[Path], None], fallback: Path) -> Path:
+    """The folder ``name`` of tiny model files, written by ``write(folder)`` only when no complete copy
+    for this :func:`cache_key` is cached (written to a scratch folder, then renamed: an interrupted
+    write leaves nothing that looks complete). ``fallback`` is used where there is no ``.venv``."""
+    if not TINY_CACHE.parent.is_dir():
+        write(fallback)
+        return fallback
+    folder = TINY_CACHE / f"{name}-{cache_key()}"
+    if not folder.is_dir():
+        for stale in TINY_CACHE.glob(f"{name}-*"):  # files of older code: gigabytes for SDXL
+            shutil.rmtree(stale, ignore_errors=True)
+        scratch = TINY_CACHE / f".{name}-{os.getpid()}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        write(scratch)
+        scratch.rename(folder)
+    return folder
+
+
+def register(root: Path, folders: tuple[str, ...]) -> None:
+    import folder_paths
+
+    for folder in folders:
         folder_paths.add_model_folder_path(folder, str(root / folder), is_default=True)
-    return paths
 
 
-@pytest.fixture(scope="session")
-def tiny_sam(comfy, tmp_path_factory):
-    """A tiny Segment Anything checkpoint in a temporary models/sams folder."""
-    import folder_paths
+def write_sd1_set(root: Path) -> None:
     import tiny_models
 
-    path = tiny_models.write_tiny_sam(tmp_path_factory.mktemp("sams"))
-    folder_paths.add_model_folder_path("sams", str(path.parent), is_default=True)
-    return path
+    tiny_models.write_sd1_checkpoints(root / "checkpoints", {"tiny_vanilla": 1, "tiny_personalized": 2})
+    tiny_models.write_vega_unet(root / "diffusion_models")
+    tiny_models.write_embedding(root / "embeddings")
+    tiny_models.write_lora(root / "loras")
+    tiny_models.write_tiny_sam(root / "sams")
+
+
+def sd1_files(tmp_path_factory) -> dict[str, Path]:
+    """The tiny SD1.x checkpoints, an SDXL-family UNet, an embedding, a LoRA and a small SAM, in model
+    folders registered with ComfyUI (``root / "sams" / "tiny_sam.pth"`` too)."""
+    root = written_once("sd1", write_sd1_set, tmp_path_factory.mktemp("models"))
+    register(root, ("checkpoints", "diffusion_models", "embeddings", "loras"))
+    return {"tiny_vanilla": root / "checkpoints" / "tiny_vanilla.safetensors",
+            "tiny_personalized": root / "checkpoints" / "tiny_personalized.safetensors",
+            "vega": root / "diffusion_models" / "tiny_sdxl_vega.safetensors",
+            "embedding": root / "embeddings" / "tiny_concept.safetensors",
+            "lora": root / "loras" / "tiny_lora.safetensors",
+            "sam": root / "sams" / "tiny_sam.pth"}
+
+
+def sam_file(files: dict[str, Path]) -> Path:
+    """The small Segment Anything checkpoint, in a registered ``sams`` folder."""
+    register(files["sam"].parent.parent, ("sams",))
+    return files["sam"]
+
+
+def write_sdxl_set(root: Path) -> None:
+    import tiny_models
+
+    from comfyui_layout_retouch.benchmark.random_models import SDXL_TINY_UNET
+
+    # Vanilla and personalized with both text encoders and the VAE (the workflows use the personalized
+    # checkpoint's CLIP and VAE, as SDXL DreamBooth checkpoints are saved); the v-prediction one UNet only.
+    tiny_models.write_sdxl_checkpoints(root / "checkpoints", {"tiny_xl_vanilla": 1, "tiny_xl_personalized": 2,
+                                                              "tiny_xl_vpred": 3},
+                                       v_prediction=("tiny_xl_vpred",), full=2)
+    tiny_models.write_sdxl_embedding(root / "embeddings")
+    tiny_models.write_lora(root / "loras", "tiny_xl_lora", unet=SDXL_TINY_UNET)
+
+
+def sdxl_files(tmp_path_factory) -> dict[str, Path]:
+    """Tiny SDXL checkpoints (vanilla, personalized, v-prediction), an SDXL LoRA and an SDXL embedding, in
+    registered model folders."""
+    root = written_once("sdxl", write_sdxl_set, tmp_path_factory.mktemp("models_xl"))
+    register(root, ("checkpoints", "embeddings", "loras"))
+    paths = {name: root / "checkpoints" / f"{name}.safetensors"
+             for name in ("tiny_xl_vanilla", "tiny_xl_personalized", "tiny_xl_vpred")}
+    paths["embedding"] = root / "embeddings" / "tiny_sdxl_concept.safetensors"
+    paths["lora"] = root / "loras" / "tiny_xl_lora.safetensors"
+    return paths
 
 
 class Tiny:
@@ -89,34 +181,6 @@ class Tiny:
         return self.nodes.CLIPTextEncode().encode(self.clip, text)[0]
 
 
-@pytest.fixture(scope="session")
-def tiny(comfy, tiny_files):
-    return Tiny(comfy)
-
-
-@pytest.fixture(scope="session")
-def tiny_xl_files(comfy, tmp_path_factory):
-    """Tiny SDXL checkpoints (vanilla and personalized with both text encoders and the VAE, as SDXL
-    DreamBooth checkpoints are saved; a v-prediction one UNet only), an SDXL LoRA and an SDXL
-    embedding, in registered model folders."""
-    import folder_paths
-    import tiny_models
-
-    from comfyui_layout_retouch.benchmark.random_models import SDXL_TINY_UNET
-
-    root = tmp_path_factory.mktemp("models_xl")
-    paths = tiny_models.write_sdxl_checkpoints(root / "checkpoints", {"tiny_xl_vanilla": 1, "tiny_xl_personalized": 2,
-                                                                       "tiny_xl_vpred": 3},
-                                               v_prediction=("tiny_xl_vpred",), full=2)
-    paths["embedding"] = tiny_models.write_sdxl_embedding(root / "embeddings")
-    paths["lora"] = tiny_models.write_lora(root / "loras", "tiny_xl_lora", unet=SDXL_TINY_UNET)
-    for folder in ("checkpoints", "embeddings", "loras"):
-        folder_paths.add_model_folder_path(folder, str(root / folder), is_default=True)
-    yield paths
-    for path in paths.values():  # 5 GB (SDXL's text encoders at their real sizes): not kept in pytest's tmp
-        path.unlink(missing_ok=True)
-
-
 class TinyXL(Tiny):
     """The tiny SDXL models loaded through ComfyUI's stock loader nodes: prompts through SDXL's CLIP."""
 
@@ -130,8 +194,3 @@ class TinyXL(Tiny):
         self.personalized, self.v_prediction = (
             comfy.sd.load_checkpoint_guess_config(str(files[name]), output_vae=False, output_clip=False)[0]
             for name in ("tiny_xl_personalized", "tiny_xl_vpred"))
-
-
-@pytest.fixture(scope="session")
-def tiny_xl(comfy, tiny_xl_files):
-    return TinyXL(comfy, tiny_xl_files)

@@ -47,6 +47,56 @@ def measured():
     return MEASURED.append
 
 
+# The host's session fixtures, defined here once for host/ and e2e/ (tests/comfy_host.py says why). Each
+# imports comfy_host only when a test asks for it: unit/ never looks for ComfyUI.
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    """ComfyUI's ``nodes`` module, the host loaded with the pack through its custom-node loader."""
+    import comfy_host
+
+    return comfy_host.load_host(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_files(comfy, tmp_path_factory):
+    """Tiny SD1.x model files in model folders registered with ComfyUI (comfy_host.sd1_files)."""
+    import comfy_host
+
+    return comfy_host.sd1_files(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam(tiny_files):
+    """A tiny Segment Anything checkpoint in a registered ``sams`` folder."""
+    import comfy_host
+
+    return comfy_host.sam_file(tiny_files)
+
+
+@pytest.fixture(scope="session")
+def tiny(comfy, tiny_files):
+    """The tiny SD1.x models loaded through ComfyUI's stock loaders."""
+    import comfy_host
+
+    return comfy_host.Tiny(comfy)
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_files(comfy, tmp_path_factory):
+    """Tiny SDXL model files in registered model folders (comfy_host.sdxl_files)."""
+    import comfy_host
+
+    return comfy_host.sdxl_files(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_xl(comfy, tiny_xl_files):
+    """The tiny SDXL models loaded through ComfyUI's stock loaders."""
+    import comfy_host
+
+    return comfy_host.TinyXL(comfy, tiny_xl_files)
+
+
 @pytest.fixture(autouse=True)
 def _inference_mode():
     """Run each test as ComfyUI runs nodes: under ``torch.inference_mode``."""

@@ -1,10 +1,14 @@
 """The real client: ComfyUI's server on loopback with the pack, its real frontend in headless Chromium.
 
-Each shipped workflow is loaded into the frontend (the frontend converts it, as a user's
-browser does), checked for missing node types and errors, switched to the tiny models, queued,
-and its images received from the server's history. Needs Debian's ``chromium`` and Python's
-``playwright`` (installed by tests/setup_and_run.sh where apt works); skipped with the reason
-otherwise. Set ``LR_BROWSER_SHOTS`` to a folder to keep a screenshot of each loaded graph.
+The server serves the pack's nodes and workflow templates (marked ``install``: CI's second pass runs
+them with the pack installed in the host's ``custom_nodes/``, started as the README's main command
+starts it). Each shipped workflow is loaded into the frontend (the frontend converts it, as a user's
+browser does), checked for missing node types, switched to the tiny models, and the API prompt the
+frontend makes of it validated by ComfyUI's own validation (no widget error); two of them
+(``EXECUTED_IN_BROWSER``) are queued and their images received from the server's history, the others
+run in-process (host/test_workflows.py). Needs Debian's ``chromium`` and Python's ``playwright``
+(installed by tests/setup_and_run.sh where apt works); skipped with the reason otherwise. Set
+``LR_BROWSER_SHOTS`` to a folder to keep a screenshot of each loaded graph.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import comfy_host
+import numpy as np
 import pytest
+from workflow_prompts import EXECUTED_IN_BROWSER, EXPECTED_IMAGES, write_input_images
 
 PACK_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
@@ -56,16 +63,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(comfy, tiny_files, tiny_xl_files, tiny_sam, tmp_path_factory):
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    pytest.importorskip("playwright", reason="Python's playwright is not installed (pip install playwright)")
-    from comfy_host import COMFYUI
+def server_command(base: Path, port: int) -> list[str]:
+    """ComfyUI's ``main.py`` with the tiny models, input and output in ``base``.
 
+    Where the pack is installed in the host's ``custom_nodes/`` (CI's second pass), the server loads it
+    from there, as the README's main command does (models, input and output moved by flags that leave
+    ``custom_nodes/`` alone); else from a temporary ``custom_nodes/`` (``--base-directory``) holding a link
+    to the checkout.
+    """
+    command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+               "--disable-auto-launch"]
+    if not comfy_host.installed():
+        (base / "custom_nodes").mkdir()
+        (base / "custom_nodes" / "comfyui-layout-retouch").symlink_to(PACK_ROOT)
+        return [*command, "--base-directory", str(base)]
+    folders = sorted(p.name for p in (base / "models").iterdir())
+    config = base / "extra_model_paths.yaml"
+    config.write_text(f"tests:\n  base_path: {base / 'models'}\n" + "".join(f"  {f}: {f}\n" for f in folders))
+    for name in ("output", "temp", "user"):
+        (base / name).mkdir()
+    return [*command, "--extra-model-paths-config", str(config), "--input-directory", str(base / "input"),
+            "--output-directory", str(base / "output"), "--temp-directory", str(base / "temp"),
+            "--user-directory", str(base / "user")]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_files, tiny_xl_files, tiny_sam, tmp_path_factory):
     base = tmp_path_factory.mktemp("server")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "comfyui-layout-retouch").symlink_to(PACK_ROOT)
     for folder, path in (("checkpoints", tiny_files["tiny_vanilla"]), ("checkpoints", tiny_files["tiny_personalized"]),
                          ("loras", tiny_files["lora"]), ("embeddings", tiny_files["embedding"]), ("sams", tiny_sam),
                          ("checkpoints", tiny_xl_files["tiny_xl_vanilla"]),
@@ -79,9 +103,7 @@ def server(comfy, tiny_files, tiny_xl_files, tiny_sam, tmp_path_factory):
         Image.new("RGB", (96, 80), (120, 60, 200)).save(base / "input" / name)
     port = free_port()
     log = open(base / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                             "--base-directory", str(base), "--disable-auto-launch"],
-                            cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(server_command(base, port), cwd=comfy_host.COMFYUI, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(180):
@@ -105,6 +127,9 @@ def server(comfy, tiny_files, tiny_xl_files, tiny_sam, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright", reason="Python's playwright is not installed (pip install playwright)")
     from playwright.sync_api import sync_playwright
 
     url, _ = server
@@ -118,16 +143,39 @@ def page(server):
         browser.close()
 
 
-def test_template_browser_lists_the_workflows(server):
-    url, _ = server
-    with urllib.request.urlopen(url + "/api/workflow_templates", timeout=10) as r:
-        templates = json.loads(r.read())
-    assert sorted(templates["comfyui-layout-retouch"]) == [p.stem for p in WORKFLOWS]
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
 
 
 def history(url: str) -> dict:
-    with urllib.request.urlopen(url + "/history", timeout=10) as r:
-        return json.loads(r.read())
+    return get_json(url + "/history")
+
+
+@pytest.mark.install
+def test_server_serves_the_packs_nodes(server):
+    """The server has loaded the pack (from the host's custom_nodes/ where it is installed there): every
+    node the pack registers, as a custom node."""
+    import asyncio
+
+    from comfyui_layout_retouch.nodes import LayoutRetouchExtension
+
+    url, _ = server
+    info = get_json(url + "/object_info")
+    ours = {name for name in info if name.startswith("LR_")}
+    nodes = asyncio.run(LayoutRetouchExtension().get_node_list())
+    assert ours == {node.GET_SCHEMA().node_id for node in nodes} and len(ours) == 14
+    assert {info[name]["python_module"] for name in ours} == {"custom_nodes.comfyui-layout-retouch"}
+
+
+@pytest.mark.install
+def test_template_browser_lists_the_workflows(server):
+    url, _ = server
+    templates = get_json(url + "/api/workflow_templates")
+    assert sorted(templates["comfyui-layout-retouch"]) == [p.stem for p in WORKFLOWS]
+    name = "layout_retouch_full_dreambooth"
+    served = get_json(f"{url}/api/workflow_templates/comfyui-layout-retouch/{name}.json")
+    assert served == json.loads((PACK_ROOT / "workflows" / f"{name}.json").read_text())
 
 
 SHOT_SCALE = 0.9  # the canvas zoom of a screenshot: node titles, widgets and notes stay readable
@@ -174,7 +222,9 @@ def screenshot(page, path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_workflow_in_the_real_frontend(server, page, tiny_files, tiny_sam, path):
+def test_workflow_in_the_real_frontend(comfy, server, page, tiny_files, tiny_sam, tiny_xl_files, path):
+    from comfyui_layout_retouch.headless import executor
+
     url, base = server
     page.evaluate("async (wf) => { await app.loadGraphData(wf); }", json.loads(path.read_text()))
     missing = page.evaluate("() => app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type])"
@@ -186,6 +236,13 @@ def test_workflow_in_the_real_frontend(server, page, tiny_files, tiny_sam, path)
     page.evaluate(SHRINK_JS, {"vanilla": f"tiny{xl}_vanilla.safetensors", "personalized": f"tiny{xl}_personalized"
                               ".safetensors", "lora": "tiny_xl_lora.safetensors" if xl else tiny_files["lora"].name,
                               "sam": tiny_sam.name})
+    # The API prompt the frontend makes of the graph, through ComfyUI's validation (the server's own code,
+    # here in-process with the same nodes and model names): no widget error, no node in red.
+    prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
+    write_input_images(comfy)
+    assert executor.validate(prompt)
+    if path.name not in EXECUTED_IN_BROWSER:
+        return
     before = set(history(url))
     page.evaluate("async () => { await app.queuePrompt(0, 1); }")
     errors = page.evaluate("() => app.lastNodeErrors")
@@ -201,9 +258,17 @@ def test_workflow_in_the_real_frontend(server, page, tiny_files, tiny_sam, path)
         pytest.fail(f"no result in 300 s: {(base / 'server.log').read_text()[-2000:]}")
     (entry,) = new.values()
     assert entry["status"]["status_str"] == "success", entry["status"]
-    images = [i for node in entry["outputs"].values() for i in node.get("images", []) if i["type"] == "output"]
-    assert images, "no image came back"
-    for image in images:
-        with urllib.request.urlopen(f"{url}/view?filename={image['filename']}&subfolder={image['subfolder']}"
-                                    "&type=output", timeout=10) as r:
-            assert r.status == 200 and len(r.read()) > 100
+    images = {kind: [i for node in entry["outputs"].values() for i in node.get("images", []) if i["type"] == kind]
+              for kind in ("output", "temp")}
+    assert (len(images["output"]), len(images["temp"])) == EXPECTED_IMAGES[path.name]
+    from PIL import Image
+
+    for kind, shown in images.items():
+        for image in shown:
+            with urllib.request.urlopen(f"{url}/view?filename={image['filename']}&subfolder={image['subfolder']}"
+                                        f"&type={kind}", timeout=10) as r:
+                assert r.status == 200
+                pixels = np.asarray(Image.open(r))
+            assert pixels.shape[:2] == (64, 64)
+            if kind == "output":
+                assert pixels.shape == (64, 64, 3) and pixels.std() > 0

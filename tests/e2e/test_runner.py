@@ -1,14 +1,22 @@
-"""The headless runner through its real command line: 2 prompts x 2 seeds, a manifest, a resumed run;
-batches (``--batch``) whose images equal their single runs."""
+"""The headless runner: 2 prompts x 2 seeds, a manifest, a resumed run; batches (``--batch``) whose images
+equal their single runs; and the command as the README writes it, in a fresh interpreter.
+
+The checks of what runs go through the command line's ``main`` in this process, on the host the session
+has loaded (``start_host``, which imports the host in a fresh interpreter, is replaced by the registration
+of the models folder it does). One test runs the real command in a fresh interpreter, without
+``COMFYUI_PATH`` where the pack is installed in the host's ``custom_nodes/`` (marked ``install``: CI's
+second pass runs it there).
+"""
 
 from __future__ import annotations
 
 import json
-import os
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
+import comfy_host
 import numpy as np
 import pytest
 from PIL import Image
@@ -26,26 +34,26 @@ RETOUCH_SMALL = ["ImageScale.width=64", "ImageScale.height=64", "KSamplerAdvance
                  "LR_SAMLoader.sam_name=tiny_sam.pth"]
 
 
-def run_cli(models: Path, output: Path, comfyui: Path, workflow: str = "layout_retouch_stage1_layout.json",
-            prompts: tuple[str, ...] = ("a {} on a beach", "a {} in the snow"), seeds: str = "3,4",
-            extra: tuple[str, ...] = (), small: list[str] = SMALL) -> subprocess.CompletedProcess:
-    args = [sys.executable, str(PACK_ROOT), "run", str(PACK_ROOT / "workflows" / workflow), "--seeds", seeds,
+def arguments(models: Path, output: Path, workflow: str | None = "layout_retouch_stage1_layout.json",
+              prompts: tuple[str, ...] = ("a {} on a beach", "a {} in the snow"), seeds: str = "3,4",
+              extra: tuple[str, ...] = (), small: list[str] = SMALL) -> list[str]:
+    """The runner's command line (after ``python <pack>``)."""
+    args = ["run", *([str(PACK_ROOT / "workflows" / workflow)] if workflow else []), "--seeds", seeds,
             "--subject", "sks vase", "--models", str(models), "--output", str(output), "--cpu", *extra]
     for prompt in prompts:
         args += ["--prompt", prompt]
     for item in small:
         args += ["--set", item]
-    env = {**os.environ, "COMFYUI_PATH": str(comfyui)}
-    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, cwd=str(comfyui))
+    return args
 
 
-def test_runner_two_prompts_two_seeds_and_resume(comfy, tiny_files, tmp_path):
-    from comfy_host import COMFYUI
+def models_of(tiny_files) -> Path:
+    return tiny_files["tiny_vanilla"].parent.parent
 
-    models = tiny_files["tiny_vanilla"].parent.parent
+
+def test_runner_two_prompts_two_seeds_and_resume(run_here, tiny_files, tmp_path, caplog):
     output = tmp_path / "out"
-    first = run_cli(models, output, COMFYUI)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert run_here(arguments(models_of(tiny_files), output)) == 0
     manifest = json.loads((output / "manifest.json").read_text())
     jobs = manifest["jobs"]
     assert len(jobs) == 4
@@ -62,9 +70,10 @@ def test_runner_two_prompts_two_seeds_and_resume(comfy, tiny_files, tmp_path):
         assert encoded["Vanilla prompt (no token)"] == job["template"].replace("{}", "vase")
     assert manifest["workflow"] == "layout_retouch_stage1_layout.json"
     stamps = {p: (output / p).stat().st_mtime_ns for j in jobs.values() for p in j["images"]}
-    second = run_cli(models, output, COMFYUI)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "4 jobs, 4 already done" in second.stderr + second.stdout
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert run_here(arguments(models_of(tiny_files), output)) == 0
+    assert "4 jobs, 4 already done" in caplog.text
     assert stamps == {p: (output / p).stat().st_mtime_ns for p in stamps}
 
 
@@ -75,24 +84,18 @@ def pixels(output: Path, job: dict) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("workflow", ["layout_retouch_stage1_layout.json", "layout_retouch_full_dreambooth.json"])
-def test_batch_images_equal_their_single_runs(comfy, tiny_files, tmp_path, workflow, measured):
-    from comfy_host import COMFYUI
-    from tiny_models import write_tiny_sam
-
-    models = tiny_files["tiny_vanilla"].parent.parent
+def test_batch_images_equal_their_single_runs(run_here, tiny_files, tmp_path, workflow, measured):
+    models = models_of(tiny_files)
     small, extra = SMALL, ()
     if "full" in workflow:
-        if not (models / "sams" / "tiny_sam.pth").exists():
-            write_tiny_sam(models / "sams")
         reference = tmp_path / "reference.png"
         gen = np.random.default_rng(0)
         Image.fromarray(gen.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(reference)
         small, extra = SMALL + RETOUCH_SMALL, ("--reference", str(reference))
     prompts = ("a {} on a beach",)
-    single = run_cli(models, tmp_path / "single", COMFYUI, workflow, prompts, "5,6", extra, small)
-    assert single.returncode == 0, single.stderr[-3000:]
-    batched = run_cli(models, tmp_path / "batched", COMFYUI, workflow, prompts, "5,6", (*extra, "--batch", "2"), small)
-    assert batched.returncode == 0, batched.stderr[-3000:]
+    assert run_here(arguments(models, tmp_path / "single", workflow, prompts, "5,6", extra, small)) == 0
+    assert run_here(arguments(models, tmp_path / "batched", workflow, prompts, "5,6", (*extra, "--batch", "2"),
+                              small)) == 0
     singles = json.loads((tmp_path / "single" / "manifest.json").read_text())["jobs"]
     jobs = json.loads((tmp_path / "batched" / "manifest.json").read_text())["jobs"]
     assert singles.keys() == jobs.keys() and len(jobs) == 2  # the same jobs: a batch resumes a single run
@@ -115,3 +118,20 @@ def test_batch_images_equal_their_single_runs(comfy, tiny_files, tmp_path, workf
     a, b = (pixels(tmp_path / "batched", job)[0] for job in jobs.values())
     assert np.abs(a - b).max() > 0  # two seeds, two images
     measured(f"runner --batch 2, {workflow}: max |batched - single| = {worst}/255 over {2 * saved} images")
+
+
+@pytest.mark.install
+def test_the_run_command_as_the_readme_writes_it(comfy, tiny_files, tmp_path):
+    """``python <pack> run --method plain ...`` in a fresh interpreter: it finds the host, loads ComfyUI and
+    the pack, and runs a shipped workflow end to end."""
+    output = tmp_path / "out"
+    args = arguments(models_of(tiny_files), output, None, ("a {} on a beach",), "7",
+                     ("--method", "plain"), SMALL[:-1])
+    done = subprocess.run([sys.executable, str(PACK_ROOT), *args], capture_output=True, text=True,
+                          env=comfy_host.fresh_environment(), timeout=600, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (job,) = json.loads((output / "manifest.json").read_text())["jobs"].values()
+    assert job["seed"] == 7 and len(job["images"]) == 1
+    image = np.asarray(Image.open(output / job["images"][0]))
+    assert image.shape == (64, 64, 3) and image.std() > 0
+    assert "ran 1 of 1 jobs" in done.stderr

@@ -1,3 +1,4 @@
-"""Tests on the real ComfyUI host: its fixtures live in tests/comfy_host.py, shared with e2e/."""
+"""Tests on the real ComfyUI host. Importing comfy_host puts the host on sys.path before the test modules
+import anything of it; the host's fixtures are tests/conftest.py's (one of each for the whole run)."""
 
-from comfy_host import comfy, tiny, tiny_files, tiny_sam, tiny_xl, tiny_xl_files  # noqa: F401
+import comfy_host  # noqa: F401

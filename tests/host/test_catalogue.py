@@ -710,10 +710,11 @@ def executor(comfy, tiny_files, tiny_sam, tmp_path_factory):
     concepts = tmp_path_factory.mktemp("custom_diffusion")
     write_custom_diffusion(concepts)
     folder_paths.add_model_folder_path("custom_diffusion", str(concepts), is_default=True)
-    not_a_sam = tiny_sam.parent / NOT_A_SAM
-    torch.save({"weight": torch.zeros(2, 2)}, not_a_sam)
+    not_sams = tmp_path_factory.mktemp("not_sams")  # not in the tiny SAM's folder: the shared cache of tiny models
+    folder_paths.add_model_folder_path("sams", str(not_sams))
+    torch.save({"weight": torch.zeros(2, 2)}, not_sams / NOT_A_SAM)
     yield execution.PromptExecutor(_Server(), cache_type=False)
-    not_a_sam.unlink()
+    (not_sams / NOT_A_SAM).unlink()
 
 
 def queue(comfy, executor, bases: dict[str, Graph], base: str, edit: Callable[[Graph], None]) -> Outcome:

@@ -18,30 +18,23 @@ def test_detects_official_sizes_from_shapes(name):
     assert sam_lib.detect_config(shapes).name == name
 
 
-@pytest.fixture(scope="module")
-def tiny_sam_file(tmp_path_factory):
-    import tiny_models
-
-    return tiny_models.write_tiny_sam(tmp_path_factory.mktemp("sams"))
-
-
-def test_load_tiny_sam(tiny_sam_file):
-    sam = sam_lib.load_sam(str(tiny_sam_file))
+def test_load_tiny_sam(tiny_sam):
+    sam = sam_lib.load_sam(str(tiny_sam))
     assert sam.config == sam_lib.SamConfig(32, 2, 2, (1,))
     assert sam.config.name.startswith("custom ViT")
 
 
-def test_corrupt_checkpoint(tmp_path, tiny_sam_file):
+def test_corrupt_checkpoint(tmp_path, tiny_sam):
     bad = tmp_path / "bad.pth"
-    bad.write_bytes(tiny_sam_file.read_bytes()[:1000])
+    bad.write_bytes(tiny_sam.read_bytes()[:1000])
     with pytest.raises(ValueError, match="cannot read it"):
         sam_lib.load_sam(str(bad))
 
 
-def test_segment_picks_the_candidate_closest_to_the_prompt(tiny_sam_file):
+def test_segment_picks_the_candidate_closest_to_the_prompt(tiny_sam):
     from segment_anything import SamPredictor
 
-    sam = sam_lib.load_sam(str(tiny_sam_file))
+    sam = sam_lib.load_sam(str(tiny_sam))
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
     prompt = np.zeros((48, 64), dtype=np.float32)
@@ -58,8 +51,14 @@ def test_segment_picks_the_candidate_closest_to_the_prompt(tiny_sam_file):
 
 
 @pytest.fixture(scope="module")
-def sams_folder(tiny_sam):
-    return tiny_sam.parent
+def sams_folder(tiny_sam, tmp_path_factory):
+    """A second registered ``sams`` folder, for the broken files these tests write (the tiny SAM's folder is
+    the shared cache of tiny models)."""
+    import folder_paths
+
+    folder = tmp_path_factory.mktemp("sams_extra")
+    folder_paths.add_model_folder_path("sams", str(folder))
+    return folder
 
 
 def test_sam_nodes(comfy, sams_folder):

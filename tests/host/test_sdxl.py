@@ -358,3 +358,39 @@ def test_v_prediction_swap_identity(comfy, tiny, v_models, measured):
     want = swap_sample(comfy, model, y, neg, lay_inv)
     measured(f"v-prediction swap identity (paper mode, all layers): max relative difference {rel(got, want):.2e}")
     assert rel(got, want) < 1e-4 and torch.isfinite(got).all()
+
+
+def test_pick_and_draw_layout_guidance_at_its_minimum(comfy, tiny_xl, measured):
+    """SDXL twin: the template from the generation's own guider, noise, sampler, sigmas and latent leaves layout
+    guidance (the paper's eta and beta) without effect; a nudged template moves the result continuously."""
+    from test_pick_and_draw import nudged, relative
+
+    m = comfy.NODE_CLASS_MAPPINGS
+    prompt = "a photo of sks vase in the snow"
+    guider = m["CFGGuider"]().get_guider(tiny_xl.personalized, tiny_xl.encode(prompt), tiny_xl.encode(""), CFG)[0]
+    noise, ddim = m["RandomNoise"]().get_noise(5)[0], m["KSamplerSelect"]().get_sampler("ddim")[0]
+    sigmas = m["BasicScheduler"]().get_sigmas(tiny_xl.personalized, "ddim_uniform", 4, 1.0)[0]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+
+    def sample(sampler):
+        with torch.inference_mode():
+            return m["SamplerCustomAdvanced"]().sample(noise, guider, sampler, sigmas, latent)[0]["samples"]
+
+    def guided(template):
+        return sample(m["LR_PickAndDrawSampler"].execute(
+            sampler=ddim, clip=tiny_xl.clip, prompt=prompt, subject="vase", eta=10.0, alpha=10.0, beta=100.0,
+            layout_start=0, layout_end=0, appearance_start=2, appearance_end=3, iterations=2, threshold=0.1,
+            template=template).result[0])
+
+    with torch.inference_mode():
+        own = m["LR_LayoutTemplate"].execute(noise=noise, guider=guider, sampler=ddim, sigmas=sigmas,
+                                             latent_image=latent, clip=tiny_xl.clip, prompt=prompt, subject="vase",
+                                             last_step=0).result[0]
+    stock = sample(ddim)
+    at_minimum = relative(guided(own), stock)
+    moved = {eps: relative(guided(nudged(own, eps)), stock) for eps in (1e-3, 1e-4)}
+    measured(f"P&D layout guidance at its minimum (tiny SDXL, 4 steps, layout step 0, 2 iterations, eta 10, beta 100): final latent "
+             f"moved by {at_minimum:.2e} (relative); template nudged by 1e-3 / 1e-4: {moved[1e-3]:.2e} / "
+             f"{moved[1e-4]:.2e}")
+    assert at_minimum <= 1e-6
+    assert 0 < moved[1e-4] < moved[1e-3] / 3

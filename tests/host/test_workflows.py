@@ -3,30 +3,28 @@
 from __future__ import annotations
 
 import pytest
-from workflow_prompts import SHIPPED, convert, images_of, load, shrink, write_input_images
+from workflow_prompts import (
+    EXECUTED_IN_BROWSER,
+    EXECUTED_IN_PROCESS,
+    EXPECTED_IMAGES,
+    SHIPPED,
+    convert,
+    images_of,
+    load,
+    shrink,
+    write_input_images,
+)
 
 from comfyui_layout_retouch.headless import executor, ui_format
 
-EXPECTED = {  # saved images, previews
-    "layout_retouch_stage1_layout.json": (1, 0),
-    "layout_retouch_stage2_retouch.json": (1, 3),
-    "layout_retouch_full_dreambooth.json": (2, 3),
-    "layout_retouch_full_lora.json": (2, 3),
-    "layout_retouch_full_embedding.json": (2, 3),
-    "layout_retouch_full_sdxl_dreambooth.json": (2, 3),
-    "layout_retouch_full_sdxl_lora.json": (2, 3),
-    "pick_and_draw_dreambooth.json": (1, 0),
-    "pick_and_draw_lora.json": (1, 0),
-    "pick_and_draw_embedding.json": (1, 0),
-    "pick_and_draw_plain_sd.json": (1, 0),
-}
-
 
 def test_every_workflow_is_checked():
-    assert set(SHIPPED) == set(EXPECTED)
+    assert set(SHIPPED) == set(EXPECTED_IMAGES)
+    # each runs once: here, or through the server from the real frontend (e2e/test_browser.py)
+    assert sorted(EXECUTED_IN_PROCESS + EXECUTED_IN_BROWSER) == SHIPPED and set(EXECUTED_IN_BROWSER) <= set(SHIPPED)
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", EXECUTED_IN_PROCESS)
 def test_workflow_runs(comfy, tiny_files, tiny_sam, name, request):
     if "sdxl" in name:
         request.getfixturevalue("tiny_xl_files")
@@ -34,7 +32,7 @@ def test_workflow_runs(comfy, tiny_files, tiny_sam, name, request):
     prompt = shrink(convert(comfy, name))
     outputs = executor.execute(prompt)
     saved, previews = images_of(comfy, outputs, "output"), images_of(comfy, outputs, "temp")
-    assert (len(saved), len(previews)) == EXPECTED[name]
+    assert (len(saved), len(previews)) == EXPECTED_IMAGES[name]
     for image in saved:
         assert image.shape == (64, 64, 3) and image.std() > 0
     for image in previews:

@@ -1,7 +1,8 @@
 """Shipped workflows as API prompts for the host tests: converted from the UI format, shrunk to the tiny models.
 
-Shared by ``test_workflows.py`` (every shipped workflow runs) and ``test_catalogue.py`` (issue 14's
-misuse catalogue edits these prompts).
+Shared by ``host/test_workflows.py`` (the shipped workflows run in-process), ``e2e/test_browser.py`` (every
+one loads in the real frontend; :data:`EXECUTED_IN_BROWSER` run there, through the server, and not again
+in-process) and ``host/test_catalogue.py`` (issue 14's misuse catalogue edits these prompts).
 """
 
 from __future__ import annotations
@@ -14,8 +15,25 @@ from PIL import Image
 
 from comfyui_layout_retouch.headless import ui_format
 
-WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 SHIPPED = sorted(p.name for p in WORKFLOWS.glob("*.json"))
+# Run through the server from the real frontend: one of each method, with the most nodes of each (the
+# runner's tests run the first again, in-process). The others run in-process (host/test_workflows.py).
+EXECUTED_IN_BROWSER = ("layout_retouch_full_dreambooth.json", "pick_and_draw_lora.json")
+EXECUTED_IN_PROCESS = tuple(name for name in SHIPPED if name not in EXECUTED_IN_BROWSER)
+EXPECTED_IMAGES = {  # per workflow run on the tiny models: (saved images, previews)
+    "layout_retouch_stage1_layout.json": (1, 0),
+    "layout_retouch_stage2_retouch.json": (1, 3),
+    "layout_retouch_full_dreambooth.json": (2, 3),
+    "layout_retouch_full_lora.json": (2, 3),
+    "layout_retouch_full_embedding.json": (2, 3),
+    "layout_retouch_full_sdxl_dreambooth.json": (2, 3),
+    "layout_retouch_full_sdxl_lora.json": (2, 3),
+    "pick_and_draw_dreambooth.json": (1, 0),
+    "pick_and_draw_lora.json": (1, 0),
+    "pick_and_draw_embedding.json": (1, 0),
+    "pick_and_draw_plain_sd.json": (1, 0),
+}
 CHECKPOINTS = {"Vanilla": "tiny_vanilla.safetensors", "Model": "tiny_vanilla.safetensors",
                "Personalized": "tiny_personalized.safetensors"}
 XL_CHECKPOINTS = {"Vanilla": "tiny_xl_vanilla.safetensors", "Personalized": "tiny_xl_personalized.safetensors"}
