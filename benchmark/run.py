@@ -213,7 +213,9 @@ class Pipeline:
     def pick_and_draw(self) -> dict[str, Callable[[], None]]:
         """Pick-and-Draw's parts as its shipped workflows wire them: the paper's settings (eta 10,
         alpha 10, beta 100, 3 iterations, tau 0.1; layout steps 0-9 and appearance 10-19 of 50,
-        scaled to other step counts), in ComfyUI's custom-sampling graph."""
+        scaled to other step counts), in ComfyUI's custom-sampling graph. The reference's palette is
+        read on its DDIM Inversion's path (the shipped default) or its null-text inversion's (the
+        paper's): ``palette_<source>`` and ``guided_<source>`` for each."""
         m, clip = self.mapping, self.clip
         tenth = max(1, self.steps // 5)
         noise = m["RandomNoise"]().get_noise(0)[0]
@@ -228,27 +230,43 @@ class Pipeline:
                 steps=self.steps, scheduler="ddim_uniform", sampler_name="ddim", cfg=self.cfg, iterations=10,
                 learning_rate=0.01, early_stop=1e-5).result
 
-        def palette():
-            self.state["palette"] = m["LR_ReferencePalette"].execute(
-                model=self.personalized, reference_inversion=self.state["null_text"][1], clip=clip,
-                prompt="a photo of sks vase", subject="vase", appearance_start=tenth, appearance_end=2 * tenth - 1,
-                layers="auto", threshold=0.1).result[0]
+        def ddim_inversion():
+            self.state["ddim"] = m["LR_DDIMInversion"].execute(
+                model=self.personalized, positive=self.yr, latent=self.reference, steps=self.steps,
+                scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0).result
+
+        def palette(source: str) -> Callable[[], None]:
+            def fn():
+                self.state["palette", source] = m["LR_ReferencePalette"].execute(
+                    model=self.personalized, reference_inversion=self.state[source][1], clip=clip,
+                    prompt="a photo of sks vase", subject="vase", appearance_start=tenth,
+                    appearance_end=2 * tenth - 1, layers="auto", threshold=0.1, sigmas=sigmas).result[0]
+            return fn
 
         def template():
             self.state["template"] = m["LR_LayoutTemplate"].execute(
                 noise=noise, guider=vanilla, sampler=ddim, sigmas=sigmas, latent_image=self.latent, clip=clip,
                 prompt="a red vase on a beach", subject="vase", last_step=tenth - 1).result[0]
 
-        def guided():
-            sampler = m["LR_PickAndDrawSampler"].execute(
-                sampler=ddim, clip=clip, prompt="a sks vase on a beach", subject="vase", eta=10.0, alpha=10.0,
-                beta=100.0, layout_start=0, layout_end=tenth - 1, appearance_start=tenth,
-                appearance_end=2 * tenth - 1, iterations=3, threshold=0.1, palette=self.state["palette"],
-                template=self.state["template"]).result[0]
-            self.state["pick_and_draw"] = m["SamplerCustomAdvanced"]().sample(noise, guider, sampler, sigmas,
-                                                                               self.latent)[0]
+        def guided(source: str) -> Callable[[], None]:
+            def fn():
+                sampler = m["LR_PickAndDrawSampler"].execute(
+                    sampler=ddim, clip=clip, prompt="a sks vase on a beach", subject="vase", eta=10.0, alpha=10.0,
+                    beta=100.0, layout_start=0, layout_end=tenth - 1, appearance_start=tenth,
+                    appearance_end=2 * tenth - 1, iterations=3, threshold=0.1,
+                    palette=self.state["palette", source], template=self.state["template"]).result[0]
+                self.state["pick_and_draw", source] = m["SamplerCustomAdvanced"]().sample(
+                    noise, guider, sampler, sigmas, self.latent)[0]
+            return fn
 
-        return {"null_text": null_text, "palette": palette, "template": template, "guided": guided}
+        return {"null_text": null_text, "ddim": ddim_inversion, "template": template,
+                **{f"palette_{s}": palette(s) for s in PD_SOURCES}, **{f"guided_{s}": guided(s) for s in PD_SOURCES}}
+
+
+# The reference path of Pick-and-Draw's palette: the shipped workflows' first (README, Pick-and-Draw), then
+# the other; palette_sources() compares them.
+PD_SOURCES = ("ddim", "null_text")
+PD_SOURCE_NAMES = {"ddim": "DDIM", "null_text": "null-text"}
 
 
 def _key(name: str, batch: int) -> str | tuple[str, int]:
@@ -312,13 +330,18 @@ def measure_parts(p: Pipeline, repeats: int) -> list[Part]:
         measure("shipped default, new reference", _chain(record_reference, *shipped)),
     ]
     pd = p.pick_and_draw()
+    shipped, other = PD_SOURCES
     parts += [
+        measure("P&D DDIM inversion (reference)", pd["ddim"]),
         measure("P&D null-text inversion (reference)", pd["null_text"]),
-        measure("P&D palette (reference)", pd["palette"]),
+        measure("P&D palette (reference)", pd[f"palette_{shipped}"]),
         measure("P&D layout template", pd["template"]),
-        measure("P&D guided sampling", pd["guided"]),
-        measure("P&D per image (palette reused)", _chain(pd["template"], pd["guided"])),
-        measure("P&D, new reference", _chain(pd["null_text"], pd["palette"], pd["template"], pd["guided"])),
+        measure("P&D guided sampling", pd[f"guided_{shipped}"]),
+        measure("P&D per image (palette reused)", _chain(pd["template"], pd[f"guided_{shipped}"])),
+        measure("P&D, new reference", _chain(pd[shipped], pd[f"palette_{shipped}"], pd["template"],
+                                             pd[f"guided_{shipped}"])),
+        measure(f"P&D, new reference ({PD_SOURCE_NAMES[other]} palette)",
+                _chain(pd[other], pd[f"palette_{other}"], pd["template"], pd[f"guided_{other}"])),
     ]
     # Throughput: BATCH seeds of one prompt through one execution (the runner's --batch), reference reused.
     parts += [
@@ -374,6 +397,44 @@ def fast_mode_fidelity(p: Pipeline) -> dict:
     return fidelity
 
 
+def _set_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Eq. 6-7's cost between two palettes, both ways: the mean over each one's features of the cosine
+    distance to the other's nearest, averaged (0 when they hold the same directions)."""
+    a = torch.nn.functional.normalize(a.float(), dim=-1)
+    b = torch.nn.functional.normalize(b.float(), dim=-1)
+    cos = a @ b.T
+    return float(((1 - cos.max(1).values).mean() + (1 - cos.max(0).values).mean()) / 2)
+
+
+def palette_sources(p: Pipeline) -> dict:
+    """The palette on the DDIM Inversion's path against the null-text inversion's (the paper's), from the same
+    reference photo: per appearance step and layer, the features each holds, the distance between the two
+    sets (:func:`_set_distance`) and between their means; the two paths' latents at those steps; and the
+    final latents of the same generation guided by each."""
+    rows = []
+    ddim, null = p.state["palette", "ddim"], p.state["palette", "null_text"]
+    for (step, layer), features in sorted(ddim.features.items()):
+        other = null.features[(step, layer)]
+        mean_a, mean_b = features.float().mean(0), other.float().mean(0)
+        rows.append({"step": step, "layer": " ".join(map(str, layer)), "ddim_features": features.shape[0],
+                     "null_text_features": other.shape[0], "set_distance": round(_set_distance(features, other), 6),
+                     "mean_relative": round(float((mean_a - mean_b).norm() / mean_b.norm()), 6)})
+    paths = p.state["ddim"][1].latents, p.state["null_text"][1].latents
+    path = [round(float((a - b).norm() / b.norm()), 6) for a, b in zip(*paths, strict=True)]
+    finals = [p.state["pick_and_draw", s]["samples"].float() for s in ("ddim", "null_text")]
+    return {"per_step_and_layer": rows, "path_relative_max": max(path),
+            "final_relative": float((finals[0] - finals[1]).norm() / finals[1].norm())}
+
+
+def palette_table(report: dict) -> str:
+    lines = ["| step | layer | DDIM features | null-text features | set distance | means, relative |",
+             "|---|---|---|---|---|---|"]
+    for r in report["palette_sources"]["per_step_and_layer"]:
+        lines.append(f"| {r['step']} | {r['layer']} | {r['ddim_features']} | {r['null_text_features']} | "
+                     f"{r['set_distance']:.2e} | {r['mean_relative']:.2e} |")
+    return "\n".join(lines)
+
+
 def run(size: int, steps: int, repeats: int, cpu: bool, family: str = "sd1") -> dict:
     """Measure every part (SDXL: the headline's); return the report (parts with ratios, the fast
     mode's fidelity and the throughput for SD1.x, the setting, the records' sizes)."""
@@ -386,7 +447,8 @@ def run(size: int, steps: int, repeats: int, cpu: bool, family: str = "sd1") -> 
         extra = {}
     else:
         parts = measure_parts(p, repeats)
-        extra = {"throughput": throughput(parts), "fast_mode_vs_recorded": fast_mode_fidelity(p)}
+        extra = {"throughput": throughput(parts), "fast_mode_vs_recorded": fast_mode_fidelity(p),
+                 "palette_sources": palette_sources(p)}
     return {
         "setting": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
                     or "cpu", "model": model,
@@ -432,7 +494,9 @@ HEADLINE = (("shipped default, per image (the reference's inversion reused)", "s
             ("shipped default, first image with a new reference", "shipped default, new reference"),
             ("the paper's graph (stage 1, both inversions, mask, stage 2)", "full pipeline"),
             ("Pick-and-Draw per image (the reference's palette reused)", "P&D per image (palette reused)"),
-            ("Pick-and-Draw, first image with a new reference (null-text inversion, palette)", "P&D, new reference"))
+            ("Pick-and-Draw, first image with a new reference (DDIM inversion, palette)", "P&D, new reference"),
+            ("Pick-and-Draw, first image with a new reference, the paper's null-text palette",
+             "P&D, new reference (null-text palette)"))
 
 
 def headline(report: dict) -> str:
@@ -475,6 +539,11 @@ def main(size: int, steps: int, repeats: int, cpu: bool, output: Path, family: s
     print(sizes_table(report))  # noqa: T201
     print()  # noqa: T201
     print(table(report))  # noqa: T201
+    if "palette_sources" in report:
+        sources = report["palette_sources"]
+        print(palette_table(report))  # noqa: T201
+        print(f"paths (DDIM vs null-text), max relative latent difference {sources['path_relative_max']:.3g}; "  # noqa: T201
+              f"guided final latent, DDIM palette vs null-text palette: {sources['final_relative']:.3g} relative")
     for name, f in report.get("fast_mode_vs_recorded", {}).items():
         print(f"fast mode vs recorded ({name}), final latent: max abs difference {f['max_abs']:.3g}, "  # noqa: T201
               f"mean {f['mean_abs']:.3g}, max relative {f['max_relative']:.3g}")

@@ -4,7 +4,10 @@ Run: python tools/build_pick_and_draw_workflows.py workflows/
 
 Columns, left to right: models and texts; their encodings; the shared sampling settings (one seed, sampler,
 schedule and size for the template and the generation); the layout template; the Pick-and-Draw sampler; the
-generation. The reference's palette (photo, Null-Text Inversion, palette) runs along the bottom.
+generation. The reference's palette (photo, DDIM Inversion, palette) runs along the bottom, with the paper's
+Null-Text Inversion beside it, wired but for its output (one link to the palette's reference_inversion switches).
+On plain SD there is no layout template: the generation's own vanilla run would be its template, where the
+layout loss sits at its minimum and guides nothing.
 """
 import sys
 from pathlib import Path
@@ -29,8 +32,9 @@ HOW = {
                  "personalized and reference prompts and the subject word use `embedding:my_vase`, the template's "
                  "word is the class noun of the vanilla prompt.",
     "plain_sd": "The paper's Fig. 7: plain SD 1.5 (in `models/checkpoints`) for everything, one prompt without a "
-                "token for the template and the generation; the reference photo alone gives the subject's looks "
-                "(best when the drawn subject has the reference's shape and size).",
+                "token; the reference photo alone gives the subject's looks (best when the drawn subject has the "
+                "reference's shape and size). There is no layout template: it would be the generation's own run, "
+                "where the layout loss is at its minimum and does nothing.",
 }
 
 
@@ -135,15 +139,17 @@ def build(kind: str) -> WF:
     lat = w.node("EmptyLatentImage", c2.at(110), [512, 512, 1], outputs=[LAT], size=(320, 110))
     # --- the layout template (column 3): the vanilla model's first steps with the generation's noise and sigmas ---
     text_of = lambda n: w.nodes[n - 1]["widgets_values"][0]  # noqa: E731
-    template = w.node("LR_LayoutTemplate", (X[3], 0), [text_of(vp_text), text_of(van_word), 9],
-                      inputs=[("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
-                              ("latent_image", "LATENT"), ("clip", "CLIP")],
-                      outputs=[("template", "LR_LAYOUT_TEMPLATE")], title="Layout Template (vanilla, steps 0-9)",
-                      size=(340, 250), widget_inputs=[("prompt", "STRING"), ("subject", "STRING")])
-    w.link(noise, 0, template, "noise"); w.link(van_guider, 0, template, "guider")
-    w.link(select, 0, template, "sampler"); w.link(sched, 0, template, "sigmas")
-    w.link(lat, 0, template, "latent_image"); w.link(van, 1, template, "clip")
-    w.link(vp_text, 0, template, "prompt"); w.link(van_word, 0, template, "subject")
+    template = None
+    if kind != "plain_sd":
+        template = w.node("LR_LayoutTemplate", (X[3], 0), [text_of(vp_text), text_of(van_word), 9],
+                          inputs=[("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"),
+                                  ("sigmas", "SIGMAS"), ("latent_image", "LATENT"), ("clip", "CLIP")],
+                          outputs=[("template", "LR_LAYOUT_TEMPLATE")], title="Layout Template (vanilla, steps 0-9)",
+                          size=(340, 250), widget_inputs=[("prompt", "STRING"), ("subject", "STRING")])
+        w.link(noise, 0, template, "noise"); w.link(van_guider, 0, template, "guider")
+        w.link(select, 0, template, "sampler"); w.link(sched, 0, template, "sigmas")
+        w.link(lat, 0, template, "latent_image"); w.link(van, 1, template, "clip")
+        w.link(vp_text, 0, template, "prompt"); w.link(van_word, 0, template, "subject")
     # --- the reference's palette (bottom row, columns 0-3), computed once per photo ---
     bottom = max(c0.y, c1.y, c2.y) + 40
     ref_img = w.node("LoadImage", (X[0], bottom + 80), ["reference.png", "image"], outputs=[IMG, MASK],
@@ -153,12 +159,21 @@ def build(kind: str) -> WF:
     ref_enc = w.node("VAEEncode", (X[1], bottom + 280), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
                      outputs=[LAT], size=(340, 50))
     w.link(ref_img, 0, ref_scale, "image"); w.link(ref_scale, 0, ref_enc, "pixels"); w.link(*vae, ref_enc, "vae")
-    null_text = w.node("LR_NullTextInversion", (X[2], bottom + 80), [50, "ddim_uniform", "ddim", 7.5, 10, 0.01, 1e-5],
+    # The palette's path: the reference's DDIM Inversion (README, Pick-and-Draw: the same palette as the paper's
+    # null-text path at a fraction of its cost); the paper's Null-Text Inversion beside it, its output free.
+    ddim = w.node("LR_DDIMInversion", (X[2], bottom + 80), [50, "ddim_uniform", "ddim", 1.0, False, "auto", "layout and reference"],
+                  inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"),
+                          ("negative", "CONDITIONING")],
+                  outputs=[("inverted_latent", "LATENT"), ("inversion", "LR_INVERSION")],
+                  title="DDIM Inversion (reference, for the palette)", size=(320, 250))
+    w.link(*per_model, ddim, "model"); w.link(rp, 0, ddim, "positive"); w.link(ref_enc, 0, ddim, "latent")
+    null_text = w.node("LR_NullTextInversion", (X[2], bottom + 400), [50, "ddim_uniform", "ddim", 7.5, 10, 0.01, 1e-5],
                        inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                                ("latent", "LATENT")],
                        outputs=[("inverted_latent", "LATENT"), ("inversion", "LR_INVERSION"),
                                 ("null_negative", "CONDITIONING")],
-                       title="Null-Text Inversion (reference)", size=(320, 280))
+                       title="Null-Text Inversion (the paper's palette path: link its inversion to the palette)",
+                       size=(320, 280))
     w.link(*per_model, null_text, "model"); w.link(rp, 0, null_text, "positive")
     w.link(pn, 0, null_text, "negative"); w.link(ref_enc, 0, null_text, "latent")
     palette = w.node("LR_ReferencePalette", (X[3], bottom + 80), [text_of(rp_text), word, 10, 19, "auto", 0.1],
@@ -166,7 +181,7 @@ def build(kind: str) -> WF:
                              ("sigmas", "SIGMAS")],
                      outputs=[("palette", "LR_PALETTE")], title="Reference Palette (steps 10-19)", size=(340, 250),
                      widget_inputs=[("prompt", "STRING"), ("subject", "STRING")])
-    w.link(*per_model, palette, "model"); w.link(null_text, 1, palette, "reference_inversion")
+    w.link(*per_model, palette, "model"); w.link(ddim, 1, palette, "reference_inversion")
     w.link(*per_clip, palette, "clip"); w.link(rp_text, 0, palette, "prompt"); w.link(word_node, 0, palette, "subject")
     w.link(sched, 0, palette, "sigmas")  # the appearance steps count on the generation's schedule
     # --- the generation (columns 4-5): ddim with Pick-and-Draw's guidance, on the personalized model ---
@@ -177,7 +192,9 @@ def build(kind: str) -> WF:
                  outputs=[("sampler", "SAMPLER")], size=(340, 400),
                  widget_inputs=[("prompt", "STRING"), ("subject", "STRING")])
     w.link(select, 0, pnd, "sampler"); w.link(*per_clip, pnd, "clip"); w.link(palette, 0, pnd, "palette")
-    w.link(template, 0, pnd, "template"); w.link(pp_text, 0, pnd, "prompt"); w.link(word_node, 0, pnd, "subject")
+    if template is not None:
+        w.link(template, 0, pnd, "template")
+    w.link(pp_text, 0, pnd, "prompt"); w.link(word_node, 0, pnd, "subject")
     sca = w.node("SamplerCustomAdvanced", (X[5], 0), [],
                  inputs=[("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
                          ("latent_image", "LATENT")],
@@ -191,21 +208,27 @@ def build(kind: str) -> WF:
     w.link(sca, 0, dec, "samples"); w.link(*vae, dec, "vae"); w.link(dec, 0, save, "images")
     # --- the note and the groups ---
     note_y = 880
+    template_text = ("The **Layout Template** samples steps 0-9 with the vanilla model and prompt, from the "
+                     "generation's own seed, sampler, sigmas and latent, and keeps the subject's cross-attention maps. "
+                     if template is not None else "")
     w.note("**Pick-and-Draw** (Lv et al., ACM MM 2024), training-free guidance with one reference photo. "
-           + HOW[kind] + " The photo goes in the Load Image node.\n\n"
-           "The **Layout Template** samples steps 0-9 with the vanilla model and prompt, from the generation's own "
-           "seed, sampler, sigmas and latent, and keeps the subject's cross-attention maps. The **Reference Palette** "
-           "reads the photo's decoder features inside its subject mask (tau 0.1) at steps 10-19 along its "
-           "**Null-Text Inversion** (10 iterations a step, learning rate 0.01). The **Pick-and-Draw Sampler** wraps "
-           "DDIM and moves the latent 3 times a step, z <- z - eta grad(alpha L_app + beta L_lay): layout in steps "
-           "0-9, appearance in 10-19; eta 10, alpha 10, beta 100, tau 0.1.\n\n"
-           "Keep 50 steps, `ddim_uniform` and cfg 7.5 equal in the scheduler, the guiders and the inversion. "
+           + HOW[kind] + " The photo goes in the Load Image node.\n\n" + template_text +
+           "The **Reference Palette** reads the photo's decoder features inside its subject mask (tau 0.1) at steps "
+           "10-19 along its **DDIM Inversion**; the paper's **Null-Text Inversion** (10 iterations a step, learning "
+           "rate 0.01) is beside it: link its inversion to the palette for the paper's path (about 10x the cost, "
+           "README: Pick-and-Draw). The **Pick-and-Draw Sampler** wraps DDIM and moves the latent 3 times a step, "
+           "z <- z - eta grad(alpha L_app + beta L_lay)"
+           + (": layout in steps 0-9, appearance in 10-19" if template is not None else " in steps 10-19") +
+           "; eta 10, alpha 10, beta 100, tau 0.1; each step at most as far as the loss's linearised minimum "
+           "(its log line says how far).\n\n"
+           "Keep 50 steps, `ddim_uniform` and cfg 7.5 equal in the scheduler, the guiders and the inversions. "
            "ComfyUI's cache keeps the inversion and the palette per photo.",
-           (X[4], note_y), size=(780, 330))
+           (X[4], note_y), size=(780, 360))
     w.group("Models and prompts", (X[0] - 20, -80, 800, bottom + 60), color="#444")
     w.group("Shared sampling", (X[2] - 20, -80, 360, bottom + 60), color="#444")
-    w.group("Layout template", (X[3] - 20, -80, 380, 400), color="#3f789e")
-    w.group("Reference palette (once per photo)", (X[0] - 20, bottom, 1580, 440), color="#8A8")
+    if template is not None:
+        w.group("Layout template", (X[3] - 20, -80, 380, 400), color="#3f789e")
+    w.group("Reference palette (once per photo)", (X[0] - 20, bottom, 1580, 760), color="#8A8")
     w.group("Pick-and-Draw generation", (X[4] - 20, -80, 840, 900), color="#a1309b")
     return w
 

@@ -15,9 +15,10 @@ def test_benchmark_smoke(comfy, tmp_path):
                      "stage 2 on stage 1's path, cached", "stage 1 recording attention", "stage 2, fast mode, cached",
                      "inversion recording attention", "stage 2, fast mode from inversions", "full pipeline",
                      "full, reference cached", "full, stage 1's path, cached", "full, fast mode, cached",
-                     "shipped default", "shipped default, new reference", "P&D null-text inversion (reference)",
-                     "P&D palette (reference)", "P&D layout template", "P&D guided sampling",
-                     "P&D per image (palette reused)", "P&D, new reference", "plain KSampler, batch of 4",
+                     "shipped default", "shipped default, new reference", "P&D DDIM inversion (reference)",
+                     "P&D null-text inversion (reference)", "P&D palette (reference)", "P&D layout template",
+                     "P&D guided sampling", "P&D per image (palette reused)", "P&D, new reference",
+                     "P&D, new reference (null-text palette)", "plain KSampler, batch of 4",
                      "shipped default, batch of 4"]
     assert report["parts"][0]["time_ratio"] == 1.0 and report["parts"][0]["memory_ratio"] == 1.0
     assert all(p["seconds"] > 0 and p["peak_mib"] > 0 and p["unet_rows"] > 0 for p in report["parts"])
@@ -37,7 +38,15 @@ def test_benchmark_smoke(comfy, tmp_path):
     # conditional rows, each also run backward, on top of the plain generation's rows.
     backward = {p["name"]: p["backward_rows"] for p in report["parts"]}
     assert backward["P&D guided sampling"] == 6 and rows["P&D guided sampling"] == rows["plain KSampler"] + 6
-    assert backward["P&D layout template"] == 0 and rows["P&D layout template"] == 2  # one CFG step of vanilla SD
+    # One CFG step of vanilla SD, and the conditional pass the guidance reads at its latent.
+    assert backward["P&D layout template"] == 0 and rows["P&D layout template"] == 3
+    assert rows["P&D DDIM inversion (reference)"] == 3 and backward["P&D DDIM inversion (reference)"] == 0
+    assert rows["P&D, new reference"] == rows["P&D DDIM inversion (reference)"] + rows["P&D palette (reference)"] + \
+        rows["P&D per image (palette reused)"]
+    sources = report["palette_sources"]
+    assert [(r["step"], r["ddim_features"] > 0, r["null_text_features"] > 0) for r in sources["per_step_and_layer"]
+            ][:1] == [(1, True, True)] and all(r["set_distance"] >= 0 for r in sources["per_step_and_layer"])
+    assert 0 < sources["final_relative"] < float("inf") and sources["path_relative_max"] >= 0
     assert backward["P&D null-text inversion (reference)"] > 0 and backward["plain KSampler"] == 0
     assert rows["P&D per image (palette reused)"] == rows["P&D guided sampling"] + rows["P&D layout template"]
     for fidelity in report["fast_mode_vs_recorded"].values():

@@ -130,39 +130,48 @@ def test_pick_and_draw_workflows_are_shipped():
 @pytest.mark.parametrize("name", PICK_AND_DRAW)
 def test_pick_and_draw_template_shares_the_generations_sampling(comfy, name):
     """The template samples with the generation's own seed, sampler, sigmas and latent (the very nodes), so its
-    maps are the layout the generation starts from; the palette reads the reference's null-text inversion."""
+    maps are the layout the generation starts from; the palette reads the reference's DDIM Inversion, with the
+    paper's Null-Text Inversion wired beside it (its output free: one link switches). On plain SD there is no
+    template: the generation's own run would be it, where the layout loss is at its minimum."""
     prompt = convert(comfy, name)
     one = lambda kind: [(i, n["inputs"]) for i, n in prompt.items() if n["class_type"] == kind]  # noqa: E731
-    ((_, generation),), ((_, template),) = one("SamplerCustomAdvanced"), one("LR_LayoutTemplate")
-    ((guided_id, guided),), ((palette_id, palette),) = one("LR_PickAndDrawSampler"), one("LR_ReferencePalette")
+    ((_, generation),), ((guided_id, guided),) = one("SamplerCustomAdvanced"), one("LR_PickAndDrawSampler")
+    ((palette_id, palette),), ((ddim_id, ddim),) = one("LR_ReferencePalette"), one("LR_DDIMInversion")
     ((null_text_id, null_text),) = one("LR_NullTextInversion")
+    assert generation["sampler"] == [guided_id, 0] and guided["palette"] == [palette_id, 0]
+    assert palette["reference_inversion"] == [ddim_id, 1]
+    assert not any(null_text_id == v[0] for n in prompt.values() for v in n["inputs"].values()
+                   if isinstance(v, list) and len(v) == 2)  # nothing reads it: ComfyUI does not run it
+    assert palette["sigmas"] == generation["sigmas"]  # its appearance steps count as the sampler's do
+    # One schedule everywhere: the inversions' steps are the generation's, on the model the generation uses.
+    scheduler = prompt[generation["sigmas"][0]]["inputs"]
+    generation_guider = prompt[generation["guider"][0]]["inputs"]
+    for inversion in (ddim, null_text):
+        assert (inversion["steps"], inversion["scheduler"]) == (scheduler["steps"], scheduler["scheduler"])
+        assert inversion["model"] == palette["model"] == generation_guider["model"] == scheduler["model"]
+        assert inversion["latent"] == ddim["latent"] and inversion["positive"] == ddim["positive"]
+    assert null_text["cfg"] == generation_guider["cfg"]
+    assert ddim["positive"] != generation_guider["positive"]  # the reference prompt, not the generation's
+    assert prompt[ddim["positive"][0]]["inputs"]["text"] == palette["prompt"]
+    # Each text is typed once: the samplers' prompts come from the primitives their guiders encode.
+    assert prompt[generation_guider["positive"][0]]["inputs"]["text"] == guided["prompt"]
+    for text in (guided["prompt"], palette["prompt"], guided["subject"]):
+        assert prompt[text[0]]["class_type"] in ("PrimitiveStringMultiline", "PrimitiveString")
+    templates = one("LR_LayoutTemplate")
+    if name == "pick_and_draw_plain_sd.json":
+        assert templates == [] and "template" not in guided
+        return
+    ((template_id, template),) = templates
+    assert guided["template"] == [template_id, 0]
     for socket, kind in (("noise", "RandomNoise"), ("sigmas", "BasicScheduler"), ("latent_image", "EmptyLatentImage")):
         assert template[socket] == generation[socket], socket
         assert prompt[template[socket][0]]["class_type"] == kind
-    assert generation["sampler"] == [guided_id, 0]
     assert template["sampler"] == guided["sampler"] and prompt[guided["sampler"][0]]["class_type"] == "KSamplerSelect"
-    assert (guided["palette"], guided["template"][0]) == ([palette_id, 0], one("LR_LayoutTemplate")[0][0])
-    assert palette["reference_inversion"] == [null_text_id, 1]
-    assert palette["sigmas"] == generation["sigmas"]  # its appearance steps count as the sampler's do
-    # One schedule everywhere: the inversion's steps are the generation's, on the model the generation uses.
-    scheduler = prompt[generation["sigmas"][0]]["inputs"]
-    generation_guider = prompt[generation["guider"][0]]["inputs"]
-    assert (null_text["steps"], null_text["scheduler"]) == (scheduler["steps"], scheduler["scheduler"])
-    assert null_text["cfg"] == generation_guider["cfg"]
-    assert null_text["model"] == palette["model"] == generation_guider["model"] == scheduler["model"]
-    assert null_text["positive"] != generation_guider["positive"]  # the reference prompt, not the generation's
-    # Each text is typed once: the samplers' prompts come from the primitives their guiders encode.
     template_guider = prompt[template["guider"][0]]["inputs"]
     assert prompt[template_guider["positive"][0]]["inputs"]["text"] == template["prompt"]
-    assert prompt[generation_guider["positive"][0]]["inputs"]["text"] == guided["prompt"]
-    assert prompt[null_text["positive"][0]]["inputs"]["text"] == palette["prompt"]
-    for text in (template["prompt"], guided["prompt"], palette["prompt"], guided["subject"]):
-        assert prompt[text[0]]["class_type"] in ("PrimitiveStringMultiline", "PrimitiveString")
-    if name == "pick_and_draw_plain_sd.json":
-        assert template["guider"] == generation["guider"]  # plain SD for everything: one prompt, one guider
-    else:
-        assert prompt[template_guider["model"][0]]["_meta"]["title"].startswith(("Vanilla", "Model"))
-        assert template["prompt"] != guided["prompt"]
+    assert prompt[template["prompt"][0]]["class_type"] in ("PrimitiveStringMultiline", "PrimitiveString")
+    assert prompt[template_guider["model"][0]]["_meta"]["title"].startswith(("Vanilla", "Model"))
+    assert template["prompt"] != guided["prompt"]
 
 
 def test_stage2_workflow_keeps_its_layout_inversion(comfy):
