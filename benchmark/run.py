@@ -329,9 +329,23 @@ def measure_parts(p: Pipeline, repeats: int) -> list[Part]:
         measure("shipped default", _chain(*shipped)),
         measure("shipped default, new reference", _chain(record_reference, *shipped)),
     ]
+    parts += pick_and_draw_parts(p, measure)
+    # Throughput: BATCH seeds of one prompt through one execution (the runner's --batch), reference reused.
+    parts += [
+        measure(f"plain KSampler, batch of {BATCH}", lambda: p.plain(BATCH)),
+        measure(f"shipped default, batch of {BATCH}", _chain(
+            p.stage1(record=True, batch=BATCH), p.mask("stage 1", BATCH),
+            p.stage2("reference_rec", "stage 1", FAST, CACHED, BATCH))),
+    ]
+    return with_ratios(parts)
+
+
+def pick_and_draw_parts(p: Pipeline, measure: Callable[[str, Callable[[], None]], Part]) -> list[Part]:
+    """Pick-and-Draw's parts: each inversion of the reference, the palette, template and guided sampling, per
+    image and with a new reference (the shipped palette path, then the other)."""
     pd = p.pick_and_draw()
     shipped, other = PD_SOURCES
-    parts += [
+    return [
         measure("P&D DDIM inversion (reference)", pd["ddim"]),
         measure("P&D null-text inversion (reference)", pd["null_text"]),
         measure("P&D palette (reference)", pd[f"palette_{shipped}"]),
@@ -343,14 +357,6 @@ def measure_parts(p: Pipeline, repeats: int) -> list[Part]:
         measure(f"P&D, new reference ({PD_SOURCE_NAMES[other]} palette)",
                 _chain(pd[other], pd[f"palette_{other}"], pd["template"], pd[f"guided_{other}"])),
     ]
-    # Throughput: BATCH seeds of one prompt through one execution (the runner's --batch), reference reused.
-    parts += [
-        measure(f"plain KSampler, batch of {BATCH}", lambda: p.plain(BATCH)),
-        measure(f"shipped default, batch of {BATCH}", _chain(
-            p.stage1(record=True, batch=BATCH), p.mask("stage 1", BATCH),
-            p.stage2("reference_rec", "stage 1", FAST, CACHED, BATCH))),
-    ]
-    return with_ratios(parts)
 
 
 def with_ratios(parts: list[Part]) -> list[Part]:
@@ -362,9 +368,10 @@ def with_ratios(parts: list[Part]) -> list[Part]:
     return parts
 
 
-def measure_core_parts(p: Pipeline, repeats: int) -> list[Part]:
-    """The headline's Layout-and-Retouch rows only (SDXL): plain, the shipped default in steady state
-    and with a new reference, and the paper's graph."""
+def measure_core_parts(p: Pipeline, repeats: int, pick_and_draw: bool = False) -> list[Part]:
+    """The headline's Layout-and-Retouch rows (SDXL's, and any family's with ``--parts headline``): plain,
+    the shipped default in steady state and with a new reference, and the paper's graph; with
+    ``pick_and_draw``, Pick-and-Draw's parts too."""
     record_reference = p.invert("reference_rec", lambda: p.reference, p.yr, p.neg, "reference")
     shipped = (p.stage1(record=True), p.mask("stage 1"), p.stage2("reference_rec", "stage 1", FAST, CACHED))
     paper = (p.stage1(), p.invert("reference_inv", lambda: p.reference),
@@ -379,6 +386,7 @@ def measure_core_parts(p: Pipeline, repeats: int) -> list[Part]:
         measure("shipped default", _chain(*shipped)),
         measure("shipped default, new reference", _chain(record_reference, *shipped)),
         measure("full pipeline", _chain(*paper)),
+        *(pick_and_draw_parts(p, measure) if pick_and_draw else []),
     ])
 
 
@@ -435,19 +443,20 @@ def palette_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run(size: int, steps: int, repeats: int, cpu: bool, family: str = "sd1") -> dict:
-    """Measure every part (SDXL: the headline's); return the report (parts with ratios, the fast
-    mode's fidelity and the throughput for SD1.x, the setting, the records' sizes)."""
+def run(size: int, steps: int, repeats: int, cpu: bool, family: str = "sd1", parts: str = "all") -> dict:
+    """Measure every part (SDXL, or ``parts="headline"``: the headline's); return the report (parts with
+    ratios, the fast mode's fidelity and the throughput for SD1.x's every part, the palettes' comparison
+    where Pick-and-Draw ran, the setting, the records' sizes)."""
     p = Pipeline(size, steps, cpu, family)
     device = p.device
     model = {("sd1", True): "random SD1.5 (fp16)", ("sd1", False): "tiny random SD1.x",
              ("sdxl", True): "random SDXL (fp16)", ("sdxl", False): "tiny random SDXL"}[family, p.full]
-    if family == "sdxl":
-        parts = measure_core_parts(p, repeats)
-        extra = {}
+    if family == "sdxl" or parts == "headline":
+        measured = measure_core_parts(p, repeats, pick_and_draw=parts == "headline")
+        extra = {"palette_sources": palette_sources(p)} if parts == "headline" else {}
     else:
-        parts = measure_parts(p, repeats)
-        extra = {"throughput": throughput(parts), "fast_mode_vs_recorded": fast_mode_fidelity(p),
+        measured = measure_parts(p, repeats)
+        extra = {"throughput": throughput(measured), "fast_mode_vs_recorded": fast_mode_fidelity(p),
                  "palette_sources": palette_sources(p)}
     return {
         "setting": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
@@ -457,7 +466,7 @@ def run(size: int, steps: int, repeats: int, cpu: bool, family: str = "sd1") -> 
                     "torch": torch.__version__, "memory": "CUDA max allocated" if device.type == "cuda" else
                     "process peak RSS during the part" if _reset_cpu_peak() else "process peak RSS so far",
                     "date": time.strftime("%Y-%m-%d")},
-        "parts": [asdict(part) for part in parts],
+        "parts": [asdict(part) for part in measured],
         **extra,
         "record_sizes_gib": record_sizes(),
     }
@@ -526,9 +535,10 @@ def _rows(part: dict) -> str:
     return f"{part['unet_rows']} ({part['backward_rows']})" if part.get("backward_rows") else str(part["unet_rows"])
 
 
-def main(size: int, steps: int, repeats: int, cpu: bool, output: Path, family: str = "sd1") -> dict:
+def main(size: int, steps: int, repeats: int, cpu: bool, output: Path, family: str = "sd1",
+         parts: str = "all") -> dict:
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
-        report = run(size, steps, repeats, cpu, family)
+        report = run(size, steps, repeats, cpu, family, parts)
     output.write_text(json.dumps(report, indent=1))
     print(json.dumps(report["setting"]))  # noqa: T201  (the command's output)
     print(headline(report))  # noqa: T201

@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--cpu", action="store_true", help="run on the CPU with the tiny model")
     bench.add_argument("--family", choices=["sd1", "sdxl"], default="sd1", help="sd1 (every part) or sdxl (the "
                        "headline's Layout-and-Retouch rows; default size 1024 on a GPU)")
+    bench.add_argument("--parts", choices=["all", "headline"], default="all", help="all (SD1.x: every part; SDXL: "
+                       "the headline's Layout-and-Retouch rows) or headline (the headline's rows with "
+                       "Pick-and-Draw's, for either family)")
     bench.add_argument("--output", type=Path, default=Path("bench.json"), help="the JSON report")
     masks = sub.add_parser("bench-masks", help="time Segment Anything and the adaptive mask at 512x512")
     masks.add_argument("--sam", nargs="+", default=["vit_b", "vit_h"], choices=["vit_b", "vit_l", "vit_h"],
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         gpu = torch.cuda.is_available() and not args.cpu
         native = 1024 if args.family == "sdxl" else 512
         bench_main(args.size or (native if gpu else 64), args.steps, args.repeats or (3 if gpu else 1), args.cpu,
-                   args.output, args.family)
+                   args.output, args.family, args.parts)
         return 0
 
     from .runner import BatchError, Job, Subject, run_batch

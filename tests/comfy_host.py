@@ -37,7 +37,8 @@ if COMFYUI is not None:
         sys.path.insert(0, str(COMFYUI))
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True  # before anything imports comfy.model_management
+    # The CPU unless LR_TEST_DEVICE=cuda (the GPU check's checks); before anything imports comfy.model_management.
+    comfy.cli_args.args.cpu = os.environ.get("LR_TEST_DEVICE", "cpu") == "cpu"
     # As main.py does: ComfyUI's utils package is imported before nodes.py puts comfy/ (with its
     # utils.py) at the front of sys.path.
     import utils.extra_config  # noqa: F401
@@ -91,18 +92,24 @@ def cache_key() -> str:
 def written_once(name: str, write: Callable[[Path], None], fallback: Path) -> Path:
     """The folder ``name`` of tiny model files, written by ``write(folder)`` only when no complete copy
     for this :func:`cache_key` is cached (written to a scratch folder, then renamed: an interrupted
-    write leaves nothing that looks complete). ``fallback`` is used where there is no ``.venv``."""
+    write leaves nothing that looks complete; pytest-xdist's workers take turns under a file lock, so
+    one writes and the others read). ``fallback`` is used where there is no ``.venv``."""
+    import fcntl
+
     if not TINY_CACHE.parent.is_dir():
         write(fallback)
         return fallback
     folder = TINY_CACHE / f"{name}-{cache_key()}"
-    if not folder.is_dir():
-        for stale in TINY_CACHE.glob(f"{name}-*"):  # files of older code: gigabytes for SDXL
-            shutil.rmtree(stale, ignore_errors=True)
-        scratch = TINY_CACHE / f".{name}-{os.getpid()}"
-        shutil.rmtree(scratch, ignore_errors=True)
-        write(scratch)
-        scratch.rename(folder)
+    TINY_CACHE.mkdir(exist_ok=True)
+    with open(TINY_CACHE / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.is_dir():
+            for stale in TINY_CACHE.glob(f"{name}-*"):  # files of older code: gigabytes for SDXL
+                shutil.rmtree(stale, ignore_errors=True)
+            scratch = TINY_CACHE / f".{name}-{os.getpid()}"
+            shutil.rmtree(scratch, ignore_errors=True)
+            write(scratch)
+            scratch.rename(folder)
     return folder
 
 

@@ -36,15 +36,21 @@ def _import_pack():
 if PACK_NAME not in sys.modules:
     _import_pack()
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # one worker per core: each computes on its own core
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 MEASURED: list[str] = []
 SKIPPED: list[str] = []
 NO_SKIPS = os.environ.get("LR_NO_SKIPS") == "1"
 
 
 @pytest.fixture
-def measured():
-    """Record a measured figure; the suite prints them all in its summary."""
-    return MEASURED.append
+def measured(request):
+    """Record a measured figure; the suite prints them all in its summary. Kept in the test's report, so
+    that figures measured in pytest-xdist's workers reach the summary too."""
+    return lambda line: request.node.user_properties.append(("measured", line))
 
 
 # The host's session fixtures, defined here once for host/ and e2e/ (tests/comfy_host.py says why). Each
@@ -107,6 +113,8 @@ def _inference_mode():
 
 
 def pytest_runtest_logreport(report):
+    if report.when == "call":
+        MEASURED.extend(value for key, value in report.user_properties if key == "measured")
     if report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         reason = reason.removeprefix("Skipped: ")

@@ -29,6 +29,7 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id 
 fi
 
 ruff check .
-# pytest (not python -m pytest, which would put the current folder, the pack's, on sys.path).
+# pytest (not python -m pytest, which would put the current folder, the pack's, on sys.path), on one worker
+# per core (pytest-xdist; a test file's tests stay on one worker, so its module fixtures are built once).
 if [ $# -eq 0 ] || [ "${1#-}" != "$1" ]; then set -- tests "$@"; fi
-pytest "$@"
+pytest -n "${LR_WORKERS:-$(nproc)}" --dist loadfile "$@"

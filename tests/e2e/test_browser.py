@@ -13,6 +13,7 @@ run in-process (host/test_workflows.py). Needs Debian's ``chromium`` and Python'
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -237,10 +238,12 @@ def test_workflow_in_the_real_frontend(comfy, server, page, tiny_files, tiny_sam
                               ".safetensors", "lora": "tiny_xl_lora.safetensors" if xl else tiny_files["lora"].name,
                               "sam": tiny_sam.name})
     # The API prompt the frontend makes of the graph, through ComfyUI's validation (the server's own code,
-    # here in-process with the same nodes and model names): no widget error, no node in red.
+    # here in-process with the same nodes and model names): no widget error, no node in red. (In a thread of
+    # its own: Playwright's event loop runs in this one.)
     prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
     write_input_images(comfy)
-    assert executor.validate(prompt)
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        assert thread.submit(executor.validate, prompt).result()
     if path.name not in EXECUTED_IN_BROWSER:
         return
     before = set(history(url))

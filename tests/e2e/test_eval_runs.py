@@ -73,7 +73,7 @@ def test_run_two_methods_then_eval_twice(run_here, tiny_files, tiny_sam, tmp_pat
                          "--sam", str(tiny_sam), "--is-min-images", "2", "--output", str(tmp_path / output),
                          "--device", "cpu"]) == 0
         done = capsys.readouterr()
-        assert "DINO (I_DINO): 100%" in done.stderr  # the progress bars
+        assert "DINO (I_DINO): 100%" in done.err  # the progress bars
         reports.append(json.loads((tmp_path / output / "eval.json").read_text()))
     first, second = reports
     assert numbers(first) == numbers(second)  # every value, per image and aggregated, identical

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,9 @@ sys.exit(pytest.main([sys.argv[1], "-q", "-p", "no:cacheprovider"]))
 
 
 def test_unit_tests_need_only_torch_numpy_scipy():
+    # No plugins from other packages (pytest-xdist's would import execnet, hidden here).
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     run = subprocess.run([sys.executable, "-c", HIDE_OTHERS, str(TESTS / "unit")], capture_output=True, text=True,
-                         timeout=600, cwd=str(TESTS))
+                         timeout=600, cwd=str(TESTS), env=env)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout and "error" not in run.stdout.lower()
