@@ -61,8 +61,9 @@ class ReferencePalette(io.ComfyNode):
                         "appearance loss. One model pass per step; ComfyUI's cache keeps it per photo.",
             inputs=[
                 io.Model.Input("model", tooltip="The model the generation uses (the personalized one)."),
-                Inversion.Input("reference_inversion", tooltip="The reference's Null-Text Inversion (the paper's) or "
-                                "DDIM Inversion, with the generation's steps and scheduler."),
+                Inversion.Input("reference_inversion", tooltip="The reference's DDIM Inversion (the shipped "
+                                "workflows': nearly the paper's palette at a seventeenth of the cost, README) or "
+                                "Null-Text Inversion (the paper's), with the generation's steps and scheduler."),
                 *subject_inputs("a photo of a sks dog", "The reference prompt: the subject in plain words, with "
                                 "the personalized token.", "dog"),
                 io.Int.Input("appearance_start", default=10, min=0, max=10000,
@@ -150,8 +151,10 @@ class PickAndDrawSampler(io.ComfyNode):
             display_name=SAMPLER,
             category=CATEGORY,
             description="A SAMPLER for SamplerCustomAdvanced: the base sampler with Pick-and-Draw's gradient guidance "
-                        "on the latent (appearance from the palette, layout from the template) in the first steps. "
-                        "Without palette and template, or with alpha = beta = 0, it is the base sampler.",
+                        "on the latent (appearance from the palette, layout from the template) in the first steps, "
+                        "each update at most as far as the loss's linearised minimum (so a generation at the "
+                        "minimum stays put); each guided step logs its losses and the update's size. Without "
+                        "palette and template, or with alpha = beta = 0, it is the base sampler.",
             inputs=[
                 io.Sampler.Input("sampler", tooltip="The base SAMPLER that takes the steps (paper: ddim)."),
                 *subject_inputs("a photo of a sks dog in the snow", "The generation's positive prompt, as encoded "
