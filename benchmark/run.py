@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..guidance.losses import uremd
 from .record_sizes import sizes as record_sizes
 
 logger = logging.getLogger(__name__)
@@ -406,12 +407,9 @@ def fast_mode_fidelity(p: Pipeline) -> dict:
 
 
 def _set_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Eq. 6-7's cost between two palettes, both ways: the mean over each one's features of the cosine
-    distance to the other's nearest, averaged (0 when they hold the same directions)."""
-    a = torch.nn.functional.normalize(a.float(), dim=-1)
-    b = torch.nn.functional.normalize(b.float(), dim=-1)
-    cos = a @ b.T
-    return float(((1 - cos.max(1).values).mean() + (1 - cos.max(0).values).mean()) / 2)
+    """Eq. 6-7's cost between two palettes, both ways: UREMD of each against the other (the mean over its
+    features of the cosine distance to the other's nearest), averaged; 0 when they hold the same directions."""
+    return float((uremd(a.float(), b) + uremd(b.float(), a)) / 2)
 
 
 def palette_sources(p: Pipeline) -> dict:
@@ -429,7 +427,7 @@ def palette_sources(p: Pipeline) -> dict:
                      "mean_relative": round(float((mean_a - mean_b).norm() / mean_b.norm()), 6)})
     paths = p.state["ddim"][1].latents, p.state["null_text"][1].latents
     path = [round(float((a - b).norm() / b.norm()), 6) for a, b in zip(*paths, strict=True)]
-    finals = [p.state["pick_and_draw", s]["samples"].float() for s in ("ddim", "null_text")]
+    finals = [p.state["pick_and_draw", s]["samples"].float() for s in PD_SOURCES]
     return {"per_step_and_layer": rows, "path_relative_max": max(path),
             "final_relative": float((finals[0] - finals[1]).norm() / finals[1].norm())}
 
