@@ -6,20 +6,21 @@ import torch
 
 from ..errors import Problem
 from ..records import CROSS_OUT, KEYS, SELF_OUT, VALUES, InversionTrajectory, model_key
-from .layers import LayerSet, layer_keys, replace_patch
+from .family import family_of
+from .layers import layer_keys
 from .session import (
     KEY,
     PATHS,
-    Adm,
     CacheMode,
     ErrorFor,
+    Extras,
     OuterSample,
     SourceMode,
     SourcePaths,
     apply_model_wrapper,
     post_cfg_function,
 )
-from .swap import SourceNeeds, SwapAttention, SwapSpec
+from .swap import SourceNeeds, SwapSpec
 
 
 def swapped_problem(model) -> Problem | None:
@@ -35,9 +36,10 @@ def swapped_problem(model) -> Problem | None:
 
 def source_needs(model, spec: SwapSpec, mask: torch.Tensor | None) -> SourceNeeds:
     """Which layers of ``model`` the swap patches, and what it reads from the sources there."""
-    cross_keys = layer_keys(model, spec.layout_layers)
-    self_keys = tuple(sorted({*cross_keys, *layer_keys(model, spec.reference_layers)}))
-    return SourceNeeds(spec, self_keys, cross_keys, mask is not None)
+    family = family_of(model)
+    layout_keys = layer_keys(model, spec.layout_layers)
+    self_keys = tuple(sorted({*layout_keys, *layer_keys(model, spec.reference_layers)}))
+    return SourceNeeds(spec, self_keys, () if family.joint else layout_keys, mask is not None, family.joint)
 
 
 KIND_NAMES = {SELF_OUT: "self-attention output", CROSS_OUT: "cross-attention output",
@@ -75,26 +77,32 @@ def record_problem(model, spec: SwapSpec, mask, inversions: dict[str, InversionT
     return None
 
 
+def _flat(extras: Extras) -> tuple:
+    """A path's extras as a tuple for the cache key (names and tensors, half by half)."""
+    return tuple(item for half in extras for name in sorted(half) for item in (name, half[name]))
+
+
 def swap_model(model, layout: InversionTrajectory, reference: InversionTrajectory,
                layout_prompts: tuple[torch.Tensor, torch.Tensor], reference_prompts: tuple[torch.Tensor, torch.Tensor],
                spec: SwapSpec, mode: SourceMode, cache: CacheMode, mask: torch.Tensor | None, error_for: ErrorFor,
-               layout_adm: Adm = (None, None), reference_adm: Adm = (None, None)):
+               layout_extras: Extras = ({}, {}), reference_extras: Extras = ({}, {}), positions: str = "shifted"):
     """A clone of ``model`` that runs the multi-source swap in any stock sampler.
 
     Args:
         layout, reference: the source paths' recorded inversions (or stage 1's trajectory).
         layout_prompts, reference_prompts: each path's ``(positive, negative)`` text embeddings
             (``[1, tokens, dim]``, or ``[steps, tokens, dim]``: one per sampling step).
-        layout_adm, reference_adm: each path's ``(positive, negative)`` ADM vectors ``y`` (SDXL's
-            pooled text and size embedding), None for a UNet without one (SD1.x).
+        layout_extras, reference_extras: each path's ``(positive, negative)`` row-wise model inputs by name, as
+            the model's ``extra_conds`` makes them (SDXL's ``y``; Flux's ``y`` and ``guidance``; none on SD1.x).
+        positions: a DiT's reference keys "shifted" off the target's RoPE positions or "shared" (:mod:`.dit`).
         mode, cache: how the sources run, and where the reference cache lives (off in the paper's mode).
         error_for: turns a problem with an input into the exception raised, here (a model that
             carries a swap already) or when a sampler runs the model (:class:`~.session.OuterSample`).
     """
     cache = CacheMode.OFF if mode is SourceMode.REDENOISE else cache
     paths = SourcePaths(layout, reference, layout_prompts, reference_prompts, mode, cache,
-                        (model_key(model, KEY), *reference_prompts, *reference_adm) if cache is not CacheMode.OFF
-                        else (), layout_adm, reference_adm)
+                        (model_key(model, KEY), *reference_prompts, *_flat(reference_extras)) if cache is not CacheMode.OFF
+                        else (), layout_extras, reference_extras)
     needs = source_needs(model, spec, mask)
     problem = swapped_problem(model)
     if problem is not None:
@@ -103,12 +111,7 @@ def swap_model(model, layout: InversionTrajectory, reference: InversionTrajector
     import comfy.patcher_extension as ext
 
     m = model.clone()  # patches already on a key are chained (SwapAttention says where they run)
-    for kind, attn, swapped in (("self", "attn1", needs.self_layers), ("cross", "attn2", needs.cross_layers)):
-        for key in layer_keys(model, LayerSet(None)):  # every attention layer
-            chained = replace_patch(model, attn, key)
-            if key in swapped or chained is not None:
-                m.set_model_patch_replace(SwapAttention(kind, spec, mask if kind == "self" else None, chained), attn,
-                                          *key)
+    family_of(model).install_swap(m, model, needs, spec, mask, positions)
     outer = OuterSample(paths, needs, error_for)
     ext.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, KEY, outer, m.model_options, is_model_options=True)
     ext.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, KEY, apply_model_wrapper, m.model_options,

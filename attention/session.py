@@ -27,14 +27,17 @@ import torch
 from ..errors import Problem
 from ..records import AttentionRecord, InversionTrajectory, sigma_position
 from .attend import ROWS_KEY, SOURCES_KEY
-from .layers import projection
+from .dit import TOKENS_KEY
+from .family import family_of_diffusion_model
 from .rows import RowLayout
 from .sources import StepSources
 from .swap import SourceNeeds
 
 # (input name, problem) -> the exception raised: the node that made the patch words it for the artist.
 ErrorFor = Callable[[str, Problem], Exception]
-Adm = tuple[torch.Tensor | None, torch.Tensor | None]  # a path's (positive, negative) ADM vectors y, or None
+# A path's (positive, negative) row-wise model inputs besides the latent and the text, as the model's own
+# extra_conds makes them: SDXL's ADM vector y; Flux's pooled text y and its guidance; nothing on SD1.x.
+Extras = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 KEY = "lr_multi_source_swap"
 RUN_KEY = "lr_swap_run"
 PATHS = ("layout", "reference")
@@ -74,8 +77,8 @@ class SourcePaths:
     mode: SourceMode = SourceMode.RECORDED
     reference_cache: CacheMode = CacheMode.OFF
     cache_key: tuple = ()
-    layout_adm: Adm = (None, None)
-    reference_adm: Adm = (None, None)
+    layout_extras: Extras = ({}, {})
+    reference_extras: Extras = ({}, {})
 
     def __deepcopy__(self, memo) -> SourcePaths:
         return self  # immutable; ModelPatcher.clone() deep-copies model_options, where it lives
@@ -96,8 +99,8 @@ class SourcePaths:
         prompt = (self.layout_prompts if path == "layout" else self.reference_prompts)[half]
         return prompt if prompt.shape[0] == 1 else prompt[step:step + 1]
 
-    def adm(self, path: str) -> Adm:
-        return self.layout_adm if path == "layout" else self.reference_adm
+    def extras(self, path: str, half: int) -> dict[str, torch.Tensor]:
+        return (self.layout_extras if path == "layout" else self.reference_extras)[half]
 
 
 @dataclass
@@ -176,11 +179,23 @@ class RunState:
         self.pending.clear()
 
 
-def _repeat_tokens(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Repeat prompts to one token count, as ComfyUI does when it batches conditionings (lcm)."""
+def _repeat_tokens(tensors: list[torch.Tensor], joint: bool, error_for: ErrorFor) -> list[torch.Tensor]:
+    """Repeat prompts to one token count, as ComfyUI does when it batches conditionings (lcm). Under
+    joint attention repeated text tokens would weigh the text more, so there the counts must agree."""
     lengths = [t.shape[1] for t in tensors]
+    if joint and len(set(lengths)) > 1:
+        raise error_for("model", (f"is sampled with prompts of {lengths[0]} text tokens but the sources' have "
+                                  f"{sorted(set(lengths[1:]))}; in joint attention every row needs as many.",
+                                  "encode all prompts with the same text encoder and the same length (shorter "
+                                  "prompts: T5 pads them to one length)."))
     target = math.lcm(*lengths)
     return [t.repeat(1, target // t.shape[1], 1) for t in tensors]
+
+
+def _row_inputs(kwargs: dict, rows: int) -> list[str]:
+    """The names of the model call's inputs that hold one row per latent row (y, guidance, ...)."""
+    return [name for name, value in kwargs.items() if isinstance(value, torch.Tensor) and value.ndim >= 1
+            and value.shape[0] == rows]
 
 
 def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
@@ -195,7 +210,15 @@ def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control
     comfy.model_management.throw_exception_if_processing_interrupted()
     if c_concat is not None or control is not None:
         raise run.error_for("model", ("is sampled with a ControlNet or an inpainting model's extra input, which the "
-                                      "swap does not support.", "remove the ControlNet, or use a plain SD1.x model."))
+                                      "swap does not support.", "remove the ControlNet, or use a plain model."))
+    if kwargs.get("ref_latents") is not None:
+        raise run.error_for("model", ("is sampled with reference latents (Flux Kontext's ReferenceLatent): their "
+                                      "tokens would join the swapped image tokens.",
+                                      "remove the ReferenceLatent node from the conditioning of the retouch sampler."))
+    if kwargs.get("attention_mask") is not None:
+        raise run.error_for("model", ("is sampled with an attention mask in the conditioning, which the swap's joined "
+                                      "keys do not fit.", "remove the attention mask from the retouch conditioning."))
+    family = family_of_diffusion_model(executor.class_obj.diffusion_model)
     halves = tuple(transformer_options["cond_or_uncond"])
     batch = x.shape[0] // len(halves)
     sigma = t[0]
@@ -203,31 +226,39 @@ def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control
     latents = {p: run.source_latent(p, sigma).to(x) for p in PATHS if run.runs(p, step, halves)}
     n = {p: latents[p].shape[0] if p in latents else 0 for p in PATHS}
     rows = RowLayout(halves, batch, n["layout"], n["reference"], step)
-    y = kwargs.get("y")  # the ADM input of SDXL-family UNets: one row per latent row
-    xs, contexts, ys = [], [], []
+    row_inputs = _row_inputs(kwargs, x.shape[0])  # SDXL's y, Flux's y and guidance: one row per latent row
+    xs, contexts = [], []
+    extra: dict[str, list[torch.Tensor]] = {name: [] for name in row_inputs}
     for h, half in enumerate(halves):  # per half: its targets, then its source rows (rows.py)
         xs.append(x[h * batch:(h + 1) * batch])
         contexts.append(c_crossattn[h * batch:(h + 1) * batch])
-        ys.append(None if y is None else y[h * batch:(h + 1) * batch])
+        for name in row_inputs:
+            extra[name].append(kwargs[name][h * batch:(h + 1) * batch])
         for path in latents:
             xs.append(latents[path])
             contexts.append(run.paths.prompt(path, half, step).to(c_crossattn).expand(n[path], -1, -1))
-            if y is not None:
-                adm = run.paths.adm(path)[half]
-                if adm is None:
-                    raise run.error_for("model", ("takes an ADM input (y) that the sources' prompts lack.",
-                                                  "give the swap the sources' CONDITIONING from this model's CLIP."))
-                ys.append(adm.to(y).expand(n[path], -1))
-    if y is not None and latents:
-        kwargs = {**kwargs, "y": torch.cat(ys)}
+            own = run.paths.extras(path, half)
+            for name in row_inputs:
+                if name not in own:
+                    raise run.error_for("model", (f"takes an input '{name}' that the sources' prompts lack.",
+                                                  "give the swap the sources' CONDITIONING from this model's text "
+                                                  "encoder (and, on Flux, through the same FluxGuidance)."))
+                value = own[name].to(kwargs[name])
+                extra[name].append(value.expand(n[path], *value.shape[1:]))
+    if latents:
+        kwargs = {**kwargs, **{name: torch.cat(values) for name, values in extra.items()}}
+    context = torch.cat(_repeat_tokens(contexts, family.joint, run.error_for))
     options = dict(transformer_options)
     options[ROWS_KEY] = rows
     options[SOURCES_KEY] = StepSources(rows, {p: r for p, r in run.read.items() if p not in latents},
                                        {p: r for p, r in run.write.items() if p in latents},
-                                       projection(executor.class_obj.diffusion_model))
+                                       family.projection(executor.class_obj.diffusion_model))
+    tokens = family.tokens(x, context)
+    if tokens is not None:
+        options[TOKENS_KEY] = tokens
     x_all = torch.cat(xs)
     t_all = t[:1].expand(x_all.shape[0])
-    out = executor(x_all, t_all, None, torch.cat(_repeat_tokens(contexts)), None, options, **kwargs)
+    out = executor(x_all, t_all, None, context, None, options, **kwargs)
     run.keep_outputs(rows, out)
     return out[rows.target_index().to(out.device, non_blocking=True)]
 
@@ -259,11 +290,16 @@ class OuterSample:
         self.error_for = error_for
 
     def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
-        latent_format = executor.class_obj.model_patcher.get_model_object("latent_format")
+        patcher = executor.class_obj.model_patcher
+        start = patcher.get_model_object("latent_format").process_in(latent_image.float().cpu())
         problem = schedule_problem(self.paths.layout, sigmas) or sampler_problem(noise, sampler) or \
-            start_problem(self.paths.layout, latent_format.process_in(latent_image.float().cpu()), sigmas)
+            start_problem(self.paths.layout, start, sigmas)
         if problem is not None:
             raise self.error_for("model", problem)
+        if flow_start(patcher.get_model_object("model_sampling"), sigmas):
+            # A flow model at sigma 1: ComfyUI's sampler starts from sigma * noise + (1 - sigma) * latent, which
+            # drops the latent there; the inverted latent is the run's noise (what a flow sampler starts from).
+            noise = start.to(noise)
         options = executor.class_obj.model_options.setdefault("transformer_options", {})
         run = RunState(self.paths, self.needs, self.error_for)
         options[RUN_KEY] = run
@@ -277,6 +313,14 @@ class OuterSample:
                 record.release()
             run.latents.clear()
             run.pending.clear()
+
+
+def flow_start(model_sampling, sigmas: torch.Tensor) -> bool:
+    """Whether a run starts at a flow model's (CONST: x = (1 - sigma) x0 + sigma noise) top sigma 1, where
+    ComfyUI's ``noise_scaling`` keeps nothing of the start latent."""
+    import comfy.model_sampling
+
+    return isinstance(model_sampling, comfy.model_sampling.CONST) and float(sigmas[0]) >= 1.0
 
 
 def schedule_problem(traj: InversionTrajectory, sigmas: torch.Tensor) -> Problem | None:

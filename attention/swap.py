@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..records import CROSS_OUT, KEYS, SELF_OUT, VALUES, Layer, Need
 from .attend import ROWS_KEY, SOURCES_KEY, Attend, attend_as_before, host_attention
-from .layers import LayerSet
+from .layer_set import LayerSet
 from .rows import RowLayout
 from .sources import StepSources
 
@@ -153,12 +153,17 @@ class SourceNeeds:
     self_layers: tuple[Layer, ...]
     cross_layers: tuple[Layer, ...]
     masked: bool
+    joint: bool = False  # a DiT's joint attention: the layout phase reads the layout's keys and values
 
     def of(self, path: str, step: int) -> frozenset[Need]:
         needs = set()
         for layer in self.self_layers:
             phase = self.spec.self_phase(layer[:2], step)
-            if path == "layout" and (phase is Phase.LAYOUT or (self.masked and self.spec.blends(layer[:2], step))):
+            if path == "layout" and self.joint and phase is Phase.LAYOUT:
+                needs.update({(layer, KEYS), (layer, VALUES)})
+            elif path == "layout" and phase is Phase.LAYOUT:
+                needs.add((layer, SELF_OUT))
+            if path == "layout" and self.masked and self.spec.blends(layer[:2], step):
                 needs.add((layer, SELF_OUT))
             if path == "reference" and phase is Phase.REFERENCE:
                 needs.update({(layer, KEYS), (layer, VALUES)})

@@ -49,7 +49,7 @@ def fill(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
             continue
         leaf = name.rsplit(".", 1)[-1]
         if t.ndim <= 1:
-            is_norm_weight = leaf == "weight" and ("norm" in name or "ln" in name)
+            is_norm_weight = leaf in ("weight", "scale") and ("norm" in name or "ln" in name)  # Flux's RMSNorm: scale
             if is_norm_weight:
                 out[name] = torch.ones(t.shape)
             elif leaf == "bias":
@@ -121,3 +121,39 @@ def sdxl_checkpoint(unet: dict, unet_seed: int, shared_seed: int = 0, dtype: tor
     if v_prediction:
         sd["v_pred"] = torch.tensor([])
     return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+
+
+# Flux.1 (dev: guidance embedded). ComfyUI's detection fixes the width at 3072 and 24 heads and reads the block
+# counts from the keys (comfy/model_detection.py), so a file of 3072-wide blocks loads through UNETLoader; a
+# narrower one is built from this config with ComfyUI's own classes (:func:`flux_patcher`). Rope axes sum to the
+# head width, as Flux.1's (16, 56, 56) do for 128.
+FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, patch_size=2, vec_in_dim=768,
+                context_in_dim=4096, hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38,
+                axes_dim=[16, 56, 56], theta=10000, qkv_bias=True, guidance_embed=True)
+FLUX_TINY = dict(FLUX_DEV, hidden_size=64, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[4, 14, 14])
+
+
+def flux_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
+    """A Flux transformer's state dict (ComfyUI's and BFL's key names), seeded."""
+    import comfy.ldm.flux.model
+    import comfy.ops
+
+    params = {k: v for k, v in config.items() if k != "image_model"}
+    with torch.device("meta"):
+        flux = comfy.ldm.flux.model.Flux(**params, device="meta", operations=comfy.ops.disable_weight_init)
+    return fill(flux, seed)
+
+
+def flux_patcher(config: dict, state_dict: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32):
+    """A ComfyUI ModelPatcher of a Flux transformer built from ``config`` (any width), as
+    ``comfy.sd.load_diffusion_model_state_dict`` builds a detected one."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.Flux(dict(config))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model(state_dict, "")
+    model.load_model_weights(state_dict, "")
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())

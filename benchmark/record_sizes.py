@@ -68,3 +68,17 @@ def sizes(steps: int = 50, lambda1: int = 5, lambda2: int = 10) -> dict[str, dic
         out[family] = {"layers": len(keys), **{
             name: record_bytes(unet, keys, latent, n_steps, 2, kinds) / 2**30 for name, (kinds, n_steps) in records.items()}}
     return out
+
+
+def flux_sizes(steps: int = 28, lambda2: int = 5, size: int = 1024) -> dict[str, float]:
+    """GiB of Flux.1-dev's reference records at ``size`` px with the ``auto`` blocks (Stable Flow's vital layers),
+    bf16, cfg 1 (one row per step): the reference cache as the swap keeps it (the image tokens' keys and values
+    from lambda2 on), and what one tensor per block (e.g. the block's normed input, projected when read) would take."""
+    from ..attention.dit import VITAL
+    from .random_models import FLUX_DEV
+
+    tokens, width = (size // 16) ** 2, FLUX_DEV["hidden_size"]  # 8x VAE, 2x2 patches
+    per_tensor = tokens * width * 2 * (steps - lambda2) * len(VITAL)
+    return {"blocks": len(VITAL), "steps": steps, "lambda2": lambda2,
+            "reference cache (keys and values from lambda2)": 2 * per_tensor / 2**30,
+            "one tensor per block (e.g. the normed input)": per_tensor / 2**30}

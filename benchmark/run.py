@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..guidance.losses import uremd
+from .record_sizes import flux_sizes
 from .record_sizes import sizes as record_sizes
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class Pipeline:
         self.reference = {"samples": torch.randn(1, 4, size // 8, size // 8,
                                                  generator=torch.Generator().manual_seed(0))}
         self.size, self.steps, self.cfg = size, steps, 7.5
+        self.sampler, self.scheduler = "ddim", "ddim_uniform"
         # The paper's 5, 10 and 30 of 50 steps, scaled to other step counts.
         self.lambda1, self.lambda2, self.mask_start = max(1, steps // 10), steps // 5, 3 * steps // 5
         self.state: dict = {}
@@ -158,7 +160,7 @@ class Pipeline:
         return {"samples": self.latent["samples"].expand(batch, -1, -1, -1).contiguous()}
 
     def plain(self, batch: int = 1):
-        return self.nodes.KSampler().sample(self.personalized, 0, self.steps, self.cfg, "ddim", "ddim_uniform",
+        return self.nodes.KSampler().sample(self.personalized, 0, self.steps, self.cfg, self.sampler, self.scheduler,
                                             self.pp, self.neg, self.latents(batch))[0]
 
     def stage1(self, record: bool = False, batch: int = 1) -> Callable[[], None]:
@@ -168,7 +170,7 @@ class Pipeline:
                 vanilla_model=self.vanilla, personalized_model=self.personalized, vanilla_positive=self.vp,
                 vanilla_negative=self.neg, personalized_positive=self.pp, personalized_negative=self.neg,
                 latent_image=self.latents(batch), seed=0, steps=self.steps, lambda1=self.lambda1, cfg=self.cfg,
-                sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0, record_attention=record,
+                sampler_name=self.sampler, scheduler=self.scheduler, denoise=1.0, record_attention=record,
                 attention_layers="auto", batch_seeds=",".join(map(str, range(batch))) if batch > 1 else ""
             ).result
         return fn
@@ -179,7 +181,7 @@ class Pipeline:
         def fn():
             self.state[name] = self.mapping["LR_DDIMInversion"].execute(
                 model=self.personalized, positive=self.empty if prompt is None else prompt, latent=source(),
-                steps=self.steps, scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0, negative=negative,
+                steps=self.steps, scheduler=self.scheduler, sampler_name=self.sampler, cfg=1.0, negative=negative,
                 record_attention=bool(record), attention_layers="auto", record_for=record or "layout").result
         return fn
 
@@ -206,7 +208,7 @@ class Pipeline:
                 reference_cache=cache, mask=self.state[_key("mask", batch)]).result[0]
             start = self.state[_key("stage1", batch)][2] if layout == "stage 1" else self.state[layout][0]
             self.state["out", reference_inv, layout, mode, cache, batch] = self.nodes.KSamplerAdvanced().sample(
-                patched, "disable", 0, self.steps, self.cfg, "ddim", "ddim_uniform", self.yr, self.neg, start, 0,
+                patched, "disable", 0, self.steps, self.cfg, self.sampler, self.scheduler, self.yr, self.neg, start, 0,
                 10000, "disable")[0]
         return fn
 
@@ -269,6 +271,80 @@ class Pipeline:
 PD_SOURCES = ("ddim", "null_text")
 PD_SOURCE_NAMES = {"ddim": "DDIM", "null_text": "null-text"}
 
+
+
+class FluxPipeline(Pipeline):
+    """The Layout-and-Retouch nodes on Flux.1-dev as its workflows run it: euler/simple at cfg 1 with FluxGuidance
+    3.5, one row per step (no CFG halves). On a GPU (unless ``cpu``): a random full-size Flux.1-dev in bf16 (19
+    double, 38 single blocks, 3072 wide); else the tiny one (64 wide, 2 + 2 blocks). T5-XXL and CLIP-L are not run:
+    the prompts are conditioning tensors of their real shapes (``[1, 512, 4096]`` and ``[1, 768]``). Flux has no
+    subject map yet, so the swap runs without the adaptive mask, and its sources in the recorded mode (the fast
+    mode needs records of the inversions, not yet made on Flux); the reference cache is on."""
+
+    def __init__(self, size: int, steps: int, cpu: bool, family: str = "flux") -> None:
+        import comfy.model_management as mm
+
+        import nodes
+
+        from .random_models import FLUX_DEV, FLUX_TINY, flux_patcher, flux_state_dict
+
+        self.nodes, self.mapping = nodes, nodes.NODE_CLASS_MAPPINGS
+        self.device = mm.get_torch_device()
+        self.full = self.device.type == "cuda" and not cpu
+        self.family = family
+        config, dtype = (FLUX_DEV, torch.bfloat16) if self.full else (FLUX_TINY, torch.float32)
+        self.vanilla, self.personalized = (flux_patcher(config, {k: v.to(dtype) for k, v in
+                                                                 flux_state_dict(config, seed).items()}, dtype)
+                                           for seed in (1, 2))
+        self.clip = None
+        tokens = 512 if self.full else 256  # Flux.1-dev's T5 length; the tiny one's shorter
+
+        def encode(seed: int):
+            gen = torch.Generator().manual_seed(seed)
+            return [[torch.randn(1, tokens, 4096, generator=gen),
+                     {"pooled_output": torch.randn(1, 768, generator=gen), "guidance": 3.5}]]
+
+        self.vp, self.pp, self.yr, self.empty = (encode(seed) for seed in (1, 2, 3, 4))
+        self.neg = self.pp  # unused at cfg 1
+        self.latent = {"samples": torch.zeros(1, 16, size // 8, size // 8)}
+        self.reference = {"samples": torch.randn(1, 16, size // 8, size // 8,
+                                                 generator=torch.Generator().manual_seed(0))}
+        self.size, self.steps, self.cfg = size, steps, 1.0
+        self.sampler, self.scheduler = "euler", "simple"
+        self.lambda1, self.lambda2, self.mask_start = max(1, steps // 10), steps // 5, steps
+        self.state: dict = {}
+        self.rows = [0, 0]
+
+    def mask(self, layout: str, batch: int = 1) -> Callable[[], None]:
+        def fn():
+            self.state[_key("mask", batch)] = None  # no subject map on Flux yet
+        return fn
+
+
+FLUX_PARTS = ("plain KSampler", "shipped default", "shipped default with the reference cache",
+              "shipped default, new reference", "full pipeline")
+
+
+def measure_flux_parts(p: FluxPipeline, repeats: int) -> list[Part]:
+    """Flux's rows: plain; the shipped default per image (stage 1's path as the layout, the swap's sources live in
+    the recorded mode, the reference's inversion reused) and with a new reference; the paper's graph (both
+    inversions, the sources re-denoised); the shipped default with the reference cache on (no reference rows
+    after the first image, at the RAM of ``flux_sizes``: off by default on Flux, README)."""
+    record_reference = p.invert("reference_rec", lambda: p.reference, p.yr)
+    shipped = (p.stage1(), p.mask("stage 1"), p.stage2("reference_rec", "stage 1", "recorded", "off"))
+    cached = (p.stage1(), p.mask("stage 1"), p.stage2("reference_rec", "stage 1", "recorded", CACHED))
+    paper = (p.stage1(), p.invert("reference_inv", lambda: p.reference),
+             p.invert("layout_inv", lambda: p.state["stage1"][0]), p.mask("layout_inv"),
+             p.stage2("reference_inv", "layout_inv", "re-denoised (paper)"))
+    p.count_rows()
+    p.warm_up()
+    record_reference()
+    _chain(*cached)()  # the reference cache filled, as by the artist's first image
+    measure = lambda name, fn: _measure(name, fn, p.device, repeats, p.rows)  # noqa: E731
+    return with_ratios([measure(FLUX_PARTS[0], p.plain), measure(FLUX_PARTS[1], _chain(*shipped)),
+                        measure(FLUX_PARTS[2], _chain(*cached)),  # before a new reference empties the cache
+                        measure(FLUX_PARTS[3], _chain(record_reference, *shipped)),
+                        measure(FLUX_PARTS[4], _chain(*paper))])
 
 def _key(name: str, batch: int) -> str | tuple[str, int]:
     return name if batch == 1 else (name, batch)
@@ -445,11 +521,14 @@ def run(size: int, steps: int, repeats: int, cpu: bool, family: str = "sd1", par
     """Measure every part (SDXL, or ``parts="headline"``: the headline's); return the report (parts with
     ratios, the fast mode's fidelity and the throughput for SD1.x's every part, the palettes' comparison
     where Pick-and-Draw ran, the setting, the records' sizes)."""
-    p = Pipeline(size, steps, cpu, family)
+    p = (FluxPipeline if family == "flux" else Pipeline)(size, steps, cpu, family)
     device = p.device
     model = {("sd1", True): "random SD1.5 (fp16)", ("sd1", False): "tiny random SD1.x",
-             ("sdxl", True): "random SDXL (fp16)", ("sdxl", False): "tiny random SDXL"}[family, p.full]
-    if family == "sdxl" or parts == "headline":
+             ("sdxl", True): "random SDXL (fp16)", ("sdxl", False): "tiny random SDXL",
+             ("flux", True): "random Flux.1-dev (bf16)", ("flux", False): "tiny random Flux.1-dev"}[family, p.full]
+    if family == "flux":
+        measured, extra = measure_flux_parts(p, repeats), {"flux_record_sizes_gib": flux_sizes()}
+    elif family == "sdxl" or parts == "headline":
         measured = measure_core_parts(p, repeats, pick_and_draw=parts == "headline")
         extra = {"palette_sources": palette_sources(p)} if parts == "headline" else {}
     else:
@@ -460,7 +539,7 @@ def run(size: int, steps: int, repeats: int, cpu: bool, family: str = "sd1", par
         "setting": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
                     or "cpu", "model": model,
                     "size": size, "steps": steps, "lambda1": p.lambda1, "lambda2": p.lambda2,
-                    "mask_start": p.mask_start, "cfg": p.cfg, "sampler": "ddim/ddim_uniform", "repeats": repeats,
+                    "mask_start": p.mask_start, "cfg": p.cfg, "sampler": f"{p.sampler}/{p.scheduler}", "repeats": repeats,
                     "torch": torch.__version__, "memory": "CUDA max allocated" if device.type == "cuda" else
                     "process peak RSS during the part" if _reset_cpu_peak() else "process peak RSS so far",
                     "date": time.strftime("%Y-%m-%d")},
@@ -545,6 +624,11 @@ def main(size: int, steps: int, repeats: int, cpu: bool, output: Path, family: s
         print(throughput_table(report))  # noqa: T201
         print()  # noqa: T201
     print(sizes_table(report))  # noqa: T201
+    if "flux_record_sizes_gib" in report:
+        flux = report["flux_record_sizes_gib"]
+        print(f"Flux.1-dev at 1024x1024, {flux['blocks']} auto blocks, {flux['steps']} steps, lambda2 {flux['lambda2']}, "  # noqa: T201
+              f"bf16: reference cache {flux['reference cache (keys and values from lambda2)']:.2f} GiB (one tensor per "
+              f"block: {flux['one tensor per block (e.g. the normed input)']:.2f} GiB)")
     print()  # noqa: T201
     print(table(report))  # noqa: T201
     if "palette_sources" in report:

@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     bench.add_argument("--repeats", type=int, default=None, help="runs per part, median kept (default 3 GPU, 1 CPU)")
     bench.add_argument("--cpu", action="store_true", help="run on the CPU with the tiny model")
-    bench.add_argument("--family", choices=["sd1", "sdxl"], default="sd1", help="sd1 (every part) or sdxl (the "
-                       "headline's Layout-and-Retouch rows; default size 1024 on a GPU)")
+    bench.add_argument("--family", choices=["sd1", "sdxl", "flux"], default="sd1", help="sd1 (every part), sdxl (the "
+                       "headline's Layout-and-Retouch rows; default size 1024 on a GPU) or flux (Layout-and-Retouch "
+                       "on Flux.1-dev: plain, shipped default, new reference, the paper's graph; 1024 on a GPU)")
     bench.add_argument("--parts", choices=["all", "headline"], default="all", help="all (SD1.x: every part; SDXL: "
                        "the headline's Layout-and-Retouch rows) or headline (the headline's rows with "
                        "Pick-and-Draw's, for either family)")
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..benchmark.run import main as bench_main
 
         gpu = torch.cuda.is_available() and not args.cpu
-        native = 1024 if args.family == "sdxl" else 512
+        native = 512 if args.family == "sd1" else 1024
         bench_main(args.size or (native if gpu else 64), args.steps, args.repeats or (3 if gpu else 1), args.cpu,
                    args.output, args.family, args.parts)
         return 0

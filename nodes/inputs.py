@@ -71,16 +71,21 @@ def step_prompts(node: str, name: str, conditioning, model, sampling_sigmas: tor
     return torch.cat([t.repeat(1, tokens // t.shape[1], 1) for t in chosen])
 
 
-def prompt_adm(model, conditioning, latent: torch.Tensor, prompt_type: str) -> torch.Tensor | None:
-    """The ADM vector ``y`` ``[1, dim]`` that ComfyUI's sampler gives ``model`` with a CONDITIONING's
-    first entry on ``latent`` (SDXL: the pooled text and the size embedding; sizes default to the
-    latent's in pixels, as ComfyUI's ``encode_model_conds`` does), or None for a UNet without one."""
+def prompt_extras(model, conditioning, latent: torch.Tensor, prompt_type: str) -> dict[str, torch.Tensor]:
+    """The row-wise model inputs besides the latent and the text that ComfyUI's sampler gives ``model`` with
+    a CONDITIONING's first entry on ``latent``, one row each, made by the model's own ``extra_conds`` as
+    ComfyUI's ``encode_model_conds`` does (sizes default to the latent's in pixels): SDXL's ADM vector
+    ``y``; Flux's pooled text ``y`` and ``guidance``; none on SD1.x."""
+    import comfy.conds
+
     entry = conditioning[0][1]
     h, w = latent.shape[-2:]
-    params = {**entry, "width": entry.get("width", w * 8), "height": entry.get("height", h * 8),
-              "prompt_type": entry.get("prompt_type", prompt_type), "device": "cpu"}
-    adm = model.model.encode_adm(**params)
-    return None if adm is None else adm[:1].detach()
+    params = {**entry, "cross_attn": conditioning[0][0], "device": "cpu", "noise": latent[:1], "width": entry.get("width", w * 8), "height": entry.get("height", h * 8),
+              "prompt_type": entry.get("prompt_type", prompt_type)}
+    conds = model.model.extra_conds(**params)
+    return {name: cond.cond[:1].detach() for name, cond in conds.items()
+            if name not in ("c_crossattn", "c_concat") and type(cond) is comfy.conds.CONDRegular
+            and isinstance(cond.cond, torch.Tensor)}
 
 
 def check_conditioning(node: str, name: str, conditioning, model) -> None:
@@ -88,7 +93,8 @@ def check_conditioning(node: str, name: str, conditioning, model) -> None:
     1024 for SD2.x, 2048 for SDXL): a prompt encoded with another family's CLIP."""
     if not conditioning:
         raise NodeInputError(node, name, "is an empty CONDITIONING.", "connect a CLIP Text Encode output.")
-    width = model.model.model_config.unet_config.get("context_dim")
+    config = model.model.model_config.unet_config
+    width = config.get("context_dim", config.get("context_in_dim"))  # a UNet's cross-attention; Flux's T5 input
     for entry in conditioning:
         if width is not None and entry[0].shape[-1] != width:
             raise NodeInputError(node, name, f"has text width {entry[0].shape[-1]} but the {model_family(model)} "
@@ -97,7 +103,9 @@ def check_conditioning(node: str, name: str, conditioning, model) -> None:
 
 
 AUTO_LAYERS = ("'auto' (the default): the model family's decoder at 1/1 and "
-               "1/2 of the latent: SD1.x 'output 6-11' (MasaCtrl), SDXL 'output 3-5' (Visual Style Prompting). Or e.g. 'output 6-11', or 'all'.")
+               "1/2 of the latent: SD1.x 'output 6-11' (MasaCtrl), SDXL 'output 3-5' (Visual Style Prompting); Flux "
+               "Stable Flow's vital layers (double 0, 1, 17, 18; single 6, 9, 34, 35, 37). Or e.g. 'output 6-11', "
+               "'double 0-18', or 'all'.")
 
 
 def record_layers_input():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ..attention.dit import POSITIONS
+from ..attention.family import family_of
 from ..attention.layers import AUTO
 from ..attention.patching import record_problem, swap_model
 from ..attention.session import CacheMode, SourceMode
@@ -17,7 +19,7 @@ from .inputs import (
     check_mask,
     check_same_size,
     layer_input,
-    prompt_adm,
+    prompt_extras,
     raise_for,
     schedule_text,
     step_prompts,
@@ -81,6 +83,12 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                                        "reference's DDIM Inversion; its size is in the README (Speed)."),
                 io.Mask.Input("mask", optional=True, tooltip="Where the target keeps its own self-attention (1) or "
                               "takes the layout's (0), from mask_start on. No mask: no blend."),
+                io.Combo.Input("reference_positions", options=list(POSITIONS), default=POSITIONS[0], optional=True,
+                               tooltip="Flux only (its keys carry RoPE positions; a UNet's carry none). shifted: each "
+                                       "reference's keys sit beside the image, off the target's positions, so the "
+                                       "target takes the subject's look without the photo's layout. shared: at the "
+                                       "target's own positions (Stable Flow's injection), which pulls the reference's "
+                                       "layout in."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The patched model: sample it with a KSampler "
                                      "(Advanced) from the layout's inverted latent, add_noise disabled, with the "
@@ -98,7 +106,7 @@ class MultiSourceAttentionSwap(io.ComfyNode):
     @classmethod
     def execute(cls, model, reference_inversion, layout_inversion, reference_positive, reference_negative,
                 layout_positive, layout_negative, lambda2, mask_start, layout_layers, reference_layers,
-                source_paths, reference_cache, mask=None) -> io.NodeOutput:
+                source_paths, reference_cache, mask=None, reference_positions=POSITIONS[0]) -> io.NodeOutput:
         ref, lay = reference_inversion, layout_inversion
         family = model_family(model)
         for name, traj in (("reference_inversion", ref), ("layout_inversion", lay)):
@@ -127,6 +135,10 @@ class MultiSourceAttentionSwap(io.ComfyNode):
         spec = SwapSpec(lambda2, mask_start, layer_input(NODE, "layout_layers", layout_layers, model),
                         layer_input(NODE, "reference_layers", reference_layers, model))
         mode = SOURCE_MODES[source_paths]
+        if mode is SourceMode.FAST and family_of(model).joint:
+            raise NodeInputError(NODE, "source_paths", f"is the fast mode, which reads attention the inversions "
+                                 f"recorded; on {family_of(model).name} the inversions do not record it yet.",
+                                 "choose 'recorded' (the same result: the sources run as rows beside the target).")
         if mode is SourceMode.FAST:
             found = record_problem(model, spec, mask, {"layout": lay, "reference": ref})
             if found is not None:
@@ -138,7 +150,7 @@ class MultiSourceAttentionSwap(io.ComfyNode):
             tuple(step_prompts(NODE, name, conditioning, model, ref.sampling_sigmas) for name, conditioning in
                   (("reference_positive", reference_positive), ("reference_negative", reference_negative))),
             spec, mode, CACHE_MODES[reference_cache], mask, lambda name, problem: NodeInputError(NODE, name, *problem),
-            (prompt_adm(model, layout_positive, lay.latents[0], "positive"),
-             prompt_adm(model, layout_negative, lay.latents[0], "negative")),
-            (prompt_adm(model, reference_positive, ref.latents[0], "positive"),
-             prompt_adm(model, reference_negative, ref.latents[0], "negative"))))
+            (prompt_extras(model, layout_positive, lay.latents[0], "positive"),
+             prompt_extras(model, layout_negative, lay.latents[0], "negative")),
+            (prompt_extras(model, reference_positive, ref.latents[0], "positive"),
+             prompt_extras(model, reference_negative, ref.latents[0], "negative")), reference_positions))

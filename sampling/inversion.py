@@ -154,7 +154,11 @@ def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], step
         torch.zeros_like(latent_image, device="cpu"), latent_image, comfy.samplers.KSAMPLER(sampler_function),
         sigmas_up.to(model.load_device), disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0,
     )
-    samples = samples.to(comfy.model_management.intermediate_device())
+    # The path's end, not the sampler's return: that is divided by 1 - sigma (inverse_noise_scaling), which a
+    # flow model's top sigma 1 makes a division by zero (an SD model's inverse scaling is the identity).
+    del samples
+    samples = model.get_model_object("latent_format").process_out(recorded[-1].float()).to(
+        comfy.model_management.intermediate_device())
     if attention is not None:
         attention.settle()
     trajectory = InversionTrajectory(

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import provide_host
 import pytest
+import torch
 from provide_host import PACK_ROOT
 
 COMFYUI = provide_host.find()
@@ -201,3 +202,25 @@ class TinyXL(Tiny):
         self.personalized, self.v_prediction = (
             comfy.sd.load_checkpoint_guess_config(str(files[name]), output_vae=False, output_clip=False)[0]
             for name in ("tiny_xl_personalized", "tiny_xl_vpred"))
+
+
+class TinyFlux:
+    """Two tiny Flux.1-dev transformers (64 wide, 2 double and 2 single blocks, 2 heads) built with ComfyUI's
+    own Flux classes (``benchmark.random_models.flux_patcher``): the vanilla and a "personalized" one. T5-XXL
+    cannot be tiny, so prompts are conditioning tensors of Flux's real shapes (T5 ``[1, 256, 4096]``, CLIP-L
+    pooled ``[1, 768]``) seeded by their text, with FluxGuidance's ``guidance``."""
+
+    def __init__(self) -> None:
+        from comfyui_layout_retouch.benchmark.random_models import FLUX_TINY, flux_patcher, flux_state_dict
+
+        self.config = FLUX_TINY
+        self.vanilla = flux_patcher(FLUX_TINY, flux_state_dict(FLUX_TINY, 1))
+        self.personalized = flux_patcher(FLUX_TINY, flux_state_dict(FLUX_TINY, 2))
+
+    @staticmethod
+    def encode(text: str, guidance: float = 3.5, tokens: int = 256):
+        import zlib
+
+        gen = torch.Generator().manual_seed(zlib.crc32(text.encode()))
+        return [[torch.randn(1, tokens, 4096, generator=gen),
+                 {"pooled_output": torch.randn(1, 768, generator=gen), "guidance": guidance}]]

@@ -142,3 +142,11 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
     if NO_SKIPS and SKIPPED:
         terminalreporter.write_line(f"{len(SKIPPED)} skipped: a failure here (LR_NO_SKIPS=1)", red=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(comfy):
+    """Two tiny Flux.1-dev transformers built with ComfyUI's Flux classes, and Flux-shaped prompts."""
+    import comfy_host
+
+    return comfy_host.TinyFlux()

@@ -63,7 +63,7 @@ def main() -> int:
         # model, and the tiny SDXL's backward passes would take minutes of the test suite's CPU.
         parts = "all" if dry and family == "sdxl" else "headline"
         command = [sys.executable, str(PACK), "bench", "--family", family, "--parts", parts, "--output",
-                   str(report), "--repeats", str(repeats)]
+                   str(report), "--repeats", str(1 if dry else repeats)]  # dry: the script's path, not timings
         command += ["--cpu", "--steps", "2", "--size", "64"] if dry else ["--size", str(size)]
         part = run(f"bench {family}", command, limit, env, out / f"bench_{family}.log")
         if report.is_file():

@@ -60,3 +60,20 @@ def test_benchmark_smoke(comfy, tmp_path):
         assert report["throughput"][name] == {"1": round(60 / seconds[part], 2),
                                               "4": round(240 / seconds[f"{part}, batch of 4"], 2)}
     assert throughput_table(report).count("\n") == 3
+
+
+def test_benchmark_on_flux(comfy, tmp_path):
+    """``bench --family flux`` on the tiny Flux: every part runs, and each part's rows are what the method costs
+    (cfg 1: one row per step; lambda1 1, lambda2 2 of 10 steps)."""
+    from comfyui_layout_retouch.benchmark.run import FLUX_PARTS, main
+
+    report = main(size=64, steps=10, repeats=1, cpu=True, output=tmp_path / "bench.json", family="flux")
+    rows = {p["name"]: p["unet_rows"] for p in report["parts"]}
+    assert list(rows) == list(FLUX_PARTS) and report["setting"]["model"] == "tiny random Flux.1-dev"
+    assert report["setting"]["sampler"] == "euler/simple" and report["setting"]["cfg"] == 1.0
+    # stage 1 + retouch, and the sources' rows: the layout in steps 0-1, the reference in steps 2-9.
+    assert rows == {"plain KSampler": 10, "shipped default": 10 + 10 + 2 + 8,
+                    "shipped default with the reference cache": 10 + 10 + 2,
+                    "shipped default, new reference": 10 + 30, "full pipeline": 10 + 2 * 10 + 3 * 10}
+    sizes = report["flux_record_sizes_gib"]
+    assert sizes["blocks"] == 9 and 9 < sizes["reference cache (keys and values from lambda2)"] < 10

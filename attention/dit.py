@@ -1,0 +1,199 @@
+"""The Flux family (a DiT with joint attention): its blocks, and the swap on their attention.
+
+Flux has no separate self- and cross-attention: every double and single block attends over the
+text tokens and the image tokens together, ``[txt | img]`` (ComfyUI's ``comfy/ldm/flux``). The
+swap's "self-attention" is the image-query to image-key part of it (METHOD.md, Flux), so in the
+swapped blocks, for the target rows of a call:
+
+- ``s < lambda2`` (layout phase): the image tokens' keys and values are the layout path's; the
+  text tokens' are the target's own; the queries are the target's;
+- ``s >= lambda2`` (reference phase): the image tokens' keys and values are the references' (all
+  reference rows of the target's CFG half, joined along the tokens);
+- ``s >= mask_start``: the image tokens' attention output is blended with the layout's,
+  ``M * phi_t + (1 - M) * phi_o``; the text tokens' output is the target's.
+
+RoPE has already turned the keys positional when the attention backend sees them. With
+``positions = "shifted"`` (the default) the m-th reference's keys are rotated further by
+``(m + 1)`` image widths along the width axis, so no reference key sits at a target position:
+the target's queries then find the subject's appearance by content, not by place, and do not
+copy the reference photo's layout (Personalize-Anything reports that ghosting with shared
+positions). ``"shared"`` keeps each key at its own position, as Stable Flow injects keys and
+values. RoPE is a rotation per axis, so rotating a rotated key by an offset is the key at the
+shifted position, exactly.
+
+The patch is a ComfyUI ``dit`` block replacement (``("double_block", i)``/``("single_block", i)``)
+that runs the block (or the patch that was on the key, chained) with an attention override in
+a copy of the call's ``transformer_options``; an override already there (another pack's) is the
+attention the swap calls (one slot: ComfyUI does not chain them).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..records import KEYS, SELF_OUT, VALUES
+from .attend import ROWS_KEY, SOURCES_KEY
+from .layer_set import LayerSet
+from .rows import RowLayout
+from .sources import StepSources
+from .swap import Phase, _layout_of_sources, mask_tokens
+
+TOKENS_KEY = "lr_swap_tokens"  # the call's (text tokens, image token rows, image token columns), set by the session
+OVERRIDE = "optimized_attention_override"  # ComfyUI's attention override slot in transformer_options
+POSITIONS = ("shifted", "shared")
+# Stable Flow (Avrahami et al. 2025, Sec. 3.2): the "vital layers" of FLUX.1-dev for image-token
+# injection, numbered over the 19 double then 38 single blocks: 0, 1, 17, 18, 25, 28, 53, 54, 56.
+VITAL = frozenset({("double", i) for i in (0, 1, 17, 18)} | {("single", i) for i in (6, 9, 34, 35, 37)})
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """``[n, heads, tokens, d]`` to the records' ``[n, tokens, heads * d]``."""
+    return x.transpose(1, 2).flatten(2)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    return x.unflatten(2, (heads, -1)).transpose(1, 2)
+
+
+def shift_rope(k: torch.Tensor, columns: int, theta: float, axes_dim: tuple[int, ...]) -> torch.Tensor:
+    """Keys ``[n, heads, tokens, d]`` (RoPE applied) moved ``columns`` further along the width axis."""
+    from comfy.ldm.flux.math import apply_rope1, rope
+
+    ids = torch.tensor([[[0.0, 0.0, float(columns)]]], device=k.device)
+    pe = torch.cat([rope(ids[..., i], axes_dim[i], theta) for i in range(len(axes_dim))], dim=-3).unsqueeze(1)
+    return apply_rope1(k, pe)
+
+
+def swap_joint_attention(q, k, v, rows: RowLayout, phase: Phase, attend, tokens: tuple[int, int, int],
+                         mask: torch.Tensor | None = None, layer=None, sources: StepSources | None = None,
+                         shift=None) -> torch.Tensor:
+    """Joint attention of one call's rows with the target rows' image keys and values swapped.
+
+    Args:
+        q, k, v: ``[rows.total, heads, txt + img (+ more), d]``, RoPE applied.
+        attend: the block's attention, ``(q, k, v) -> [n, tokens, heads * d]``.
+        tokens: ``(n_txt, h, w)``: text tokens, then ``h * w`` image tokens in row-major order.
+        mask: ``[n_target, h * w, 1]`` blend weights (1 keeps the target), or None.
+        shift: ``shift(keys, m)``: the m-th reference's keys moved off the target's positions, or None.
+    """
+    if phase is Phase.OWN and mask is None:
+        return attend(q, k, v)
+    n_txt, h, w = tokens
+    img = slice(n_txt, n_txt + h * w)
+    heads = q.shape[1]
+    sources = sources or StepSources(rows)
+    src = rows.sources_index().to(q.device, non_blocking=True)
+    out_sources = attend(q[src], k[src], v[src]) if len(src) else None
+    t = rows.target_index().to(q.device, non_blocking=True)
+    q_t, k_t, v_t = q[t], k[t], v[t]
+    if phase is not Phase.OWN:
+        path = "layout" if phase is Phase.LAYOUT else "reference"
+        index = rows.layout_index() if path == "layout" else rows.reference_index()
+        present = (rows.n_layout if path == "layout" else rows.n_reference) > 0
+        index = index.to(q.device, non_blocking=True)
+        k_src, v_src = (_heads(sources.for_targets(path, layer, kind, _tokens(x[index][:, :, img]) if present else None,
+                                                   q_t), heads) for kind, x in ((KEYS, k), (VALUES, v)))
+        if path == "reference" and shift is not None:
+            n = h * w
+            k_src = torch.cat([shift(k_src[:, :, m * n:(m + 1) * n], m) for m in range(k_src.shape[2] // n)], dim=2)
+        k_t = torch.cat([k_t[:, :, :n_txt], k_src.to(k_t.dtype), k_t[:, :, img.stop:]], dim=2)
+        v_t = torch.cat([v_t[:, :, :n_txt], v_src.to(v_t.dtype), v_t[:, :, img.stop:]], dim=2)
+    out_target = attend(q_t, k_t, v_t)
+    if mask is not None:
+        layout_rows = _layout_of_sources(out_sources, rows)
+        layout = sources.for_targets("layout", layer, SELF_OUT, None if layout_rows is None else layout_rows[:, img],
+                                     out_target)
+        out_target = out_target.clone()
+        out_target[:, img] = mask * out_target[:, img] + (1 - mask) * layout.to(out_target.dtype)
+    return rows.assemble(out_target, out_sources)
+
+
+class JointBlockSwap:
+    """A ``dit`` block replacement: the block (or the patch that was on its key) run with the swap's
+    attention override; outside a retouch run, the block as before."""
+
+    def __init__(self, block: tuple[str, int], spec, mask: torch.Tensor | None, chained, rope: tuple) -> None:
+        self.block = block
+        self.spec = spec
+        self.mask = mask
+        self.chained = chained
+        self.rope = rope  # (theta, axes_dim), or None for shared positions
+
+    def to(self, device_or_dtype):
+        if self.mask is not None:
+            self.mask = self.mask.to(device_or_dtype)
+        if hasattr(self.chained, "to"):
+            self.chained = self.chained.to(device_or_dtype)
+        return self
+
+    def _run(self, args: dict, extra: dict) -> dict:
+        return self.chained(args, extra) if self.chained is not None else extra["original_block"](args)
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        options = args.get("transformer_options") or {}
+        rows: RowLayout | None = options.get(ROWS_KEY)
+        if rows is None:
+            return self._run(args, extra)
+        tokens, sources, prior = options[TOKENS_KEY], options.get(SOURCES_KEY), options.get(OVERRIDE)
+        block, step = self.block, rows.step
+        phase = self.spec.self_phase(block, step)
+        mask = None
+        if self.mask is not None and self.spec.blends(block, step):
+            mask = self.mask
+        shift = None
+        if self.rope is not None:
+            theta, axes_dim = self.rope
+            shift = lambda keys, m: shift_rope(keys, (m + 1) * tokens[2], theta, axes_dim)  # noqa: E731
+
+        def override(func, q, k, v, heads, *rest, **kwargs):
+            def attend(q_, k_, v_):
+                if prior is not None:
+                    return prior(func, q_, k_, v_, heads, *rest, **kwargs)
+                return func(q_, k_, v_, heads, *rest, **kwargs)
+            blend = None if mask is None else mask_tokens(mask, rows, tokens[1:], q)
+            return swap_joint_attention(q, k, v, rows, phase, attend, tokens, blend, (*block, 0), sources, shift)
+
+        return self._run({**args, "transformer_options": {**options, OVERRIDE: override}}, extra)
+
+
+class FluxFamily:
+    """Flux.1 (dev, schnell) and its finetunes: 19 double and 38 single blocks in the full model."""
+
+    name = "Flux"
+    joint = True  # text and image tokens attend together: the swap's needs are keys and values (swap.SourceNeeds)
+
+    @staticmethod
+    def depths(model) -> dict[tuple[str, int], int]:
+        dm = model.model.diffusion_model
+        return {**{("double", i): 1 for i in range(len(dm.double_blocks))},
+                **{("single", i): 1 for i in range(len(dm.single_blocks))}}
+
+    def auto_layers(self, model) -> LayerSet:
+        """``"auto"``: Stable Flow's vital layers that the model has (every block if it has none of them)."""
+        blocks = set(self.depths(model))
+        return LayerSet(frozenset(VITAL & blocks or blocks))
+
+    def install_swap(self, clone, model, needs, spec, mask, positions: str = POSITIONS[0]) -> None:
+        """Put a :class:`JointBlockSwap` on every swapped block and on every block another patch holds."""
+        taken = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+        params = model.model.diffusion_model.params
+        rope = (params.theta, tuple(params.axes_dim)) if positions == "shifted" else None
+        swapped = {layer[:2] for layer in needs.self_layers}
+        for block in self.depths(model):
+            key = (f"{block[0]}_block", block[1])
+            chained = taken.get(key)
+            if block in swapped or chained is not None:
+                clone.set_model_patch_replace(JointBlockSwap(block, spec, mask, chained, rope), "dit", *key)
+
+    @staticmethod
+    def projection(diffusion_model):
+        return None  # records on Flux hold keys and values themselves
+
+    @staticmethod
+    def tokens(x: torch.Tensor, context: torch.Tensor) -> tuple[int, int, int]:
+        """``(text tokens, image token rows, columns)`` of a call on latent ``x`` (2x2 patches, padded)."""
+        h, w = x.shape[-2:]
+        return context.shape[1], (h + 1) // 2, (w + 1) // 2
+
+
+FLUX = FluxFamily()

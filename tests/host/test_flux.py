@@ -1,0 +1,260 @@
+"""Layout-and-Retouch on Flux with the tiny Flux transformers (ComfyUI's own Flux classes) on the real host:
+the twins of the SD exactness tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+STEPS = 6
+SEED = 77
+SAMPLER, SCHEDULER = "euler", "simple"  # Flux.1-dev's, at cfg 1 with FluxGuidance
+CFG = 1.0
+
+
+def latent(seed: int = 0, size: int = 8) -> dict:
+    return {"samples": torch.randn(1, 16, size, size, generator=torch.Generator().manual_seed(seed))}
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_flux):
+    return {"vanilla": tiny_flux.encode("a red vase on a beach"), "personalized": tiny_flux.encode("a sks vase on a beach"),
+            "reference": tiny_flux.encode("a photo of sks vase"), "empty": tiny_flux.encode("")}
+
+
+def blended(comfy, tiny_flux, prompts, lambda1: int, lat: dict):
+    node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
+    vp, pp = prompts["vanilla"], prompts["personalized"]
+    return node.execute(vanilla_model=tiny_flux.vanilla, personalized_model=tiny_flux.personalized,
+                        vanilla_positive=vp, vanilla_negative=vp, personalized_positive=pp, personalized_negative=pp,
+                        latent_image=lat, seed=SEED, steps=STEPS, lambda1=lambda1, cfg=CFG, sampler_name=SAMPLER,
+                        scheduler=SCHEDULER, denoise=1.0).result
+
+
+def test_step_blend_is_the_stock_chain_bit_for_bit(comfy, tiny_flux, prompts):
+    """Stage 1 on a flow model: lambda1 0 and steps are the one-model KSamplers, every inner lambda1 the
+    KSamplerAdvanced chain, bit for bit."""
+    lat = {"samples": torch.zeros(1, 16, 8, 8)}
+    vp, pp = prompts["vanilla"], prompts["personalized"]
+    adv = comfy.KSamplerAdvanced()
+    for lambda1 in range(STEPS + 1):
+        got = blended(comfy, tiny_flux, prompts, lambda1, lat)[0]["samples"]
+        if lambda1 in (0, STEPS):
+            model, conds = (tiny_flux.personalized, pp) if lambda1 == 0 else (tiny_flux.vanilla, vp)
+            want = comfy.KSampler().sample(model, SEED, STEPS, CFG, SAMPLER, SCHEDULER, conds, conds, lat)[0]["samples"]
+        else:
+            first = adv.sample(tiny_flux.vanilla, "enable", SEED, STEPS, CFG, SAMPLER, SCHEDULER, vp, vp, lat, 0,
+                               lambda1, "enable")[0]
+            want = adv.sample(tiny_flux.personalized, "disable", SEED, STEPS, CFG, SAMPLER, SCHEDULER, pp, pp, first,
+                              lambda1, 10000, "disable")[0]["samples"]
+        assert torch.isfinite(got).all() and torch.equal(got, want), lambda1
+
+
+def invert(comfy, model, cond, lat: dict, steps: int = STEPS):
+    node = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
+    return node.execute(model=model, positive=cond, latent=lat, steps=steps, scheduler=SCHEDULER, sampler_name=SAMPLER,
+                        cfg=CFG).result
+
+
+def reconstruct(comfy, model, cond, traj, steps: int = STEPS) -> torch.Tensor:
+    """Sample from the inversion's end as a flow sampler starts: the inverted latent is the noise at sigma 1."""
+    import comfy.sample
+    import comfy.samplers
+
+    sigmas = traj.sigmas.flip(0)
+    sampler = comfy.samplers.sampler_object(SAMPLER)
+    out = comfy.sample.sample_custom(model, traj.latents[-1], CFG, sampler, sigmas, cond, cond,
+                                     torch.zeros_like(traj.latents[0]), seed=0)
+    return out
+
+
+def test_inversion_reaches_sigma_1_and_reconstructs_at_first_order(comfy, tiny_flux, prompts, measured):
+    """Inverse Euler in flow space up to Flux's top sigma 1.0: a finite inverted latent (ComfyUI's sampler would
+    divide by 1 - sigma there), and the reconstruction error falls at first order with the steps."""
+    lat = latent(3)
+    model, cond = tiny_flux.personalized, prompts["empty"]
+    errors = {}
+    for steps in (8, 16, 32):
+        inverted, traj = invert(comfy, model, cond, lat, steps)
+        assert float(traj.sigmas[-1]) == 1.0 and torch.isfinite(inverted["samples"]).all()
+        assert torch.equal(inverted["samples"], model.get_model_object("latent_format").process_out(traj.latents[-1]))
+        errors[steps] = float((reconstruct(comfy, model, cond, traj, steps) - lat["samples"]).abs().max())
+    ratios = errors[8] / errors[16], errors[16] / errors[32]
+    measured(f"Flux inversion round trip, max error at 8/16/32 steps: {errors[8]:.3g}/{errors[16]:.3g}/"
+             f"{errors[32]:.3g} (ratios {ratios[0]:.2f}, {ratios[1]:.2f})")
+    assert errors[32] < errors[16] < errors[8]
+    assert all(1.6 < r < 2.6 for r in ratios), ratios  # first order: the error halves with the step
+
+
+@pytest.fixture(scope="module")
+def inversions(comfy, tiny_flux, prompts):
+    model = tiny_flux.personalized
+    return {name: invert(comfy, model, prompts["empty"], latent(seed)) for name, seed in (("layout", 4), ("reference", 5))}
+
+
+def swap(comfy, model, ref, lay, prompts, lambda2=2, mask_start=4, layers="all", reference_layers=None, mask=None,
+         cache="off", positions="shifted", mode="recorded", reference_prompt="reference", layout_prompt="personalized"):
+    node = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"]
+    y_r, y_p = prompts[reference_prompt], prompts[layout_prompt]
+    return node.execute(model=model, reference_inversion=ref, layout_inversion=lay, reference_positive=y_r,
+                        reference_negative=y_r, layout_positive=y_p, layout_negative=y_p, lambda2=lambda2,
+                        mask_start=mask_start, layout_layers=layers, reference_layers=reference_layers or layers,
+                        source_paths=mode, reference_cache=cache, mask=mask, reference_positions=positions).result[0]
+
+
+def retouch(comfy, model, cond, inverted) -> torch.Tensor:
+    """The retouch sampler as the workflows run it: KSampler (Advanced), add_noise disabled, from the inverted latent."""
+    return comfy.KSamplerAdvanced().sample(model, "disable", 0, STEPS, CFG, SAMPLER, SCHEDULER, cond, cond, inverted, 0,
+                                           10000, "disable")[0]["samples"]
+
+
+def rel(a, b) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def test_swap_identity_on_every_block(comfy, tiny_flux, prompts, inversions, measured):
+    """Reference = layout = target (the sources re-denoised beside it, the paper's mode), every block, mask 0.5,
+    keys at their own positions: the swap changes nothing but batch numerics; the run starts from the inverted
+    latent as a flow sampler's noise."""
+    inverted, traj = inversions["layout"]
+    model = tiny_flux.personalized
+    patched = swap(comfy, model, traj, traj, prompts, mask=torch.full((1, 64, 64), 0.5), positions="shared",
+                   reference_prompt="personalized", mode="re-denoised (paper)")
+    got = retouch(comfy, patched, prompts["personalized"], inverted)
+    want = reconstruct(comfy, model, prompts["personalized"], traj)
+    measured(f"Flux swap identity (all blocks, mask 0.5): max relative difference {rel(got, want):.2e}")
+    assert rel(got, want) < 1e-5
+    shifted = retouch(comfy, swap(comfy, model, traj, traj, prompts, mask=torch.full((1, 64, 64), 0.5),
+                                  reference_prompt="personalized", mode="re-denoised (paper)"), prompts["personalized"],
+                      inverted)
+    assert rel(shifted, want) > 1e-3  # keys moved off the target's positions attend differently
+
+
+def test_patches_on_exactly_the_chosen_blocks_and_the_callers_model_untouched(comfy, tiny_flux, prompts, inversions):
+    import comfy.model_management as mm
+
+    from comfyui_layout_retouch.attention.session import RUN_KEY
+
+    (inverted, lay), (_, ref) = inversions["layout"], inversions["reference"]
+    model = tiny_flux.personalized
+    options, before = repr(model.model_options), retouch(comfy, model, prompts["reference"], inverted)
+    patched = swap(comfy, model, ref, lay, prompts, layers="double 1", reference_layers="single 0")
+    dit = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert set(dit) == {("double_block", 1), ("single_block", 0)}
+    auto = swap(comfy, model, ref, lay, prompts, layers="auto")
+    # Stable Flow's vital layers that the tiny model has: double 0 and 1 (its singles are 0 and 1).
+    assert set(auto.model_options["transformer_options"]["patches_replace"]["dit"]) == {("double_block", 0),
+                                                                                          ("double_block", 1)}
+    out = retouch(comfy, patched, prompts["reference"], inverted)
+    assert torch.isfinite(out).all() and rel(out, before) > 1e-4
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            retouch(comfy, patched, prompts["reference"], inverted)
+    finally:
+        mm.interrupt_current_processing(False)
+    with pytest.raises(ValueError, match=r"Multi-Source Attention Swap: input 'model'.*schedule"):
+        comfy.KSamplerAdvanced().sample(patched, "disable", 0, STEPS + 2, CFG, SAMPLER, SCHEDULER, prompts["reference"],
+                                        prompts["reference"], inverted, 0, 10000, "disable")
+    assert RUN_KEY not in patched.model_options.get("transformer_options", {})
+    assert repr(model.model_options) == options and "patches_replace" not in model.model_options.get(
+        "transformer_options", {})
+    assert torch.equal(before, retouch(comfy, model, prompts["reference"], inverted))
+
+
+def test_swap_phases_read_the_sources(comfy, tiny_flux, prompts, inversions):
+    """The layout phase and the reference phase each change the target; mask 1 everywhere is no blend and
+    mask 0 from step 0 on is the layout's attention output in every swapped block."""
+    (inverted, lay), (_, ref) = inversions["layout"], inversions["reference"]
+    model, y = tiny_flux.personalized, prompts["reference"]
+    plain = retouch(comfy, model, y, inverted)
+    layout_only = retouch(comfy, swap(comfy, model, ref, lay, prompts, lambda2=STEPS, mask_start=STEPS), y, inverted)
+    reference_only = retouch(comfy, swap(comfy, model, ref, lay, prompts, lambda2=0, mask_start=STEPS), y, inverted)
+    assert rel(layout_only, plain) > 1e-4 and rel(reference_only, plain) > 1e-4 and rel(reference_only, layout_only) > 1e-4
+    ones = retouch(comfy, swap(comfy, model, ref, lay, prompts, lambda2=0, mask_start=0, mask=torch.ones(1, 64, 64)), y,
+                   inverted)
+    assert rel(ones, reference_only) < 1e-5
+
+
+def test_reference_cache_hit_and_miss(comfy, tiny_flux, prompts, inversions):
+    """The second run with the same reference and prompts runs no reference rows and gives the same image; other
+    reference prompts miss the cache."""
+    (inverted, lay), (_, ref) = inversions["layout"], inversions["reference"]
+    model, y = tiny_flux.personalized, prompts["reference"]
+    rows = []
+
+    def count(executor, x, *args, **kwargs):
+        rows.append(x.shape[0])
+        return executor(x, *args, **kwargs)
+
+    import comfy.patcher_extension as ext
+
+    counted = model.clone()
+    ext.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "test_rows", count, counted.model_options,
+                             is_model_options=True)
+    uncached = retouch(comfy, swap(comfy, counted, ref, lay, prompts, lambda2=2), y, inverted)
+    first_rows, rows[:] = list(rows), []
+    patched = swap(comfy, counted, ref, lay, prompts, lambda2=2, cache="offloaded to RAM")
+    first = retouch(comfy, patched, y, inverted)
+    assert rows == first_rows
+    rows.clear()
+    second = retouch(comfy, patched, y, inverted)
+    assert sum(rows) == sum(first_rows) - (STEPS - 2)  # one reference row less at each reference-phase step
+    assert rel(second, first) < 1e-5 and rel(first, uncached) < 1e-5
+    rows.clear()
+    retouch(comfy, swap(comfy, counted, ref, lay, prompts, lambda2=2, cache="offloaded to RAM",
+                        reference_prompt="vanilla"), y, inverted)
+    assert rows == first_rows
+
+
+class TestBadInput:
+    def test_an_sd_prompt_on_flux(self, comfy, tiny_flux, tiny, prompts, inversions):
+        (_, lay), (_, ref) = inversions["layout"], inversions["reference"]
+        with pytest.raises(ValueError, match=r"Multi-Source Attention Swap: input 'reference_positive'.*text width 768"
+                                             r".*reads 4096"):
+            node = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"]
+            sd = tiny.encode("a photo of sks vase")
+            node.execute(model=tiny_flux.personalized, reference_inversion=ref, layout_inversion=lay,
+                         reference_positive=sd, reference_negative=sd, layout_positive=prompts["personalized"],
+                         layout_negative=prompts["personalized"], lambda2=2, mask_start=4, layout_layers="auto",
+                         reference_layers="auto", source_paths="recorded", reference_cache="off")
+
+    def test_sd_and_flux_mixed_in_stage_1(self, comfy, tiny_flux, tiny, prompts):
+        node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
+        sd = tiny.encode("a sks vase")
+        with pytest.raises(ValueError, match=r"Step-Blended KSampler: input 'personalized_model'.*same base family"):
+            node.execute(vanilla_model=tiny_flux.vanilla, personalized_model=tiny.personalized,
+                         vanilla_positive=prompts["vanilla"], vanilla_negative=prompts["vanilla"],
+                         personalized_positive=sd, personalized_negative=sd, latent_image={"samples": torch.zeros(1, 16, 8, 8)},
+                         seed=SEED, steps=STEPS, lambda1=2, cfg=CFG, sampler_name=SAMPLER, scheduler=SCHEDULER,
+                         denoise=1.0)
+
+    def test_sources_of_another_family(self, comfy, tiny_flux, tiny, prompts, inversions):
+        (_, lay) = inversions["layout"]
+        sd_lat = tiny.vae.encode(torch.rand(1, 64, 64, 3))
+        _, sd_traj = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"].execute(
+            model=tiny.personalized, positive=tiny.encode(""), latent={"samples": sd_lat}, steps=STEPS,
+            scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0).result
+        with pytest.raises(ValueError, match=r"input 'reference_inversion'.*made with a SD15 model, not this Flux"):
+            swap(comfy, tiny_flux.personalized, sd_traj, lay, prompts)
+
+    def test_kontext_reference_latents(self, comfy, tiny_flux, prompts, inversions):
+        import node_helpers
+
+        (inverted, lay), (_, ref) = inversions["layout"], inversions["reference"]
+        patched = swap(comfy, tiny_flux.personalized, ref, lay, prompts)
+        kontext = node_helpers.conditioning_set_values(prompts["reference"], {"reference_latents": [lay.latents[0]]},
+                                                       append=True)
+        with pytest.raises(ValueError, match=r"input 'model'.*reference latents.*remove the ReferenceLatent"):
+            retouch(comfy, patched, kontext, inverted)
+
+    def test_fast_mode_on_flux(self, comfy, tiny_flux, prompts, inversions):
+        (_, lay), (_, ref) = inversions["layout"], inversions["reference"]
+        with pytest.raises(ValueError, match=r"input 'source_paths'.*fast mode.*on Flux.*choose 'recorded'"):
+            swap(comfy, tiny_flux.personalized, ref, lay, prompts, mode="recorded, attention from the inversions (fast)")
+
+    def test_a_schedule_the_inversion_cannot_retrace(self, comfy, tiny_flux, prompts):
+        with pytest.raises(ValueError, match=r"DDIM Inversion: input 'sampler_name'.*cannot be inverted"):
+            comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"].execute(
+                model=tiny_flux.personalized, positive=prompts["empty"], latent=latent(), steps=STEPS,
+                scheduler=SCHEDULER, sampler_name="dpmpp_2m", cfg=CFG)
