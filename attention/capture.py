@@ -17,6 +17,7 @@ import torch
 
 from ..records import StepOfCall
 from .attend import ROWS_KEY, attend_as_before
+from .family import family_of
 from .layers import LayerSet, layer_keys, replace_patch
 
 CAPTURE_KEY = "lr_attention_capture"
@@ -154,9 +155,7 @@ def add_map_capture(model, store, layers: LayerSet, steps: range | None, resolut
     ``resolution`` (None: any) to ``store`` (an :class:`AttentionStore` or a
     :class:`~..records.SubjectMapRecord`); patches already on the keys are chained."""
     m = model.clone()
-    for key in layer_keys(model, layers):
-        patch = CaptureAttention("cross", store, steps, resolution, replace_patch(model, "attn2", key), sampling_sigmas)
-        m.set_model_attn2_replace(patch, *key)
+    family_of(model).install_map_capture(m, model, store, layers, steps, resolution, sampling_sigmas)
     return m
 
 

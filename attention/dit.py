@@ -29,9 +29,11 @@ attention the swap calls (one slot: ComfyUI does not chain them).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..records import KEYS, SELF_OUT, VALUES
+from ..records import KEYS, SELF_OUT, VALUES, StepOfCall
 from .attend import ROWS_KEY, SOURCES_KEY
 from .layer_set import LayerSet
 from .rows import RowLayout
@@ -156,6 +158,66 @@ class JointBlockSwap:
         return self._run({**args, "transformer_options": {**options, OVERRIDE: override}}, extra)
 
 
+def subject_probs(q: torch.Tensor, k: torch.Tensor, n_txt: int, n_img: int) -> torch.Tensor:
+    """Head-averaged joint-attention probabilities of the image queries on the text keys, ``[rows, n_img, n_txt]``:
+    the softmax runs over every key (text and image), as the block's attention does."""
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q_img = q[:, :, n_txt:n_txt + n_img].to(dtype)
+    probs = []
+    for head in range(q.shape[1]):  # one head at a time: [n_img, all tokens] each, not all heads at once
+        logits = q_img[:, head] @ k[:, head].to(dtype).transpose(-1, -2) / math.sqrt(q.shape[-1])
+        probs.append(torch.softmax(logits, dim=-1)[:, :, :n_txt])
+    return torch.stack(probs).mean(0)
+
+
+class JointMapCapture:
+    """A ``dit`` double-block replacement that adds the conditional target rows' image-to-text attention
+    (:func:`subject_probs`) to a store (an ``AttentionStore`` or ``SubjectMapRecord``: ``add_cross``), then
+    attends as before; steps counted on ``sampling_sigmas`` when given, else on the run's own schedule."""
+
+    def __init__(self, block: tuple[str, int], store, steps, chained, sampling_sigmas: torch.Tensor | None) -> None:
+        self.block = block
+        self.store = store
+        self.steps = steps
+        self.chained = chained
+        self.sigmas = None if sampling_sigmas is None else sampling_sigmas[:-1]
+        self.position = StepOfCall()
+
+    def _run(self, args: dict, extra: dict) -> dict:
+        return self.chained(args, extra) if self.chained is not None else extra["original_block"](args)
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        from .capture import conditional_rows
+
+        options = args.get("transformer_options") or {}
+        sigmas = options.get("sample_sigmas") if self.sigmas is None else self.sigmas
+        step = None if sigmas is None or "sigmas" not in options else self.position(options["sigmas"], sigmas)
+        tokens = options.get(TOKENS_KEY)
+        if step is None or tokens is None or (self.steps is not None and step not in self.steps):
+            return self._run(args, extra)
+        prior, store = options.get(OVERRIDE), self.store
+        n_txt, h, w = tokens
+
+        def override(func, q, k, v, heads, *rest, **kwargs):
+            out = prior(func, q, k, v, heads, *rest, **kwargs) if prior is not None else \
+                func(q, k, v, heads, *rest, **kwargs)
+            rows = conditional_rows(options, q.shape[0]).to(q.device, non_blocking=True)
+            if len(rows):
+                store.latent_size = (2 * h, 2 * w)
+                store.add_cross((*self.block, 0), step, (h, w), subject_probs(q[rows], k[rows], n_txt, h * w))
+            return out
+
+        return self._run({**args, "transformer_options": {**options, OVERRIDE: override}}, extra)
+
+
+def tokens_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
+    """APPLY_MODEL wrapper: the call's token layout in its ``transformer_options`` (for :class:`JointMapCapture`)."""
+    options = dict(transformer_options or {})
+    if c_crossattn is not None:
+        options.setdefault(TOKENS_KEY, FluxFamily.tokens(x, c_crossattn))
+    return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+
+
 class FluxFamily:
     """Flux.1 (dev, schnell) and its finetunes: 19 double and 38 single blocks in the full model."""
 
@@ -184,6 +246,27 @@ class FluxFamily:
             chained = taken.get(key)
             if block in swapped or chained is not None:
                 clone.set_model_patch_replace(JointBlockSwap(block, spec, mask, chained, rope), "dit", *key)
+
+    def map_layers(self, model) -> LayerSet:
+        """Where the subject map is read: every double block (text and image keep their own streams there)."""
+        return LayerSet(frozenset(b for b in self.depths(model) if b[0] == "double"))
+
+    def install_map_capture(self, clone, model, store, layers: LayerSet, steps, resolution: int | None,
+                            sampling_sigmas: torch.Tensor | None = None) -> None:
+        """Put a :class:`JointMapCapture` on the double blocks in ``layers``; every Flux image token sits at
+        latent size / 2 (2x2 patches), so a ``resolution`` other than 2 selects none."""
+        import comfy.patcher_extension as ext
+
+        if resolution not in (None, 2):
+            return
+        taken = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+        for block in sorted(layers.keys_in(set(self.depths(model)))):
+            if block[0] == "double":
+                key = ("double_block", block[1])
+                clone.set_model_patch_replace(JointMapCapture(block, store, steps, taken.get(key), sampling_sigmas),
+                                              "dit", *key)
+        ext.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, TOKENS_KEY, tokens_wrapper, clone.model_options,
+                                 is_model_options=True)
 
     @staticmethod
     def projection(diffusion_model):

@@ -22,7 +22,7 @@ from .unet import (
 )
 
 __all__ = ["ALL", "AUTO", "BLOCK_NAMES", "DECODER", "DIT_BLOCK_NAMES", "MASACTRL_DECODER", "LayerSet", "attention_blocks",
-           "auto_layers", "block_resolutions", "layer_keys", "layer_problem", "layers_at", "parse_layers", "patched_key",
+           "auto_layers", "block_resolutions", "layer_keys", "layer_problem", "layers_at", "map_layers", "parse_layers", "patched_key",
            "projection", "replace_patch", "self_attention", "transformer_depths"]
 
 
@@ -35,6 +35,11 @@ def layer_keys(model, layers: LayerSet) -> tuple[tuple[str, int, int], ...]:
     """The patch keys ``(block_name, block_id, index)`` of ``model``'s attention layers in ``layers``, in order."""
     depths = family_of(model).depths(model)
     return tuple((n, i, j) for (n, i) in sorted(layers.keys_in(set(depths))) for j in range(depths[(n, i)]))
+
+
+def map_layers(model) -> LayerSet:
+    """Where the subject map is read: a UNet's decoder (a resolution picks among its blocks), Flux's double blocks."""
+    return family_of(model).map_layers(model)
 
 
 def auto_layers(model) -> LayerSet:

@@ -28,7 +28,7 @@ from ..records import (
 )
 from .attend import attend_as_before
 from .capture import add_map_capture
-from .layers import DECODER, LayerSet, layer_keys, parse_layers, replace_patch
+from .layers import LayerSet, layer_keys, map_layers, replace_patch
 
 
 class RecordSourceAttention:
@@ -90,7 +90,7 @@ def add_recording(model, record: AttentionRecord, sampling_sigmas: torch.Tensor,
     (what a Cross-Attention Mask on this path reads). Bound to its layers, kinds and maps, it is
     the ``recorder`` that ``sampling/`` takes from its caller."""
     # One clone, patched last: a later clone would deep-copy the patches set before it, records and all.
-    m = model.clone() if maps is None else add_map_capture(model, maps, parse_layers(DECODER), None, maps.resolution,
+    m = model.clone() if maps is None else add_map_capture(model, maps, map_layers(model), None, maps.resolution,
                                                            sampling_sigmas)
     keys = layer_keys(model, layers)
     for key in keys:

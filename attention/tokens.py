@@ -3,7 +3,8 @@
 The subject is written as in the prompt: a class noun for DreamBooth ("dog" in "a sks dog"),
 the embedding for Textual Inversion ("embedding:my_cat"), or several words, whose tokens are
 summed (as DreamMatcher does). Token positions count the start token as 0 and run on across
-ComfyUI's 77-token chunks, matching the conditioning's token axis.
+ComfyUI's 77-token chunks, matching the conditioning's token axis; on Flux they are T5's (no start
+token), the text tokens of its joint attention.
 """
 
 from __future__ import annotations
@@ -14,10 +15,16 @@ from ..records import keys_equal
 EMBEDDING = "embedding:"  # ComfyUI's prefix of an embedding in a prompt
 
 
+def _chunks(tokens: dict) -> list:
+    """The token chunks of the text encoder whose tokens are the conditioning's token axis: T5's where a
+    prompt has them (Flux: CLIP-L gives only the pooled vector), else the first (SDXL's two CLIPs agree)."""
+    return tokens["t5xxl"] if "t5xxl" in tokens else next(iter(tokens.values()))
+
+
 def _word_tokens(clip, text: str) -> list:
     """The tokens of ``text``'s words (ints, or embedding vectors), without start, end and padding."""
     tokens = clip.tokenize(text, return_word_ids=True)
-    chunks = next(iter(tokens.values()))
+    chunks = _chunks(tokens)
     return [entry[0] for chunk in chunks for entry in chunk if entry[2] > 0]
 
 
@@ -28,7 +35,7 @@ def subject_positions(clip, prompt: str, subject: str) -> list[int]:
         KeyError: a subject word does not occur in the prompt (the message names it).
     """
     tokens = clip.tokenize(prompt, return_word_ids=True)
-    sequence = [entry[0] for chunk in next(iter(tokens.values())) for entry in chunk]
+    sequence = [entry[0] for chunk in _chunks(tokens) for entry in chunk]
     positions: list[int] = []
     for word in subject.replace(",", " ").split():
         needle = _word_tokens(clip, word)

@@ -125,6 +125,21 @@ class UNetFamily:
                                                   attn, *key)
 
     @staticmethod
+    def map_layers(model) -> LayerSet:
+        """Where the subject map is read: the decoder (a resolution picks among its blocks)."""
+        return LayerSet(frozenset(b for b in transformer_depths(model) if b[0] == "output"))
+
+    @staticmethod
+    def install_map_capture(clone, model, store, layers: LayerSet, steps, resolution: int | None,
+                            sampling_sigmas: torch.Tensor | None = None) -> None:
+        """Put a ``CaptureAttention`` on the cross-attention of every layer in ``layers`` (chained)."""
+        from .capture import CaptureAttention
+
+        for key in keys(model, layers):
+            clone.set_model_attn2_replace(CaptureAttention("cross", store, steps, resolution,
+                                                           replace_patch(model, "attn2", key), sampling_sigmas), *key)
+
+    @staticmethod
     def tokens(x: torch.Tensor, context: torch.Tensor) -> None:
         return None  # each attention layer reads its own grid from activations_shape
 

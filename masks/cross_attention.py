@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..attention.capture import AttentionStore, NothingRecorded, add_map_capture, averaged_steps, record_on_trajectory
-from ..attention.layers import DECODER, parse_layers
+from ..attention.layers import map_layers
 from ..attention.tokens import subject_positions
 from ..records import InversionTrajectory, SubjectMapRecord, map_key
 from .adaptive import resize_mask
@@ -73,7 +73,7 @@ def step_maps(model, positive, trajectory: InversionTrajectory, resolution: int,
     missing = [s for s in steps if s not in recorded.sums]
     fresh = SubjectMapRecord(resolution)
     if missing:
-        patched = add_map_capture(model, fresh, parse_layers(DECODER), None, resolution, trajectory.sampling_sigmas)
+        patched = add_map_capture(model, fresh, map_layers(model), None, resolution, trajectory.sampling_sigmas)
         record_on_trajectory(patched, positive, trajectory, missing)
         if not fresh.sums:
             raise NothingRecorded("no decoder layer at this resolution")

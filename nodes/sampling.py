@@ -17,6 +17,7 @@ from .inputs import (
     NodeInputError,
     check_conditioning,
     check_latent,
+    check_records,
     check_same_family,
     inversion_schedule_inputs,
     layer_input,
@@ -121,6 +122,7 @@ class StepBlendedKSampler(io.ComfyNode):
             check_conditioning(node, name, conditioning, model)
         recorder = maps = None
         if record_attention:
+            check_records(node, personalized_model)
             layers = layer_input(node, "attention_layers", attention_layers, personalized_model)
             maps = SubjectMapRecord(DEFAULT_RESOLUTION, map_key(personalized_model, personalized_positive),
                                     comfy.model_management.intermediate_device())
@@ -206,6 +208,7 @@ class DDIMInversion(io.ComfyNode):
         raise_for(inversion.schedule_problem(sigmas, scheduler, steps), node, "scheduler")
         recorder = None
         if record_attention:
+            check_records(node, model)
             recorder = partial(add_recording, layers=layer_input(node, "attention_layers", attention_layers, model),
                                kinds=RECORD_FOR[record_for])
         samples, trajectory = inversion.ddim_invert(model, positive, negative, latent, steps, scheduler, cfg, recorder)

@@ -258,3 +258,84 @@ class TestBadInput:
             comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"].execute(
                 model=tiny_flux.personalized, positive=prompts["empty"], latent=latent(), steps=STEPS,
                 scheduler=SCHEDULER, sampler_name="dpmpp_2m", cfg=CFG)
+    def test_record_attention_on_flux(self, comfy, tiny_flux, prompts):
+        with pytest.raises(ValueError, match=r"DDIM Inversion: input 'record_attention'.*on Flux.*turn record_attention "
+                                             r"off"):
+            comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"].execute(
+                model=tiny_flux.personalized, positive=prompts["empty"], latent=latent(), steps=STEPS,
+                scheduler=SCHEDULER, sampler_name=SAMPLER, cfg=CFG, record_attention=True)
+        node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
+        vp, pp = prompts["vanilla"], prompts["personalized"]
+        with pytest.raises(ValueError, match=r"Step-Blended KSampler: input 'record_attention'.*on Flux"):
+            node.execute(vanilla_model=tiny_flux.vanilla, personalized_model=tiny_flux.personalized,
+                         vanilla_positive=vp, vanilla_negative=vp, personalized_positive=pp, personalized_negative=pp,
+                         latent_image=latent(), seed=SEED, steps=STEPS, lambda1=2, cfg=CFG, sampler_name=SAMPLER,
+                         scheduler=SCHEDULER, denoise=1.0, record_attention=True)
+
+
+
+class FluxTextStandIn:
+    """A Flux CLIP for the Cross-Attention Mask: ComfyUI's own Flux tokenizer (CLIP-L and T5), and prompts
+    encoded as ``TinyFlux.encode`` makes them (T5-XXL cannot be tiny)."""
+
+    def __init__(self, tiny_flux) -> None:
+        from comfy.text_encoders.flux import FluxTokenizer
+
+        self.tokenizer, self.tiny_flux, self.text = FluxTokenizer(), tiny_flux, None
+
+    def tokenize(self, text: str, return_word_ids: bool = False):
+        self.text = text
+        return self.tokenizer.tokenize_with_weights(text, return_word_ids)
+
+    def encode_from_tokens_scheduled(self, tokens):
+        return self.tiny_flux.encode(self.text)
+
+
+def test_subject_map_reads_the_double_blocks_at_the_t5_tokens(comfy, tiny_flux, inversions):
+    """The Cross-Attention Mask on Flux: the subject's T5 positions from ComfyUI's tokenizer, image-to-text joint
+    attention of both double blocks (the singles untouched), equal to the probabilities computed by hand."""
+    from comfyui_layout_retouch.attention.tokens import subject_positions
+
+    clip = FluxTextStandIn(tiny_flux)
+    prompt = "a sks dog on a beach"
+    positions = subject_positions(clip, prompt, "dog")
+    t5 = [entry[0] for entry in clip.tokenize(prompt)["t5xxl"][0]]
+    dog = [entry[0] for entry in clip.tokenize("dog")["t5xxl"][0]]
+    dog = dog[:dog.index(1)]  # up to T5's end token (then padding)
+    assert [t5[i] for i in positions] == dog and positions[0] == t5.index(dog[0]) > 0  # T5's own positions
+    _, traj = inversions["layout"]
+    node = comfy.NODE_CLASS_MAPPINGS["LR_CrossAttentionMask"]
+    soft, binary = node.execute(model=tiny_flux.personalized, layout_inversion=traj, clip=clip, prompt=prompt,
+                                subject="dog", resolution="1/2 of the latent (32x32 at 512 px)", steps_to_average=2,
+                                threshold=0.1).result[:2]
+    assert soft.shape == binary.shape == (1, 64, 64) and 0 < float(binary.mean()) < 1
+    assert 0.0 <= float(soft.min()) < float(soft.max()) <= 1.0
+    # By hand: the record's sums are the block's own probabilities (one step, both double blocks).
+    from comfyui_layout_retouch.attention.capture import add_map_capture, record_on_trajectory
+    from comfyui_layout_retouch.attention.layers import map_layers
+    from comfyui_layout_retouch.records import SubjectMapRecord
+
+    record = SubjectMapRecord(2)
+    model = tiny_flux.personalized
+    patched = add_map_capture(model, record, map_layers(model), None, 2, traj.sampling_sigmas)
+    dit = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert set(dit) == {("double_block", 0), ("double_block", 1)}
+    record_on_trajectory(patched, clip.tiny_flux.encode(prompt), traj, [1])
+    assert record.layers[1] == {("double", 0, 0), ("double", 1, 0)} and record.size == (4, 4)
+    probs = record.sums[1]
+    assert probs.shape == (1, 16, 256)
+    seen = []  # every attention call's q and k at the same latent and sigma, the model unpatched
+
+    def keep(func, q, k, v, heads, *args, **kwargs):
+        seen.append((q, k))
+        return func(q, k, v, heads, *args, **kwargs)
+
+    plain = model.clone()
+    plain.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = keep
+    record_on_trajectory(plain, clip.tiny_flux.encode(prompt), traj, [1])
+    assert len(seen) == 4  # two double blocks, then two single blocks
+    by_hand = 0
+    for q, k in seen[:2]:
+        attention = torch.softmax(q.float() @ k.float().transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+        by_hand = by_hand + attention[:, :, 256:, :256].mean(1)
+    assert torch.allclose(probs, by_hand, rtol=1e-5, atol=1e-7)
