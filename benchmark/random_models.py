@@ -39,9 +39,12 @@ SD_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3
           "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
 
 
-def fill(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """A seeded value for every parameter and buffer (norms 1, biases 0, weights ~ 1/sqrt(fan_in))."""
-    gen = torch.Generator().manual_seed(seed)
+def fill(module: torch.nn.Module, seed: int, device: torch.device | str = "cpu",
+         dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A seeded value for every parameter and buffer (norms 1, biases 0, weights ~ 1/sqrt(fan_in)), made on
+    ``device`` in ``dtype`` (a GPU makes a full-size Flux's 12 billion in seconds)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    new = {"device": device, "dtype": dtype}
     out = {}
     for name, t in module.state_dict().items():
         if name.endswith("position_ids"):
@@ -51,13 +54,13 @@ def fill(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
         if t.ndim <= 1:
             is_norm_weight = leaf in ("weight", "scale") and ("norm" in name or "ln" in name)  # Flux's RMSNorm: scale
             if is_norm_weight:
-                out[name] = torch.ones(t.shape)
+                out[name] = torch.ones(t.shape, **new)
             elif leaf == "bias":
-                out[name] = torch.zeros(t.shape)
+                out[name] = torch.zeros(t.shape, **new)
             else:
-                out[name] = torch.randn(t.shape, generator=gen) * 0.02
+                out[name] = torch.randn(t.shape, generator=gen, **new) * 0.02
         else:
-            out[name] = torch.randn(t.shape, generator=gen) / math.sqrt(math.prod(t.shape[1:]))
+            out[name] = torch.randn(t.shape, generator=gen, **new) / math.sqrt(math.prod(t.shape[1:]))
     return out
 
 
@@ -133,15 +136,16 @@ FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, patch_size=
 FLUX_TINY = dict(FLUX_DEV, hidden_size=64, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[4, 14, 14])
 
 
-def flux_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
-    """A Flux transformer's state dict (ComfyUI's and BFL's key names), seeded."""
+def flux_state_dict(config: dict, seed: int, device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A Flux transformer's state dict (ComfyUI's and BFL's key names), seeded, made on ``device``."""
     import comfy.ldm.flux.model
     import comfy.ops
 
     params = {k: v for k, v in config.items() if k != "image_model"}
     with torch.device("meta"):
         flux = comfy.ldm.flux.model.Flux(**params, device="meta", operations=comfy.ops.disable_weight_init)
-    return fill(flux, seed)
+    return fill(flux, seed, device, dtype)
 
 
 def flux_patcher(config: dict, state_dict: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32):
@@ -153,7 +157,8 @@ def flux_patcher(config: dict, state_dict: dict[str, torch.Tensor], dtype: torch
 
     model_config = comfy.supported_models.Flux(dict(config))
     model_config.set_inference_dtype(dtype, None)
-    model = model_config.get_model(state_dict, "")
+    device = next(iter(state_dict.values())).device  # built where its weights are (a full-size one: the GPU)
+    model = model_config.get_model(state_dict, "", device=device)
     model.load_model_weights(state_dict, "")
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())

@@ -293,8 +293,8 @@ class FluxPipeline(Pipeline):
         self.full = self.device.type == "cuda" and not cpu
         self.family = family
         config, dtype = (FLUX_DEV, torch.bfloat16) if self.full else (FLUX_TINY, torch.float32)
-        self.vanilla, self.personalized = (flux_patcher(config, {k: v.to(dtype) for k, v in
-                                                                 flux_state_dict(config, seed).items()}, dtype)
+        weights_on = self.device if self.full else "cpu"
+        self.vanilla, self.personalized = (flux_patcher(config, flux_state_dict(config, seed, weights_on, dtype), dtype)
                                            for seed in (1, 2))
         self.clip = None
         tokens = 512 if self.full else 256  # Flux.1-dev's T5 length; the tiny one's shorter

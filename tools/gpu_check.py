@@ -7,6 +7,8 @@ its own time limit, so one that fails or runs long costs only its own share of t
 2. ``bench --parts headline`` for SD1.5 at 512 and SDXL at 1024 (random fp16 weights): plain, the shipped
    Layout-and-Retouch default per image and with a new reference, the paper's graph, Pick-and-Draw per image and
    with a new reference (its guided rows included), with both palette paths compared.
+3. ``bench --family flux`` at 1024, 28 steps (a random full-size Flux.1-dev in bf16, made on the GPU): plain, the
+   shipped default with and without the reference cache, with a new reference, the paper's graph.
 
 Writes ``gpu_check.json`` (every part's outcome and report) and ``gpu_check.md`` (the tables).
 """
@@ -57,14 +59,15 @@ def main() -> int:
     results["parts"].append(run("checks on the GPU" if not dry else "checks (dry: the CPU)", pytest, 150,
                                 {**env, "LR_TEST_DEVICE": "cpu" if dry else "cuda"}, out / "checks.log",
                                 PACK / "tests"))
-    for family, size, limit, repeats in (("sd1", 512, 170, 2), ("sdxl", 1024, 170, 1)):
+    for family, size, limit, repeats in (("sd1", 512, 170, 2), ("sdxl", 1024, 170, 1), ("flux", 1024, 170, 1)):
         report = out / f"bench_{family}.json"
         # Dry, SDXL runs the Layout-and-Retouch rows alone: its Pick-and-Draw rows are SD1.x's code on another
         # model, and the tiny SDXL's backward passes would take minutes of the test suite's CPU.
         parts = "all" if dry and family == "sdxl" else "headline"
         command = [sys.executable, str(PACK), "bench", "--family", family, "--parts", parts, "--output",
                    str(report), "--repeats", str(1 if dry else repeats)]  # dry: the script's path, not timings
-        command += ["--cpu", "--steps", "2", "--size", "64"] if dry else ["--size", str(size)]
+        steps = ["--steps", "28"] if family == "flux" else []  # Flux.1-dev's usual count
+        command += ["--cpu", "--steps", "2", "--size", "64"] if dry else ["--size", str(size), *steps]
         part = run(f"bench {family}", command, limit, env, out / f"bench_{family}.log")
         if report.is_file():
             part["report"] = json.loads(report.read_text())
@@ -92,6 +95,10 @@ def markdown(results: dict) -> str:
         for p in report["parts"]:
             rows = f"{p['unet_rows']} ({p['backward_rows']})" if p.get("backward_rows") else str(p["unet_rows"])
             lines.append(f"| {p['name']} | {p['seconds']:.2f} | {p['time_ratio']:.2f} | {rows} | {p['peak_mib']:.0f} |")
+        flux = report.get("flux_record_sizes_gib")
+        if flux:
+            lines += ["", f"Flux reference cache at 1024x1024, {flux['blocks']} auto blocks, {flux['steps']} steps, "
+                          f"bf16: {flux['reference cache (keys and values from lambda2)']:.2f} GiB."]
         sources = report.get("palette_sources")
         if sources:
             lines += ["", f"Palettes, DDIM vs null-text path: paths' latents differ by at most "

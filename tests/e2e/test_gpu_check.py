@@ -23,10 +23,10 @@ def test_the_gpu_check_runs_dry(comfy, tmp_path):
                           capture_output=True, text=True, env=env, timeout=900, cwd=str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert [p["name"] for p in results["parts"]] == ["checks (dry: the CPU)", "bench sd1", "bench sdxl"]
+    assert [p["name"] for p in results["parts"]] == ["checks (dry: the CPU)", "bench sd1", "bench sdxl", "bench flux"]
     assert all(p["returncode"] == 0 for p in results["parts"]) and results["dry"] is True
     table = (tmp_path / "gpu_check.md").read_text()
-    for part in results["parts"][1:]:
+    for part in results["parts"][1:3]:
         report = part["report"]
         rows = {p["name"]: p["unet_rows"] for p in report["parts"]}
         assert list(rows) == (HEADLINE if part["name"] == "bench sd1" else HEADLINE[:4]), part["name"]
@@ -47,3 +47,12 @@ def test_the_gpu_check_runs_dry(comfy, tmp_path):
     sizes = sdxl["record_sizes_gib"]["SDXL at 1024x1024"]
     assert sizes["layers"] == 6 and sizes["reference inversion, record_for reference"] < 4  # issue 13's RAM bound
     assert "| checks (dry: the CPU) | passed |" in table
+    flux = results["parts"][3]["report"]
+    rows = {p["name"]: p["unet_rows"] for p in flux["parts"]}
+    assert flux["setting"]["model"] == "tiny random Flux.1-dev" and flux["setting"]["steps"] == 2
+    assert list(rows) == ["plain KSampler", "shipped default", "shipped default with the reference cache",
+                          "shipped default, new reference", "full pipeline"]
+    assert rows["plain KSampler"] == 2  # cfg 1: one row per step
+    assert rows["shipped default with the reference cache"] < rows["shipped default"] < rows[
+        "shipped default, new reference"] < rows["full pipeline"]
+    assert "tiny random Flux.1-dev, 64 px, 2 steps" in table and "Flux reference cache" in table
