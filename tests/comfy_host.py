@@ -224,3 +224,34 @@ class TinyFlux:
         gen = torch.Generator().manual_seed(zlib.crc32(text.encode()))
         return [[torch.randn(1, tokens, 4096, generator=gen),
                  {"pooled_output": torch.randn(1, 768, generator=gen), "guidance": guidance}]]
+
+
+def flux_files(tmp_path_factory) -> dict[str, Path]:
+    """The Flux files of ``tiny_models.write_flux_set`` in registered model folders."""
+    import tiny_models
+
+    root = written_once("flux", tiny_models.write_flux_set, tmp_path_factory.mktemp("models_flux"))
+    register(root, ("diffusion_models", "loras", "vae", "text_encoders"))
+    return {"unet": root / "diffusion_models" / "tiny_flux_3072.safetensors",
+            "lora": root / "loras" / "tiny_flux_lora.safetensors",
+            "lora_narrow": root / "loras" / "tiny_flux_lora_narrow.safetensors",
+            "vae": root / "vae" / "tiny_flux_vae.safetensors",
+            "clip_l": root / "text_encoders" / "placeholder_clip_l.safetensors",
+            "t5": root / "text_encoders" / "placeholder_t5xxl.safetensors"}
+
+
+class FluxTextStandIn:
+    """A Flux CLIP (DualCLIPLoader's output) for the tests: ComfyUI's own Flux tokenizer (CLIP-L and T5), and
+    prompts encoded as :meth:`TinyFlux.encode` makes them (T5-XXL cannot be tiny)."""
+
+    def __init__(self, tiny_flux) -> None:
+        from comfy.text_encoders.flux import FluxTokenizer
+
+        self.tokenizer, self.tiny_flux, self.text = FluxTokenizer(), tiny_flux, None
+
+    def tokenize(self, text: str, return_word_ids: bool = False, **kwargs):
+        self.text = text
+        return self.tokenizer.tokenize_with_weights(text, return_word_ids)
+
+    def encode_from_tokens_scheduled(self, tokens, **kwargs):
+        return self.tiny_flux.encode(self.text)

@@ -150,3 +150,12 @@ def tiny_flux(comfy):
     import comfy_host
 
     return comfy_host.TinyFlux()
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_files(comfy, tmp_path_factory):
+    """Flux files in registered model folders (comfy_host.flux_files): a 3072-wide transformer of one double and
+    one single block, LoRAs, a Flux VAE, the text encoders' placeholders."""
+    import comfy_host
+
+    return comfy_host.flux_files(tmp_path_factory)

@@ -119,3 +119,54 @@ def write_tiny_sam(folder: Path, name: str = "tiny_sam.pth", seed: int = 11) -> 
     path = folder / name
     torch.save(model.state_dict(), path)
     return path
+
+
+def write_flux_lora(path: Path, state_dict: dict[str, torch.Tensor], seed: int, rank: int = 4) -> None:
+    """A LoRA over a Flux transformer's attention projections (``qkv``, ``proj``, ``linear1``), keyed
+    ``diffusion_model.<module>.lora_up/lora_down.weight`` as ComfyUI's LoRA loader maps them."""
+    gen = torch.Generator().manual_seed(seed)
+    lora = {}
+    for key, tensor in state_dict.items():
+        if key.endswith((".qkv.weight", ".proj.weight", ".linear1.weight")) and tensor.ndim == 2:
+            base = "diffusion_model." + key[: -len(".weight")]
+            lora[f"{base}.lora_down.weight"] = (torch.randn(rank, tensor.shape[1], generator=gen) * 0.05).to(torch.bfloat16)
+            lora[f"{base}.lora_up.weight"] = (torch.randn(tensor.shape[0], rank, generator=gen) * 0.05).to(torch.bfloat16)
+            lora[f"{base}.alpha"] = torch.tensor(float(rank))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(lora, str(path))
+
+
+def write_flux_set(folder: Path, seed: int = 1) -> dict[str, Path]:
+    """Flux files in ComfyUI's model folders:
+
+    - ``diffusion_models/tiny_flux_3072.safetensors``: a Flux.1-dev transformer in its real format with one double
+      and one single block (ComfyUI's detection fixes the width at 3072 and reads the block counts), bf16; and
+      ``loras/tiny_flux_lora.safetensors`` over it;
+    - ``loras/tiny_flux_lora_narrow.safetensors``: a LoRA over the 64-wide tiny Flux (``TinyFlux``), which the
+      workflow tests run (the stock loader maps its keys by the model's own);
+    - ``vae/tiny_flux_vae.safetensors``: Flux's VAE architecture (16 latent channels), random, fp16;
+    - ``text_encoders/placeholder_clip_l.safetensors`` and ``placeholder_t5xxl.safetensors``: names for the
+      DualCLIPLoader in validation only (T5-XXL cannot be tiny; runs use ``TinyFlux.encode``).
+    """
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    from comfyui_layout_retouch.benchmark.random_models import FLUX_DEV, FLUX_TINY, SD_VAE, fill, flux_state_dict
+
+    sd = flux_state_dict(dict(FLUX_DEV, depth=1, depth_single_blocks=1), seed, dtype=torch.bfloat16)
+    paths = {"unet": folder / "diffusion_models" / "tiny_flux_3072.safetensors",
+             "lora": folder / "loras" / "tiny_flux_lora.safetensors",
+             "lora_narrow": folder / "loras" / "tiny_flux_lora_narrow.safetensors",
+             "vae": folder / "vae" / "tiny_flux_vae.safetensors",
+             "clip_l": folder / "text_encoders" / "placeholder_clip_l.safetensors",
+             "t5": folder / "text_encoders" / "placeholder_t5xxl.safetensors"}
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(paths["unet"]))
+    write_flux_lora(paths["lora"], sd, seed + 5)
+    write_flux_lora(paths["lora_narrow"], flux_state_dict(FLUX_TINY, 2), seed + 6)
+    with torch.device("meta"):
+        vae = AutoencoderKL(ddconfig=dict(SD_VAE, z_channels=16), embed_dim=16)
+    safetensors.torch.save_file({k: v.half().contiguous() for k, v in fill(vae, seed + 7).items()}, str(paths["vae"]))
+    for name in ("clip_l", "t5"):
+        safetensors.torch.save_file({"placeholder": torch.zeros(1)}, str(paths[name]))
+    return paths

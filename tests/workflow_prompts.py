@@ -33,7 +33,41 @@ EXPECTED_IMAGES = {  # per workflow run on the tiny models: (saved images, previ
     "pick_and_draw_lora.json": (1, 0),
     "pick_and_draw_embedding.json": (1, 0),
     "pick_and_draw_plain_sd.json": (1, 0),
+    "layout_retouch_flux_stage1.json": (1, 0),
+    "layout_retouch_full_flux_lora.json": (2, 3),
 }
+# Flux's runs: the 64-wide tiny Flux and a Flux CLIP stand-in (T5-XXL cannot be tiny) in place of UNETLoader
+# and DualCLIPLoader (both load for real in validation and in host/test_flux_files.py), the stock LoRA loader,
+# VAE loader, text encoding and FluxGuidance as shipped.
+FLUX_STAND_INS = {"UNETLoader": "LRTest_TinyFluxModel", "DualCLIPLoader": "LRTest_FluxTextEncoders"}
+
+
+def register_flux_stand_ins(comfy, tiny_flux) -> None:
+    """Register the test nodes :data:`FLUX_STAND_INS` names with the host (the tiny Flux, the text stand-in)."""
+    import comfy_host
+
+    class TinyFluxModel:
+        RETURN_TYPES, FUNCTION, CATEGORY = ("MODEL",), "load", "testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):  # noqa: N802  (ComfyUI's V1 node interface)
+            return {"required": {}}
+
+        def load(self):
+            return (tiny_flux.vanilla,)
+
+    class FluxTextEncoders:
+        RETURN_TYPES, FUNCTION, CATEGORY = ("CLIP",), "load", "testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):  # noqa: N802
+            return {"required": {}}
+
+        def load(self):
+            return (comfy_host.FluxTextStandIn(tiny_flux),)
+
+    comfy.NODE_CLASS_MAPPINGS.update({FLUX_STAND_INS["UNETLoader"]: TinyFluxModel,
+                                      FLUX_STAND_INS["DualCLIPLoader"]: FluxTextEncoders})
 CHECKPOINTS = {"Vanilla": "tiny_vanilla.safetensors", "Model": "tiny_vanilla.safetensors",
                "Personalized": "tiny_personalized.safetensors"}
 XL_CHECKPOINTS = {"Vanilla": "tiny_xl_vanilla.safetensors", "Personalized": "tiny_xl_personalized.safetensors"}
@@ -60,6 +94,13 @@ def shrink(prompt: dict, steps: int = 6) -> dict:
                 "LR_LayoutTemplate": {"last_step": 1}, "LR_NullTextInversion": {"iterations": 2}}
     xl = any(node["class_type"] == "CheckpointLoaderSimple" and "sd_xl" in node["inputs"]["ckpt_name"]
              for node in prompt.values())
+    flux = {"VAELoader": {"vae_name": "tiny_flux_vae.safetensors"},
+            "LoraLoaderModelOnly": {"lora_name": "tiny_flux_lora_narrow.safetensors"},
+            "EmptySD3LatentImage": {"width": 64, "height": 64}}
+    for node in prompt.values():
+        if node["class_type"] in FLUX_STAND_INS:
+            node["class_type"], node["inputs"] = FLUX_STAND_INS[node["class_type"]], {}
+        node["inputs"].update(flux.get(node["class_type"], {}))
     for node in prompt.values():
         inputs, title, kind = node["inputs"], node["_meta"]["title"], node["class_type"]
         if kind == "CheckpointLoaderSimple":

@@ -42,6 +42,12 @@ SHRINK_JS = """(tiny) => {
     if (node.type === "CheckpointLoaderSimple")
       set(node, "ckpt_name", title.startsWith("Personalized") ? tiny.personalized : tiny.vanilla);
     if (node.type === "LoraLoader") set(node, "lora_name", tiny.lora);
+    if (node.type === "UNETLoader") set(node, "unet_name", "tiny_flux_3072.safetensors");
+    if (node.type === "LoraLoaderModelOnly") set(node, "lora_name", "tiny_flux_lora.safetensors");
+    if (node.type === "VAELoader") set(node, "vae_name", "tiny_flux_vae.safetensors");
+    if (node.type === "DualCLIPLoader") {
+      set(node, "clip_name1", "placeholder_clip_l.safetensors"); set(node, "clip_name2", "placeholder_t5xxl.safetensors"); }
+    if (node.type === "EmptySD3LatentImage") { set(node, "width", 64); set(node, "height", 64); }
     if (node.type === "LR_SAMLoader") set(node, "sam_name", tiny.sam);
     if (node.type === "EmptyLatentImage" || node.type === "ImageScale") { set(node, "width", 64); set(node, "height", 64); }
     set(node, "steps", 6); set(node, "lambda1", 2); set(node, "lambda2", 2); set(node, "mask_start", 4);
@@ -223,7 +229,7 @@ def screenshot(page, path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_workflow_in_the_real_frontend(comfy, server, page, tiny_files, tiny_sam, tiny_xl_files, path):
+def test_workflow_in_the_real_frontend(comfy, server, page, tiny_files, tiny_sam, tiny_xl_files, tiny_flux_files, path):
     from comfyui_layout_retouch.headless import executor
 
     url, base = server

@@ -18,7 +18,10 @@ HEADLINE = ["plain KSampler", "shipped default", "shipped default, new reference
 
 
 def test_the_gpu_check_runs_dry(comfy, tmp_path):
-    env = {**os.environ, "COMFYUI_PATH": str(comfy_host.COMFYUI)}
+    import torch
+
+    # The script's interpreters take this worker's share of the cores (conftest.py), not every core.
+    env = {**os.environ, "COMFYUI_PATH": str(comfy_host.COMFYUI), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     done = subprocess.run(["bash", str(PACK_ROOT / "tools" / "gpu_check.sh"), "--dry", "--out", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=900, cwd=str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -274,29 +274,14 @@ class TestBadInput:
 
 
 
-class FluxTextStandIn:
-    """A Flux CLIP for the Cross-Attention Mask: ComfyUI's own Flux tokenizer (CLIP-L and T5), and prompts
-    encoded as ``TinyFlux.encode`` makes them (T5-XXL cannot be tiny)."""
-
-    def __init__(self, tiny_flux) -> None:
-        from comfy.text_encoders.flux import FluxTokenizer
-
-        self.tokenizer, self.tiny_flux, self.text = FluxTokenizer(), tiny_flux, None
-
-    def tokenize(self, text: str, return_word_ids: bool = False):
-        self.text = text
-        return self.tokenizer.tokenize_with_weights(text, return_word_ids)
-
-    def encode_from_tokens_scheduled(self, tokens):
-        return self.tiny_flux.encode(self.text)
-
-
 def test_subject_map_reads_the_double_blocks_at_the_t5_tokens(comfy, tiny_flux, inversions):
     """The Cross-Attention Mask on Flux: the subject's T5 positions from ComfyUI's tokenizer, image-to-text joint
     attention of both double blocks (the singles untouched), equal to the probabilities computed by hand."""
+    import comfy_host
+
     from comfyui_layout_retouch.attention.tokens import subject_positions
 
-    clip = FluxTextStandIn(tiny_flux)
+    clip = comfy_host.FluxTextStandIn(tiny_flux)
     prompt = "a sks dog on a beach"
     positions = subject_positions(clip, prompt, "dog")
     t5 = [entry[0] for entry in clip.tokenize(prompt)["t5xxl"][0]]

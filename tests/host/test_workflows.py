@@ -11,6 +11,7 @@ from workflow_prompts import (
     convert,
     images_of,
     load,
+    register_flux_stand_ins,
     shrink,
     write_input_images,
 )
@@ -28,6 +29,9 @@ def test_every_workflow_is_checked():
 def test_workflow_runs(comfy, tiny_files, tiny_sam, name, request):
     if "sdxl" in name:
         request.getfixturevalue("tiny_xl_files")
+    if "flux" in name:
+        request.getfixturevalue("tiny_flux_files")
+        register_flux_stand_ins(comfy, request.getfixturevalue("tiny_flux"))
     write_input_images(comfy)
     prompt = shrink(convert(comfy, name))
     outputs = executor.execute(prompt)
@@ -45,6 +49,8 @@ def test_workflow_has_papers_defaults(comfy, name):
     by_kind = {}
     for node in prompt.values():
         by_kind.setdefault(node["class_type"], []).append(node["inputs"])
+    if "flux" in name:
+        return flux_defaults(by_kind)
     for blend in by_kind.get("LR_StepBlendedKSampler", []):
         assert (blend["steps"], blend["lambda1"], blend["scheduler"], blend["cfg"]) == (50, 5, "ddim_uniform", 7.5)
     for swap in by_kind.get("LR_MultiSourceAttentionSwap", []):
@@ -83,6 +89,47 @@ def test_workflow_has_papers_defaults(comfy, name):
         assert guider["cfg"] == 7.5
 
 
+def flux_defaults(by_kind: dict) -> None:
+    """Flux.1-dev's settings (euler, simple, 28 steps, cfg 1 with FluxGuidance 3.5, 1024 px) and the paper's
+    5, 10 and 30 of 50 steps scaled to 28 (3, 6, 17); the reference cache off (README, Flux)."""
+    for blend in by_kind["LR_StepBlendedKSampler"]:
+        assert (blend["steps"], blend["lambda1"], blend["sampler_name"], blend["scheduler"], blend["cfg"],
+                blend["record_attention"]) == (28, 3, "euler", "simple", 1.0, False)
+    for guidance in by_kind["FluxGuidance"]:
+        assert guidance["guidance"] == 3.5
+    for latent in by_kind["EmptySD3LatentImage"]:
+        assert latent["width"] == latent["height"] == 1024
+    for swap in by_kind.get("LR_MultiSourceAttentionSwap", []):
+        assert (swap["lambda2"], swap["mask_start"], swap["layout_layers"], swap["reference_layers"], swap["source_paths"],
+                swap["reference_cache"], swap["reference_positions"]) == (6, 17, "auto", "auto", "recorded", "off",
+                                                                           "shifted")
+    for sampler in by_kind.get("KSamplerAdvanced", []):
+        assert (sampler["add_noise"], sampler["steps"], sampler["sampler_name"], sampler["scheduler"],
+                sampler["cfg"]) == ("disable", 28, "euler", "simple", 1.0)
+    for inversion in by_kind.get("LR_DDIMInversion", []):
+        assert (inversion["steps"], inversion["sampler_name"], inversion["scheduler"], inversion["cfg"],
+                inversion["record_attention"]) == (28, "euler", "simple", 1.0, False)
+
+
+def test_flux_workflow_is_wired_as_flux_runs(comfy):
+    """Flux's loaders (UNETLoader, DualCLIPLoader of type flux, VAELoader, the LoRA on the UNet), FluxGuidance on
+    every prompt, stage 1's trajectory as the layout path and its start latent as the retouch's start."""
+    prompt = convert(comfy, "layout_retouch_full_flux_lora.json")
+    kinds = [n["class_type"] for n in prompt.values()]
+    assert {"UNETLoader", "DualCLIPLoader", "VAELoader", "LoraLoaderModelOnly"} <= set(kinds)
+    assert "CheckpointLoaderSimple" not in kinds
+    (clip,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "DualCLIPLoader"]
+    assert clip["type"] == "flux"
+    (blend_id,) = [i for i, n in prompt.items() if n["class_type"] == "LR_StepBlendedKSampler"]
+    (swap,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "LR_MultiSourceAttentionSwap"]
+    (retouch,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "KSamplerAdvanced"]
+    lora = next(i for i, n in prompt.items() if n["class_type"] == "LoraLoaderModelOnly")
+    assert swap["model"] == [lora, 0] and prompt[blend_id]["inputs"]["personalized_model"] == [lora, 0]
+    assert swap["layout_inversion"] == [blend_id, 1] and retouch["latent_image"] == [blend_id, 2]
+    for name in ("reference_positive", "layout_positive"):
+        assert prompt[swap[name][0]]["class_type"] == "FluxGuidance"
+
+
 def test_full_workflow_shares_prompt_texts(comfy):
     prompt = convert(comfy, "layout_retouch_full_dreambooth.json")
     mask = next(n for n in prompt.values() if n["class_type"] == "LR_CrossAttentionMask")["inputs"]
@@ -91,7 +138,7 @@ def test_full_workflow_shares_prompt_texts(comfy):
     assert source["_meta"]["title"].startswith("Personalized prompt")
 
 
-FULL = [name for name in SHIPPED if name.startswith("layout_retouch_full_")]
+FULL = [name for name in SHIPPED if name.startswith("layout_retouch_full_") and "flux" not in name]
 
 
 @pytest.mark.parametrize("name", FULL)
