@@ -162,6 +162,37 @@ def test_patches_on_exactly_the_chosen_blocks_and_the_callers_model_untouched(co
     assert torch.equal(before, retouch(comfy, model, prompts["reference"], inverted))
 
 
+def test_patches_already_on_the_dit_keys_are_chained(comfy, tiny_flux, prompts, inversions):
+    """Another node's block patches stay in force: one that passes through runs inside the swap (same image as
+    without it), and one that skips its block (as Skip Layer Guidance does) skips it with the swap on it too (no
+    swap acts there: the image is the unswapped model's with that patch)."""
+    (inverted, lay), (_, ref) = inversions["layout"], inversions["reference"]
+    y = prompts["reference"]
+    calls = []
+
+    def passing(args, extra):
+        calls.append(1)
+        return extra["original_block"](args)
+
+    def skipping(args, extra):
+        return {"img": args["img"], "txt": args["txt"]}
+
+    with_pass = tiny_flux.personalized.clone()
+    with_pass.set_model_patch_replace(passing, "dit", "double_block", 0)
+    with_pass.set_model_patch_replace(passing, "dit", "single_block", 1)
+    swapped = swap(comfy, tiny_flux.personalized, ref, lay, prompts, layers="double 0, single 1")
+    chained = swap(comfy, with_pass, ref, lay, prompts, layers="double 0, single 1")
+    assert torch.equal(retouch(comfy, chained, y, inverted), retouch(comfy, swapped, y, inverted))
+    assert len(calls) == 2 * STEPS  # both keys, every step
+    with_skip = tiny_flux.personalized.clone()
+    with_skip.set_model_patch_replace(skipping, "dit", "double_block", 0)
+    skipped = swap(comfy, with_skip, ref, lay, prompts, layers="double 0", lambda2=0, mask_start=STEPS)
+    want = reconstruct(comfy, with_skip, y, lay)
+    assert rel(retouch(comfy, skipped, y, inverted), want) < 1e-5
+    assert rel(retouch(comfy, swap(comfy, tiny_flux.personalized, ref, lay, prompts, layers="double 0", lambda2=0,
+                                   mask_start=STEPS), y, inverted), want) > 1e-4
+
+
 def test_swap_phases_read_the_sources(comfy, tiny_flux, prompts, inversions):
     """The layout phase and the reference phase each change the target; mask 1 everywhere is no blend and
     mask 0 from step 0 on is the layout's attention output in every swapped block."""
