@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from ..records import KEYS, SELF_OUT, VALUES, StepOfCall
+from ..records import KEYS, SELF_IN, SELF_OUT, VALUES, StepOfCall
 from .attend import ROWS_KEY, SOURCES_KEY
 from .layer_set import LayerSet
 from .rows import RowLayout
@@ -41,6 +41,7 @@ from .sources import StepSources
 from .swap import Phase, _layout_of_sources, mask_tokens
 
 TOKENS_KEY = "lr_swap_tokens"  # the call's (text tokens, image token rows, image token columns), set by the session
+PROJECTION_KEY = "lr_joint_projection"  # the called model's JointProjection, for the recording patches
 OVERRIDE = "optimized_attention_override"  # ComfyUI's attention override slot in transformer_options
 POSITIONS = ("shifted", "shared")
 # Stable Flow (Avrahami et al. 2025, Sec. 3.2): the "vital layers" of FLUX.1-dev for image-token
@@ -66,9 +67,61 @@ def shift_rope(k: torch.Tensor, columns: int, theta: float, axes_dim: tuple[int,
     return apply_rope1(k, pe)
 
 
+def _rope(k: torch.Tensor, pe: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """RoPE on keys ``[n, heads, tokens, d]`` as ComfyUI's Flux ``attention`` applies it (``pe``: one row)."""
+    shape = k.shape
+    k = k.to(dtype=pe.dtype).reshape(*shape[:-1], -1, 1, 2)
+    return (pe[..., 0] * k[..., 0] + pe[..., 1] * k[..., 1]).reshape(*shape).type_as(like)
+
+
+class JointProjection:
+    """A Flux block's image-token keys and values from one kept tensor: the block's normed and modulated image
+    tokens, the input its attention projects (one tensor where keys and values are two, so a record takes half the
+    RAM). Keys and values are projected when read, with the block's own weights (LoRA patches included, as
+    ComfyUI's ops cast them), the keys normed and at the call's RoPE positions, as the block makes them; only the
+    projection's key or value columns are computed."""
+
+    def __init__(self, diffusion_model) -> None:
+        self.dm = diffusion_model
+
+    def block(self, layer):
+        return (self.dm.double_blocks if layer[0] == "double" else self.dm.single_blocks)[layer[1]]
+
+    def input_of(self, layer, img: torch.Tensor, vec: torch.Tensor, tokens: tuple[int, int, int]) -> torch.Tensor:
+        """The image tokens' attention input ``[n, h * w, width]`` of rows whose block arguments are ``img`` (a
+        double block's image stream; a single block's text and image tokens) and ``vec``, as the block computes it."""
+        block = self.block(layer)
+        if layer[0] == "double":
+            mod, _ = block.img_mod(vec)
+            return torch.addcmul(mod.shift, block.img_norm1(img), 1 + mod.scale)
+        n_txt, h, w = tokens
+        mod, _ = block.modulation(vec)
+        return torch.addcmul(mod.shift, block.pre_norm(img[:, n_txt:n_txt + h * w]), 1 + mod.scale)
+
+    def at(self, pe: torch.Tensor, tokens: tuple[int, int, int]):
+        """``project(layer, kind, input)`` for a call whose RoPE embedding (text, then image tokens) is ``pe``."""
+        n_txt, h, w = tokens
+        pe_img = pe[:1, :, n_txt:n_txt + h * w]
+        return lambda layer, kind, x: self(layer, kind, x, pe_img)
+
+    def __call__(self, layer, kind: str, x: torch.Tensor, pe_img: torch.Tensor) -> torch.Tensor:
+        import comfy.ops
+
+        block = self.block(layer)
+        linear, norm = (block.img_attn.qkv, block.img_attn.norm) if layer[0] == "double" else (block.linear1, block.norm)
+        width = x.shape[-1]
+        part = slice(width, 2 * width) if kind == KEYS else slice(2 * width, 3 * width)  # q, k, v; then the MLP's
+        weight, bias = comfy.ops.cast_bias_weight(linear, x)
+        out = torch.nn.functional.linear(x, weight[part], None if bias is None else bias[part])
+        if kind == VALUES:
+            return out
+        keys = norm.key_norm(_heads(out, block.num_heads)).to(out)
+        return _tokens(_rope(keys, pe_img, out))
+
+
 def swap_joint_attention(q, k, v, rows: RowLayout, phase: Phase, attend, tokens: tuple[int, int, int],
                          mask: torch.Tensor | None = None, layer=None, sources: StepSources | None = None,
-                         shift=None) -> torch.Tensor:
+                         shift=None, project=None) -> torch.Tensor:
     """Joint attention of one call's rows with the target rows' image keys and values swapped.
 
     Args:
@@ -77,6 +130,8 @@ def swap_joint_attention(q, k, v, rows: RowLayout, phase: Phase, attend, tokens:
         tokens: ``(n_txt, h, w)``: text tokens, then ``h * w`` image tokens in row-major order.
         mask: ``[n_target, h * w, 1]`` blend weights (1 keeps the target), or None.
         shift: ``shift(keys, m)``: the m-th reference's keys moved off the target's positions, or None.
+        project: keys and values from a record's kept input (:class:`JointProjection`); the keys and values
+            computed here are not kept (the block patch keeps their input).
     """
     if phase is Phase.OWN and mask is None:
         return attend(q, k, v)
@@ -94,7 +149,7 @@ def swap_joint_attention(q, k, v, rows: RowLayout, phase: Phase, attend, tokens:
         present = (rows.n_layout if path == "layout" else rows.n_reference) > 0
         index = index.to(q.device, non_blocking=True)
         k_src, v_src = (_heads(sources.for_targets(path, layer, kind, _tokens(x[index][:, :, img]) if present else None,
-                                                   q_t), heads) for kind, x in ((KEYS, k), (VALUES, v)))
+                                                   q_t, project, keep=False), heads) for kind, x in ((KEYS, k), (VALUES, v)))
         if path == "reference" and shift is not None:
             n = h * w
             k_src = torch.cat([shift(k_src[:, :, m * n:(m + 1) * n], m) for m in range(k_src.shape[2] // n)], dim=2)
@@ -139,6 +194,14 @@ class JointBlockSwap:
         tokens, sources, prior = options[TOKENS_KEY], options.get(SOURCES_KEY), options.get(OVERRIDE)
         block, step = self.block, rows.step
         phase = self.spec.self_phase(block, step)
+        layer, project = (*block, 0), None
+        if sources is not None and isinstance(sources.project, JointProjection):
+            project = sources.project.at(args["pe"], tokens)
+            if phase is Phase.REFERENCE and rows.n_reference and sources.writes("reference"):
+                # the reference cache keeps the reference rows' attention input, not their keys and values
+                index = rows.reference_index().to(args["img"].device, non_blocking=True)
+                sources.put("reference", layer, SELF_IN,
+                            sources.project.input_of(layer, args["img"][index], args["vec"][index], tokens))
         mask = None
         if self.mask is not None and self.spec.blends(block, step):
             mask = self.mask
@@ -153,7 +216,7 @@ class JointBlockSwap:
                     return prior(func, q_, k_, v_, heads, *rest, **kwargs)
                 return func(q_, k_, v_, heads, *rest, **kwargs)
             blend = None if mask is None else mask_tokens(mask, rows, tokens[1:], q)
-            return swap_joint_attention(q, k, v, rows, phase, attend, tokens, blend, (*block, 0), sources, shift)
+            return swap_joint_attention(q, k, v, rows, phase, attend, tokens, blend, layer, sources, shift, project)
 
         return self._run({**args, "transformer_options": {**options, OVERRIDE: override}}, extra)
 
@@ -210,11 +273,59 @@ class JointMapCapture:
         return self._run({**args, "transformer_options": {**options, OVERRIDE: override}}, extra)
 
 
+class JointRecord:
+    """A ``dit`` block replacement that runs the block (or the patch on its key) and records what a swap reads of
+    this path, per step and CFG half, in every row: the image tokens' attention input (``SELF_IN``: their keys and
+    values, projected when read, :class:`JointProjection`) and their attention output (``SELF_OUT``: the layout's,
+    for the mask blend); steps counted on ``sampling_sigmas`` (the inversion's own first evaluation, near sigma 0,
+    starts no step and records nothing)."""
+
+    def __init__(self, block: tuple[str, int], record, sampling_sigmas: torch.Tensor, chained,
+                 kinds: tuple[str, ...]) -> None:
+        self.block = block
+        self.record = record
+        self.step_of = StepOfCall(sampling_sigmas[:-1])
+        self.chained = chained
+        self.kinds = kinds
+
+    def _run(self, args: dict, extra: dict) -> dict:
+        return self.chained(args, extra) if self.chained is not None else extra["original_block"](args)
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        options = args.get("transformer_options") or {}
+        step = self.step_of(options["sigmas"]) if "sigmas" in options else None
+        tokens = options.get(TOKENS_KEY)
+        if step is None or tokens is None:
+            return self._run(args, extra)
+        layer, halves = (*self.block, 0), list(options["cond_or_uncond"])
+
+        def put(kind: str, tensor: torch.Tensor) -> None:
+            n = tensor.shape[0] // len(halves)
+            for h, half in enumerate(halves):
+                self.record.put(step, half, layer, kind, tensor[h * n:(h + 1) * n])
+
+        if SELF_IN in self.kinds:
+            put(SELF_IN, options[PROJECTION_KEY].input_of(layer, args["img"], args["vec"], tokens))
+        if SELF_OUT not in self.kinds:
+            return self._run(args, extra)
+        prior, (n_txt, h, w) = options.get(OVERRIDE), tokens
+
+        def override(func, q, k, v, heads, *rest, **kwargs):
+            out = prior(func, q, k, v, heads, *rest, **kwargs) if prior is not None else \
+                func(q, k, v, heads, *rest, **kwargs)
+            put(SELF_OUT, out[:, n_txt:n_txt + h * w])
+            return out
+
+        return self._run({**args, "transformer_options": {**options, OVERRIDE: override}}, extra)
+
+
 def tokens_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
-    """APPLY_MODEL wrapper: the call's token layout in its ``transformer_options`` (for :class:`JointMapCapture`)."""
+    """APPLY_MODEL wrapper: the call's token layout and the model's :class:`JointProjection` in its
+    ``transformer_options`` (for :class:`JointMapCapture` and :class:`JointRecord`)."""
     options = dict(transformer_options or {})
     if c_crossattn is not None:
         options.setdefault(TOKENS_KEY, FluxFamily.tokens(x, c_crossattn))
+    options.setdefault(PROJECTION_KEY, JointProjection(executor.class_obj.diffusion_model))
     return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
 
 
@@ -223,6 +334,9 @@ class FluxFamily:
 
     name = "Flux"
     joint = True  # text and image tokens attend together: the swap's needs are keys and values (swap.SourceNeeds)
+    # What a source's record keeps for each path: the reference's keys and values, the layout's too (its layout
+    # phase) and its attention output (the mask blend); keys and values as the block's attention input.
+    record_kinds = {"reference": (SELF_IN,), "layout": (SELF_IN, SELF_OUT)}
 
     @staticmethod
     def depths(model) -> dict[tuple[str, int], int]:
@@ -247,6 +361,19 @@ class FluxFamily:
             if block in swapped or chained is not None:
                 clone.set_model_patch_replace(JointBlockSwap(block, spec, mask, chained, rope), "dit", *key)
 
+    def install_recording(self, clone, record, sampling_sigmas: torch.Tensor, layers: LayerSet,
+                          kinds: tuple[str, ...]) -> None:
+        """Put a :class:`JointRecord` on every block in ``layers`` (chaining the patch on its key)."""
+        import comfy.patcher_extension as ext
+
+        taken = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+        for block in sorted(layers.keys_in(set(self.depths(clone)))):
+            key = (f"{block[0]}_block", block[1])
+            clone.set_model_patch_replace(JointRecord(block, record, sampling_sigmas, taken.get(key), kinds), "dit",
+                                          *key)
+        ext.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, TOKENS_KEY, tokens_wrapper, clone.model_options,
+                                 is_model_options=True)
+
     def map_layers(self, model) -> LayerSet:
         """Where the subject map is read: every double block (text and image keep their own streams there)."""
         return LayerSet(frozenset(b for b in self.depths(model) if b[0] == "double"))
@@ -269,8 +396,8 @@ class FluxFamily:
                                  is_model_options=True)
 
     @staticmethod
-    def projection(diffusion_model):
-        return None  # records on Flux hold keys and values themselves
+    def projection(diffusion_model) -> JointProjection:
+        return JointProjection(diffusion_model)
 
     @staticmethod
     def tokens(x: torch.Tensor, context: torch.Tensor) -> tuple[int, int, int]:

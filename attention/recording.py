@@ -7,6 +7,9 @@ recording. Each evaluation keeps, per swapped layer and CFG half it ran, what is
 among: the self-attention's output, its input (after the block's norm: the keys and values
 are its projections, recomputed with the layer's own ``to_k``/``to_v`` when the swap reads them,
 for half the memory of keeping both) and the cross-attention's output.
+
+These are the UNet's recording patches; the model's family installs them (``install_recording``), and
+Flux records its blocks' attention input and output with :class:`.dit.JointRecord`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from ..records import (
 )
 from .attend import attend_as_before
 from .capture import add_map_capture
-from .layers import LayerSet, layer_keys, map_layers, replace_patch
+from .family import family_of
+from .layers import LayerSet, map_layers
 
 
 class RecordSourceAttention:
@@ -83,20 +87,17 @@ class RecordSelfInput:
 
 
 def add_recording(model, record: AttentionRecord, sampling_sigmas: torch.Tensor, layers: LayerSet,
-                  kinds: tuple[str, ...] = KINDS, maps: SubjectMapRecord | None = None):
-    """A clone of ``model`` recording ``kinds`` into ``record`` on ``layers``, at the sampling steps
-    that start at ``sampling_sigmas``; patches on the keys are chained. With ``maps``, it also
-    adds the decoder's cross-attention maps at latent size / ``maps.resolution`` to it, per step
-    (what a Cross-Attention Mask on this path reads). Bound to its layers, kinds and maps, it is
-    the ``recorder`` that ``sampling/`` takes from its caller."""
+                  paths: tuple[str, ...] = ("layout", "reference"), maps: SubjectMapRecord | None = None):
+    """A clone of ``model`` recording what a swap reads from this source as each of ``paths`` (the kinds of the
+    model's family, its ``record_kinds``) into ``record`` on ``layers``, at the sampling steps that start at
+    ``sampling_sigmas``; patches on the keys are chained. With ``maps``, it also adds the subject map (a UNet's
+    decoder cross-attention at latent size / ``maps.resolution``, Flux's double blocks) to it, per step (what a
+    Cross-Attention Mask on this path reads). Bound to its layers, paths and maps, it is the ``recorder`` that
+    ``sampling/`` takes from its caller."""
     # One clone, patched last: a later clone would deep-copy the patches set before it, records and all.
     m = model.clone() if maps is None else add_map_capture(model, maps, map_layers(model), None, maps.resolution,
                                                            sampling_sigmas)
-    keys = layer_keys(model, layers)
-    for key in keys:
-        for kind, attn in (("self", "attn1"), ("cross", "attn2")):
-            patch = RecordSourceAttention(kind, record, sampling_sigmas, replace_patch(m, attn, key), kinds)
-            m.set_model_patch_replace(patch, attn, *key)
-    if SELF_IN in kinds:  # last of the attn1 patches: it sees the context and value the projections get
-        m.set_model_attn1_patch(RecordSelfInput(record, sampling_sigmas, set(keys)))
+    family = family_of(model)
+    kinds = tuple(dict.fromkeys(kind for path in paths for kind in family.record_kinds[path]))
+    family.install_recording(m, record, sampling_sigmas, layers, kinds)
     return m

@@ -38,29 +38,43 @@ class StepSources:
     project: Callable[[Layer, str, torch.Tensor], torch.Tensor] | None = None  # keys/values from a kept input
 
     def for_targets(self, path: str, layer: Layer, kind: str, computed: torch.Tensor | None,
-                    like: torch.Tensor) -> torch.Tensor:
+                    like: torch.Tensor, project: Callable[[Layer, str, torch.Tensor], torch.Tensor] | None = None,
+                    keep: bool = True) -> torch.Tensor:
         """``[n_target, tokens, inner]``: each target row's source tensor of ``path``: the layout row
         paired with it, or all reference rows of its half joined along the tokens (``M * tokens``).
 
         Args:
             computed: the path's rows' tensor in this call (``len(halves) * n`` rows), or None
                 when the path has no rows here.
+            project: the projection of this call (else the session's), for kinds kept as their input.
+            keep: write ``computed`` to the path's record (False where the caller keeps its input instead).
         """
         halves, step = self.rows.halves, self.rows.step
         if computed is None:
-            record = self.read[path]
-            computed = torch.cat([record.get(step, half, layer, kind, self._project(like), like.device).to(like.dtype)
-                                  for half in halves])
-        elif path in self.write:
-            n = computed.shape[0] // len(halves)
-            for h, half in enumerate(halves):
-                self.write[path].put(step, half, layer, kind, computed[h * n:(h + 1) * n])
+            record, project = self.read[path], project or self.project
+            computed = torch.cat([record.get(step, half, layer, kind, self._project(project, like),
+                                             like.device).to(like.dtype) for half in halves])
+        elif keep:
+            self.put(path, layer, kind, computed)
         if path == "reference":
             return self.rows.joined_for_targets(computed)
         return computed[self.rows.pair(computed.shape[0] // len(halves)).to(computed.device, non_blocking=True)]
 
-    def _project(self, like: torch.Tensor):
+    def writes(self, path: str) -> bool:
+        return path in self.write
+
+    def put(self, path: str, layer: Layer, kind: str, computed: torch.Tensor) -> None:
+        """Keep the path's rows' ``computed`` (``len(halves) * n`` rows) in its record, half by half, if it has one."""
+        if path not in self.write:
+            return
+        halves = self.rows.halves
+        n = computed.shape[0] // len(halves)
+        for h, half in enumerate(halves):
+            self.write[path].put(self.rows.step, half, layer, kind, computed[h * n:(h + 1) * n])
+
+    @staticmethod
+    def _project(project, like: torch.Tensor):
         """The projection, run where and in the dtype the call computes (as the rows would)."""
-        if self.project is None:
+        if project is None:
             return None
-        return lambda layer, kind, tensor: self.project(layer, kind, tensor.to(like.device, like.dtype))
+        return lambda layer, kind, tensor: project(layer, kind, tensor.to(like.device, like.dtype))

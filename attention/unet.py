@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..records import KEYS
+from ..records import KEYS, LAYOUT_KINDS, REFERENCE_KINDS, SELF_IN
 from .layer_set import BLOCK_NAMES, LayerSet
 
 
@@ -106,6 +106,9 @@ class UNetFamily:
 
     name = "UNet"
     joint = False
+    # What a source's record keeps for each path: the reference's self-attention input (its keys and values
+    # projected when read); the layout's self- and cross-attention outputs.
+    record_kinds = {"reference": REFERENCE_KINDS, "layout": LAYOUT_KINDS}
 
     depths = staticmethod(transformer_depths)
     auto_layers = staticmethod(auto_layers)
@@ -123,6 +126,21 @@ class UNetFamily:
                 if key in swapped or chained is not None:
                     clone.set_model_patch_replace(SwapAttention(kind, spec, mask if kind == "self" else None, chained),
                                                   attn, *key)
+
+    @staticmethod
+    def install_recording(clone, record, sampling_sigmas: torch.Tensor, layers: LayerSet,
+                          kinds: tuple[str, ...]) -> None:
+        """Record ``kinds`` on ``layers``: ``attn1``/``attn2`` replace patches (chaining those on the keys), and an
+        ``attn1_patch`` for the self-attention's input, last, so it sees what the projections get."""
+        from .recording import RecordSelfInput, RecordSourceAttention
+
+        chosen = keys(clone, layers)
+        for key in chosen:
+            for kind, attn in (("self", "attn1"), ("cross", "attn2")):
+                patch = RecordSourceAttention(kind, record, sampling_sigmas, replace_patch(clone, attn, key), kinds)
+                clone.set_model_patch_replace(patch, attn, *key)
+        if SELF_IN in kinds:
+            clone.set_model_attn1_patch(RecordSelfInput(record, sampling_sigmas, set(chosen)))
 
     @staticmethod
     def map_layers(model) -> LayerSet:

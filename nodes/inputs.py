@@ -128,18 +128,6 @@ def layer_input(node: str, name: str, text: str, model):
     return parsed
 
 
-def check_records(node: str, model) -> None:
-    """Raise where ``record_attention`` asks for records the model's family does not make yet (Flux)."""
-    from ..attention.family import family_of
-
-    family = family_of(model)
-    if family.joint:
-        raise NodeInputError(node, "record_attention", f"is on, but on {family.name} nothing records the swap's "
-                             "sources yet (the swap's fast mode is refused there too).",
-                             "turn record_attention off: the swap runs its sources beside the target (recorded "
-                             "mode), and the Cross-Attention Mask reads the subject map in passes of its own.")
-
-
 def check_same_family(node: str, name_a: str, model_a, name_b: str, model_b) -> None:
     """Raise unless both models share latent space, conditioning width and noise schedule.
 

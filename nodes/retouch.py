@@ -6,7 +6,6 @@ import torch
 from comfy_api.latest import io
 
 from ..attention.dit import POSITIONS
-from ..attention.family import family_of
 from ..attention.layers import AUTO
 from ..attention.patching import record_problem, swap_model
 from ..attention.session import CacheMode, SourceMode
@@ -135,10 +134,6 @@ class MultiSourceAttentionSwap(io.ComfyNode):
         spec = SwapSpec(lambda2, mask_start, layer_input(NODE, "layout_layers", layout_layers, model),
                         layer_input(NODE, "reference_layers", reference_layers, model))
         mode = SOURCE_MODES[source_paths]
-        if mode is SourceMode.FAST and family_of(model).joint:
-            raise NodeInputError(NODE, "source_paths", f"is the fast mode, which reads attention the inversions "
-                                 f"recorded; on {family_of(model).name} the inversions do not record it yet.",
-                                 "choose 'recorded' (the same result: the sources run as rows beside the target).")
         if mode is SourceMode.FAST:
             found = record_problem(model, spec, mask, {"layout": lay, "reference": ref})
             if found is not None:

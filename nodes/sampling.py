@@ -11,13 +11,12 @@ from comfy_api.latest import io
 from ..attention.layers import AUTO
 from ..attention.recording import add_recording
 from ..masks.cross_attention import DEFAULT_RESOLUTION
-from ..records import KINDS, LAYOUT_KINDS, REFERENCE_KINDS, SubjectMapRecord, map_key
+from ..records import SubjectMapRecord, map_key
 from ..sampling import inversion, step_blend
 from .inputs import (
     NodeInputError,
     check_conditioning,
     check_latent,
-    check_records,
     check_same_family,
     inversion_schedule_inputs,
     layer_input,
@@ -29,7 +28,8 @@ from .types import Inversion
 CATEGORY = "layout_retouch/sampling"
 STEP_BLENDED = "Step-Blended KSampler"
 BOTH = "layout and reference"
-RECORD_FOR = {BOTH: KINDS, "reference": REFERENCE_KINDS, "layout": LAYOUT_KINDS}  # DDIM Inversion's record_for
+# DDIM Inversion's record_for: the swap's paths this image is recorded for.
+RECORD_FOR = {BOTH: ("layout", "reference"), "reference": ("reference",), "layout": ("layout",)}
 DDIM_INVERSION = "DDIM Inversion"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -122,11 +122,10 @@ class StepBlendedKSampler(io.ComfyNode):
             check_conditioning(node, name, conditioning, model)
         recorder = maps = None
         if record_attention:
-            check_records(node, personalized_model)
             layers = layer_input(node, "attention_layers", attention_layers, personalized_model)
             maps = SubjectMapRecord(DEFAULT_RESOLUTION, map_key(personalized_model, personalized_positive),
                                     comfy.model_management.intermediate_device())
-            recorder = partial(add_recording, layers=layers, kinds=LAYOUT_KINDS, maps=maps)
+            recorder = partial(add_recording, layers=layers, paths=("layout",), maps=maps)
         return io.NodeOutput(*step_blend.layout_stage(
             vanilla_model, personalized_model, (vanilla_positive, vanilla_negative),
             (personalized_positive, personalized_negative), latent_image,
@@ -208,9 +207,8 @@ class DDIMInversion(io.ComfyNode):
         raise_for(inversion.schedule_problem(sigmas, scheduler, steps), node, "scheduler")
         recorder = None
         if record_attention:
-            check_records(node, model)
             recorder = partial(add_recording, layers=layer_input(node, "attention_layers", attention_layers, model),
-                               kinds=RECORD_FOR[record_for])
+                               paths=RECORD_FOR[record_for])
         samples, trajectory = inversion.ddim_invert(model, positive, negative, latent, steps, scheduler, cfg, recorder)
         out = {k: v for k, v in latent.items() if k != "noise_mask"}
         out["samples"] = samples

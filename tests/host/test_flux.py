@@ -232,10 +232,78 @@ def test_reference_cache_hit_and_miss(comfy, tiny_flux, prompts, inversions):
     second = retouch(comfy, patched, y, inverted)
     assert sum(rows) == sum(first_rows) - (STEPS - 2)  # one reference row less at each reference-phase step
     assert rel(second, first) < 1e-5 and rel(first, uncached) < 1e-5
+    # One tensor per block, step and row: the reference rows' attention input (keys and values projected on read).
+    from comfyui_layout_retouch.records import SELF_IN
+
+    kept = ref.cache.record.tensors
+    dm = model.model.diffusion_model
+    blocks = len(dm.double_blocks) + len(dm.single_blocks)  # "auto": every block of a model without vital ones
+    assert {key[3] for key in kept} == {SELF_IN} and len(kept) == blocks * (STEPS - 2)
+    assert all(t.shape == (1, 16, dm.hidden_size) for t in kept.values())  # 4 x 4 image tokens
     rows.clear()
     retouch(comfy, swap(comfy, counted, ref, lay, prompts, lambda2=2, cache="offloaded to RAM",
                         reference_prompt="vanilla"), y, inverted)
     assert rows == first_rows
+
+
+def test_fast_mode_is_the_recorded_mode(comfy, tiny_flux, prompts, measured):
+    """Inversions that record (at the swap's prompts) stand in for the source rows: the same image as the recorded
+    mode with the adaptive mask on, one row per call; the layout's record holds the blocks' attention input and
+    output, the reference's the input alone (its keys and values projected when read)."""
+    from comfyui_layout_retouch.records import SELF_IN, SELF_OUT
+
+    model = tiny_flux.personalized
+    node = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
+    (inverted, lay), (_, ref) = (node.execute(model=model, positive=prompts[prompt], latent=latent(seed), steps=STEPS,
+                                              scheduler=SCHEDULER, sampler_name=SAMPLER, cfg=CFG, record_attention=True,
+                                              attention_layers="double 0, single 1", record_for=path).result
+                                 for prompt, seed, path in (("personalized", 4, "layout"), ("reference", 5, "reference")))
+    assert {key[3] for key in lay.attention.tensors} == {SELF_IN, SELF_OUT}
+    assert {key[3] for key in ref.attention.tensors} == {SELF_IN}
+    assert {key[2] for key in ref.attention.tensors} == {("double", 0, 0), ("single", 1, 0)}
+    rows = []
+
+    def count(executor, x, *args, **kwargs):
+        rows.append(x.shape[0])
+        return executor(x, *args, **kwargs)
+
+    import comfy.patcher_extension as ext
+
+    counted = model.clone()
+    ext.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "test_rows", count, counted.model_options,
+                             is_model_options=True)
+    mask = torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(2))
+    y = prompts["reference"]
+    recorded = retouch(comfy, swap(comfy, counted, ref, lay, prompts, layers="double 0, single 1", mask=mask), y,
+                       inverted)
+    assert sum(rows) > STEPS
+    rows.clear()
+    fast = retouch(comfy, swap(comfy, counted, ref, lay, prompts, layers="double 0, single 1", mask=mask,
+                               mode="recorded, attention from the inversions (fast)"), y, inverted)
+    assert rows == [1] * STEPS
+    measured(f"Flux fast mode vs recorded mode (mask on, double 0 + single 1): max relative difference "
+             f"{rel(fast, recorded):.2e}")
+    assert rel(fast, recorded) < 1e-5
+    without = retouch(comfy, swap(comfy, model, ref, lay, prompts, layers="double 0, single 1"), y, inverted)
+    assert rel(fast, without) > 1e-3  # the mask's blend, read from the layout's record, acts
+
+
+def test_stage_1_records_the_layout_path(comfy, tiny_flux, prompts):
+    """The Step-Blended KSampler with record_attention on Flux: its trajectory's record serves the fast mode (the
+    layout's attention input and output at the personalized model's steps) and its subject map."""
+    from comfyui_layout_retouch.records import SELF_IN, SELF_OUT
+
+    node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
+    vp, pp = prompts["vanilla"], prompts["personalized"]
+    out = node.execute(vanilla_model=tiny_flux.vanilla, personalized_model=tiny_flux.personalized,
+                       vanilla_positive=vp, vanilla_negative=vp, personalized_positive=pp, personalized_negative=pp,
+                       latent_image=latent(), seed=SEED, steps=STEPS, lambda1=2, cfg=CFG, sampler_name=SAMPLER,
+                       scheduler=SCHEDULER, denoise=1.0, record_attention=True, attention_layers="double 1").result
+    traj = next(o for o in out if hasattr(o, "attention"))
+    kept = traj.attention.tensors
+    assert {key[3] for key in kept} == {SELF_IN, SELF_OUT} and {key[2] for key in kept} == {("double", 1, 0)}
+    assert {key[0] for key in kept} == set(range(2, STEPS))
+    assert traj.maps is not None and traj.maps.nbytes > 0
 
 
 class TestBadInput:
@@ -279,30 +347,11 @@ class TestBadInput:
         with pytest.raises(ValueError, match=r"input 'model'.*reference latents.*remove the ReferenceLatent"):
             retouch(comfy, patched, kontext, inverted)
 
-    def test_fast_mode_on_flux(self, comfy, tiny_flux, prompts, inversions):
-        (_, lay), (_, ref) = inversions["layout"], inversions["reference"]
-        with pytest.raises(ValueError, match=r"input 'source_paths'.*fast mode.*on Flux.*choose 'recorded'"):
-            swap(comfy, tiny_flux.personalized, ref, lay, prompts, mode="recorded, attention from the inversions (fast)")
-
     def test_a_schedule_the_inversion_cannot_retrace(self, comfy, tiny_flux, prompts):
         with pytest.raises(ValueError, match=r"DDIM Inversion: input 'sampler_name'.*cannot be inverted"):
             comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"].execute(
                 model=tiny_flux.personalized, positive=prompts["empty"], latent=latent(), steps=STEPS,
                 scheduler=SCHEDULER, sampler_name="dpmpp_2m", cfg=CFG)
-    def test_record_attention_on_flux(self, comfy, tiny_flux, prompts):
-        with pytest.raises(ValueError, match=r"DDIM Inversion: input 'record_attention'.*on Flux.*turn record_attention "
-                                             r"off"):
-            comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"].execute(
-                model=tiny_flux.personalized, positive=prompts["empty"], latent=latent(), steps=STEPS,
-                scheduler=SCHEDULER, sampler_name=SAMPLER, cfg=CFG, record_attention=True)
-        node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
-        vp, pp = prompts["vanilla"], prompts["personalized"]
-        with pytest.raises(ValueError, match=r"Step-Blended KSampler: input 'record_attention'.*on Flux"):
-            node.execute(vanilla_model=tiny_flux.vanilla, personalized_model=tiny_flux.personalized,
-                         vanilla_positive=vp, vanilla_negative=vp, personalized_positive=pp, personalized_negative=pp,
-                         latent_image=latent(), seed=SEED, steps=STEPS, lambda1=2, cfg=CFG, sampler_name=SAMPLER,
-                         scheduler=SCHEDULER, denoise=1.0, record_attention=True)
-
 
 
 def test_subject_map_reads_the_double_blocks_at_the_t5_tokens(comfy, tiny_flux, inversions):
