@@ -70,15 +70,22 @@ def sizes(steps: int = 50, lambda1: int = 5, lambda2: int = 10) -> dict[str, dic
     return out
 
 
-def flux_sizes(steps: int = 28, lambda2: int = 5, size: int = 1024) -> dict[str, float]:
-    """GiB of Flux.1-dev's reference records at ``size`` px with the ``auto`` blocks (Stable Flow's vital layers),
-    bf16, cfg 1 (one row per step): the reference cache as the swap keeps it (the image tokens' keys and values
-    from lambda2 on), and what one tensor per block (e.g. the block's normed input, projected when read) would take."""
+FLUX_CACHE = "reference cache (each block's attention input from lambda2)"
+
+
+def flux_sizes(steps: int = 28, lambda2: int = 6, size: int = 1024) -> dict[str, float]:
+    """GiB of Flux.1-dev's records at ``size`` px with the ``auto`` blocks (Stable Flow's vital layers), bf16, cfg 1
+    (one row per step), with the Flux workflow's lambda2 (6 of 28): the reference cache as the swap keeps it (each
+    block's image-token attention input from lambda2 on; keys and values projected when read), what keys and values
+    would take, and the fast mode's inversion records (every step): a reference's (the input) and a layout's (the
+    input and the attention output)."""
     from ..attention.dit import VITAL
     from .random_models import FLUX_DEV
 
     tokens, width = (size // 16) ** 2, FLUX_DEV["hidden_size"]  # 8x VAE, 2x2 patches
-    per_tensor = tokens * width * 2 * (steps - lambda2) * len(VITAL)
+    per_step = tokens * width * 2 * len(VITAL) / 2**30  # one [tokens, width] bf16 tensor per block
     return {"blocks": len(VITAL), "steps": steps, "lambda2": lambda2,
-            "reference cache (keys and values from lambda2)": 2 * per_tensor / 2**30,
-            "one tensor per block (e.g. the normed input)": per_tensor / 2**30}
+            FLUX_CACHE: per_step * (steps - lambda2),
+            "keys and values from lambda2": 2 * per_step * (steps - lambda2),
+            "reference inversion's record (fast mode)": per_step * steps,
+            "layout inversion's record (fast mode)": 2 * per_step * steps}

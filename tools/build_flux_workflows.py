@@ -144,8 +144,8 @@ def build_full_lora() -> WF:
         prev = w.node("PreviewImage", (2380, y), [], inputs=[("images", "IMAGE")], title=f"Preview: {title}",
                       size=(220, 270))
         w.link(src, slot, m2i, "mask"); w.link(m2i, 0, prev, "images")
-    # --- the swap (recorded mode on stage 1's path) and the retouch sampler ---
-    swap = w.node("LR_MultiSourceAttentionSwap", (2620, 0), [LAMBDA2, MASK_START, "auto", "auto", "recorded", "off",
+    # --- the swap (recorded mode on stage 1's path, the reference cache on) and the retouch sampler ---
+    swap = w.node("LR_MultiSourceAttentionSwap", (2620, 0), [LAMBDA2, MASK_START, "auto", "auto", "recorded", "offloaded to RAM",
                                                              "shifted"],
                   inputs=[("model", "MODEL"), ("reference_inversion", "LR_INVERSION"),
                           ("layout_inversion", "LR_INVERSION"), ("reference_positive", "CONDITIONING"),
@@ -178,7 +178,8 @@ def build_full_lora() -> WF:
            f"the layout's keys and values for `lambda2` steps ({LAMBDA2}), then the reference's, moved off the "
            "target's RoPE positions (`shifted`: the subject's look without the photo's layout); from `mask_start` "
            f"({MASK_START}) the layout is kept outside the adaptive mask. The mask reads the subject's T5 tokens in the "
-           "double blocks. The reference cache is off: at 1024x1024 it would hold 9.7 GiB (README, Flux).",
+           "double blocks. The reference cache keeps the reference's attention for the next image: 4.6 GiB of RAM at "
+           "1024x1024 (README, Flux); set it off to spare the RAM.",
            (1740, -220), size=(1300, 140))
     w.group("Models and prompts", (-20, -60, 1000, 860), color="#444")
     w.group("Stage 1: step-blended layout", (980, -60, 740, 700), color="#3f789e")

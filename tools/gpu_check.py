@@ -99,7 +99,7 @@ def markdown(results: dict) -> str:
         flux = report.get("flux_record_sizes_gib")
         if flux:
             lines += ["", f"Flux reference cache at 1024x1024, {flux['blocks']} auto blocks, {flux['steps']} steps, "
-                          f"bf16: {flux['reference cache (keys and values from lambda2)']:.2f} GiB."]
+                          f"bf16: {next(v for k, v in flux.items() if k.startswith('reference cache')):.2f} GiB."]
         sources = report.get("palette_sources")
         if sources:
             lines += ["", f"Palettes, DDIM vs null-text path: paths' latents differ by at most "
