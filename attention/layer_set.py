@@ -16,7 +16,7 @@ decoder's attention blocks whose tokens are at 1/1 or 1/2 of the latent's size
   1/1): Visual Style Prompting's SDXL configuration (diffusers ``up_blocks.1``, 6 transformer
   blocks). MasaCtrl's SDXL example starts at 44 of 70 transformer blocks, i.e. also
   ``"output 1-2"`` at 1/4 (32x32, 10 transformer blocks each); those 20 blocks are 1280 wide and
-  would raise the reference's record from 2.9 to 7.8 GiB at 50 steps (README, Tuning), so the
+  would raise the reference's record from 2.9 to 7.8 GiB at 50 steps (docs/tuning.md), so the
   default stops at 1/2, as for SD1.x.
 """
 

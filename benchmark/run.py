@@ -5,7 +5,7 @@ weights), peak memory as CUDA's max allocated per part. On the CPU: the tiny SD1
 as the process's peak RSS during the part (reset before each part through Linux's
 ``/proc/self/clear_refs``; elsewhere the peak so far, which only grows).
 Every ratio is to the plain generation measured in the same run. Segment Anything is not part
-of the timed pipeline (its cost does not depend on the method; see the README).
+of the timed pipeline (its cost does not depend on the method; see docs/benchmark.md).
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ class Pipeline:
                 **{f"palette_{s}": palette(s) for s in PD_SOURCES}, **{f"guided_{s}": guided(s) for s in PD_SOURCES}}
 
 
-# The reference path of Pick-and-Draw's palette: the shipped workflows' first (README, Pick-and-Draw), then
+# The reference path of Pick-and-Draw's palette: the shipped workflows' first (docs/pick-and-draw.md), then
 # the other; palette_sources() compares them.
 PD_SOURCES = ("ddim", "null_text")
 PD_SOURCE_NAMES = {"ddim": "DDIM", "null_text": "null-text"}

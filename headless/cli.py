@@ -82,7 +82,7 @@ def seeds(text: str) -> list[int]:
 
 # ``run --method``: the shipped workflow of each method of a Table 1-style comparison, and what it sets
 # (before the user's --set, which win). "plain" is the personalized model alone: stage 1 at lambda1 = 0 is,
-# bit for bit, one KSampler on the personalized model (README, Step-Blended KSampler).
+# bit for bit, one KSampler on the personalized model (docs/nodes.md, Step-Blended KSampler).
 METHODS = {
     "plain": ("layout_retouch_stage1_layout.json", ["LR_StepBlendedKSampler.lambda1=0"]),
     "layout-retouch": ("layout_retouch_full_dreambooth.json", []),

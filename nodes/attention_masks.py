@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..attention.capture import NothingRecorded, capture_model
 from ..attention.tokens import subject_problem

@@ -11,7 +11,7 @@ import math
 
 import comfy.samplers
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..attention.layers import AUTO, auto_layers, layer_problem, parse_layers
 from ..errors import Problem

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..masks import sam as sam_lib
 from ..masks.adaptive import adaptive_mask, match_batches, resize_mask

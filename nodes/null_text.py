@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import comfy.samplers
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..sampling import inversion, null_text
 from .inputs import NodeInputError, check_conditioning, check_latent, inversion_schedule_inputs, raise_for

@@ -7,7 +7,7 @@ and the model's other patches still apply.
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..attention.layers import ALL, AUTO, layer_keys, layers_at, parse_layers
 from ..attention.tokens import subject_positions, subject_problem
@@ -62,7 +62,7 @@ class ReferencePalette(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model the generation uses (the personalized one)."),
                 Inversion.Input("reference_inversion", tooltip="The reference's DDIM Inversion (the shipped "
-                                "workflows': nearly the paper's palette at a seventeenth of the cost, README) or "
+                                "workflows': nearly the paper's palette at a seventeenth of the cost, docs/pick-and-draw.md) or "
                                 "Null-Text Inversion (the paper's), with the generation's steps and scheduler."),
                 *subject_inputs("a photo of a sks dog", "The reference prompt: the subject in plain words, with "
                                 "the personalized token.", "dog"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..attention.dit import POSITIONS
 from ..attention.layers import AUTO
@@ -79,7 +79,7 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                                        "the same reference, model and reference prompts runs no reference rows "
                                        "(recorded and fast modes; in the fast mode only when the reference "
                                        "inversion recorded nothing). It lives as long as ComfyUI caches the "
-                                       "reference's DDIM Inversion; its size is in the README (Speed)."),
+                                       "reference's DDIM Inversion; its size is in docs/tuning.md."),
                 io.Mask.Input("mask", optional=True, tooltip="Where the target keeps its own self-attention (1) or "
                               "takes the layout's (0), from mask_start on. No mask: no blend."),
                 io.Combo.Input("reference_positions", options=list(POSITIONS), default=POSITIONS[0], optional=True,

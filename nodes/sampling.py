@@ -6,7 +6,7 @@ from functools import partial
 
 import comfy.model_management
 import comfy.samplers
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..attention.layers import AUTO
 from ..attention.recording import add_recording
@@ -76,7 +76,7 @@ class StepBlendedKSampler(io.ComfyNode):
                                          "decoder's cross-attention at 1/2 of the latent, which a Cross-Attention "
                                          "Mask on 'trajectory' with this prompt reads instead of running the model. "
                                          "Exact: it is the very computation those nodes would repeat. Costs RAM: "
-                                         "the README's Tuning section gives the size."),
+                                         "docs/tuning.md gives the size."),
                 record_layers_input(),
                 io.String.Input("batch_seeds", default="", optional=True, force_input=True,
                                 tooltip="One seed per latent of the batch, e.g. '3,4' (the headless runner's "
@@ -170,7 +170,7 @@ class DDIMInversion(io.ComfyNode):
                                          "node's positive and negative are the swap's prompts for this image; "
                                          "without a negative the positive half stands in for both CFG halves. "
                                          "Costs one more model evaluation (and the negative half, if connected) "
-                                         "and RAM: the README's Tuning section gives the size."),
+                                         "and RAM: docs/tuning.md gives the size."),
                 record_layers_input(),
                 io.Combo.Input("record_for", options=list(RECORD_FOR), default=BOTH, optional=True,
                                tooltip="What to record: what the swap reads from this image as its reference (the "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 # Carries records.InversionTrajectory: every latent of a DDIM inversion (or of stage 1), in
 # sampler space, with its sigmas, its attention record and the reference cache.

@@ -159,7 +159,7 @@ def build(kind: str) -> WF:
     ref_enc = w.node("VAEEncode", (X[1], bottom + 280), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")],
                      outputs=[LAT], size=(340, 50))
     w.link(ref_img, 0, ref_scale, "image"); w.link(ref_scale, 0, ref_enc, "pixels"); w.link(*vae, ref_enc, "vae")
-    # The palette's path: the reference's DDIM Inversion (README, Pick-and-Draw: the same palette as the paper's
+    # The palette's path: the reference's DDIM Inversion (docs/pick-and-draw.md: the same palette as the paper's
     # null-text path at a fraction of its cost); the paper's Null-Text Inversion beside it, its output free.
     ddim = w.node("LR_DDIMInversion", (X[2], bottom + 80), [50, "ddim_uniform", "ddim", 1.0, False, "auto", "layout and reference"],
                   inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"),

@@ -83,3 +83,29 @@ def test_the_walk_sees_imports(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from ..nodes.inputs import NodeInputError\n    from . import layers\n")
     assert imported_packages(probe, ["attention"]) == {"nodes", "attention"}
+
+
+# ComfyUI 0.3.64 serves the node API as comfy_api.latest (STABLE = False: it may change under the pack with an
+# update) and as versioned modules; the pack uses the versioned one.
+NODE_API = "comfy_api.v0_0_2"
+
+
+def host_api_imports() -> dict[str, set[str]]:
+    """Per pack module, the ``comfy_api`` modules it imports (at module level or in a function)."""
+    found = {}
+    for name, path in pack_modules().items():
+        modules = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("comfy_api"):
+                modules.add(node.module)
+            elif isinstance(node, ast.Import):
+                modules.update(a.name for a in node.names if a.name.startswith("comfy_api"))
+        if modules:
+            found[name] = modules
+    return found
+
+
+def test_the_node_api_is_a_versioned_module():
+    imports = host_api_imports()
+    assert imports and all(modules == {NODE_API} for modules in imports.values()), imports
+    assert "nodes" in imports  # the extension itself
