@@ -281,3 +281,23 @@ def test_workflow_in_the_real_frontend(comfy, server, page, tiny_files, tiny_sam
             assert pixels.shape[:2] == (64, 64)
             if kind == "output":
                 assert pixels.shape == (64, 64, 3) and pixels.std() > 0
+
+
+def test_a_nodes_help_page_in_the_node_library(server, page):
+    """The node library's help for one of the pack's nodes: the frontend fetches the page the pack serves
+    (/extensions/comfyui-layout-retouch/docs/<node id>.md) and shows it, hand-written part and inputs."""
+    url, _ = server
+    with urllib.request.urlopen(url + "/extensions/comfyui-layout-retouch/docs/LR_StepBlendedKSampler.md") as r:
+        assert "## When to use" in r.read().decode()
+    page.keyboard.press("Escape")
+    page.evaluate("() => app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library')")
+    search = page.locator(".node-library-search-box input, .side-bar-panel input").first
+    search.fill("Step-Blended KSampler")
+    leaf = page.locator(".node-lib-tree-explorer .p-tree-node-label", has_text="Step-Blended KSampler").first
+    leaf.hover()
+    leaf.locator("xpath=ancestor::*[contains(@class, 'p-tree-node-content')]").locator(".help-button").first.click()
+    page.get_by_text("one noise, one schedule, two models", exact=False).first.wait_for(timeout=30_000)
+    assert page.get_by_text("From the paper").first.is_visible()
+    assert page.get_by_text("lambda1").first.is_visible()
+    if os.environ.get("LR_BROWSER_SHOTS"):
+        page.screenshot(path=str(Path(os.environ["LR_BROWSER_SHOTS"]) / "help_LR_StepBlendedKSampler.png"))
