@@ -6,6 +6,6 @@ WEB_DIRECTORY = "./web"
 
 async def comfy_entrypoint():
     # Imported on call so that the algorithm modules load without the host (for tests and tools).
-    from .nodes import LayoutRetouchExtension
+    from .nodes.extension import LayoutRetouchExtension
 
     return LayoutRetouchExtension()

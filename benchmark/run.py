@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 from ..guidance.losses import uremd
+from ..nodes.labels import CACHE_OFF, FAST, HALF, RECORD_LAYOUT, RECORD_REFERENCE, RECORDED, REDENOISED
+from ..nodes.labels import CACHE_RAM as CACHED
 from .record_sizes import flux_sizes
 from .record_sizes import sizes as record_sizes
 
@@ -93,7 +95,6 @@ def _measure(name: str, fn: Callable[[], object], device: torch.device, repeats:
 
 
 BATCH = 4  # the throughput rows' batch
-CACHED, FAST = "offloaded to RAM", "recorded, attention from the inversions (fast)"  # the swap's combo labels
 
 
 class Pipeline:
@@ -182,7 +183,7 @@ class Pipeline:
             self.state[name] = self.mapping["LR_DDIMInversion"].execute(
                 model=self.personalized, positive=self.empty if prompt is None else prompt, latent=source(),
                 steps=self.steps, scheduler=self.scheduler, sampler_name=self.sampler, cfg=1.0, negative=negative,
-                record_attention=bool(record), attention_layers="auto", record_for=record or "layout").result
+                record_attention=bool(record), attention_layers="auto", record_for=record or RECORD_LAYOUT).result
         return fn
 
     def layout_path(self, layout: str, batch: int = 1):
@@ -192,12 +193,12 @@ class Pipeline:
         def fn():
             self.state[_key("mask", batch)] = self.mapping["LR_CrossAttentionMask"].execute(
                 model=self.personalized, layout_inversion=self.layout_path(layout, batch), clip=self.clip,
-                prompt="a sks vase on a beach", subject="vase", resolution="1/2 of the latent (32x32 at 512 px)",
+                prompt="a sks vase on a beach", subject="vase", resolution=HALF,
                 steps_to_average=10, threshold=0.1).result[1]
         return fn
 
-    def stage2(self, reference_inv: str, layout: str, mode: str = "recorded",
-               cache: str = "off", batch: int = 1) -> Callable[[], None]:
+    def stage2(self, reference_inv: str, layout: str, mode: str = RECORDED,
+               cache: str = CACHE_OFF, batch: int = 1) -> Callable[[], None]:
         def fn():
             patched = self.mapping["LR_MultiSourceAttentionSwap"].execute(
                 model=self.personalized, reference_inversion=self.state[reference_inv][1],
@@ -332,11 +333,11 @@ def measure_flux_parts(p: FluxPipeline, repeats: int) -> list[Part]:
     with the cache off (the reference rows run every image) and with a new reference (its inversion, and the cache
     filled again); the paper's graph (both inversions, the sources re-denoised)."""
     record_reference = p.invert("reference_rec", lambda: p.reference, p.yr)
-    shipped = (p.stage1(), p.mask("stage 1"), p.stage2("reference_rec", "stage 1", "recorded", CACHED))
-    uncached = (p.stage1(), p.mask("stage 1"), p.stage2("reference_rec", "stage 1", "recorded", "off"))
+    shipped = (p.stage1(), p.mask("stage 1"), p.stage2("reference_rec", "stage 1", RECORDED, CACHED))
+    uncached = (p.stage1(), p.mask("stage 1"), p.stage2("reference_rec", "stage 1", RECORDED, CACHE_OFF))
     paper = (p.stage1(), p.invert("reference_inv", lambda: p.reference),
              p.invert("layout_inv", lambda: p.state["stage1"][0]), p.mask("layout_inv"),
-             p.stage2("reference_inv", "layout_inv", "re-denoised (paper)"))
+             p.stage2("reference_inv", "layout_inv", REDENOISED))
     p.count_rows()
     p.warm_up()
     record_reference()
@@ -364,7 +365,7 @@ def measure_parts(p: Pipeline, repeats: int) -> list[Part]:
     invert_reference = p.invert("reference_inv", lambda: p.reference)
     invert_layout = p.invert("layout_inv", lambda: p.state["stage1"][0])
     # The fast mode's inversions use the sources' own prompts and the negative: then it is exact.
-    record_reference = p.invert("reference_rec", lambda: p.reference, p.yr, p.neg, "reference")
+    record_reference = p.invert("reference_rec", lambda: p.reference, p.yr, p.neg, RECORD_REFERENCE)
     record_layout = p.invert("layout_rec", lambda: p.state["stage1"][0], p.pp, p.neg, "layout")
     fill_cache = p.stage2("reference_inv", "layout_inv", cache=CACHED)
     p.count_rows()
@@ -451,7 +452,7 @@ def measure_core_parts(p: Pipeline, repeats: int, pick_and_draw: bool = False) -
     """The headline's Layout-and-Retouch rows (SDXL's, and any family's with ``--parts headline``): plain,
     the shipped default in steady state and with a new reference, and the paper's graph; with
     ``pick_and_draw``, Pick-and-Draw's parts too."""
-    record_reference = p.invert("reference_rec", lambda: p.reference, p.yr, p.neg, "reference")
+    record_reference = p.invert("reference_rec", lambda: p.reference, p.yr, p.neg, RECORD_REFERENCE)
     shipped = (p.stage1(record=True), p.mask("stage 1"), p.stage2("reference_rec", "stage 1", FAST, CACHED))
     paper = (p.stage1(), p.invert("reference_inv", lambda: p.reference),
              p.invert("layout_inv", lambda: p.state["stage1"][0]), p.mask("layout_inv"),
@@ -473,11 +474,11 @@ def fast_mode_fidelity(p: Pipeline) -> dict:
     """The same layout and mask retouched in the fast and the recorded mode: final latents compared."""
     fidelity = {}
     for name, ref, lay, cache in (("stage 1's path", "reference_inv", "stage 1", CACHED),
-                                  ("inversions at the source prompts", "reference_rec", "layout_rec", "off")):
+                                  ("inversions at the source prompts", "reference_rec", "layout_rec", CACHE_OFF)):
         p.stage2(ref, lay, FAST, cache)()
-        p.stage2(ref, lay, "recorded", cache)()
+        p.stage2(ref, lay, RECORDED, cache)()
         got = p.state["out", ref, lay, FAST, cache, 1]["samples"].float()
-        want = p.state["out", ref, lay, "recorded", cache, 1]["samples"].float()
+        want = p.state["out", ref, lay, RECORDED, cache, 1]["samples"].float()
         diff = (got - want).abs()
         fidelity[name] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
                           "max_relative": float(diff.max() / want.abs().max())}

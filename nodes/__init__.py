@@ -1,20 +1,13 @@
-"""The pack's ComfyUI extension: every node it registers."""
+"""The pack's nodes: thin V3 classes (one module per stage) and their ComfyUI extension (:mod:`.extension`).
 
-from __future__ import annotations
-
-from comfy_api.v0_0_2 import ComfyExtension, io
-
-from .attention_masks import AttentionCapture, AttentionMapToMask, CrossAttentionMask
-from .custom_diffusion import CustomDiffusionLoader
-from .masks import AdaptiveMask, SAMLoader, SAMSegment
-from .null_text import NullTextInversion
-from .pick_and_draw import LayoutTemplateNode, PickAndDrawSampler, ReferencePalette
-from .retouch import MultiSourceAttentionSwap
-from .sampling import DDIMInversion, StepBlendedKSampler
+The extension is imported on first use, so that the host-free parts (:mod:`.labels`, the combo labels the
+workflow builders import) load without ComfyUI.
+"""
 
 
-class LayoutRetouchExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [StepBlendedKSampler, DDIMInversion, MultiSourceAttentionSwap, CrossAttentionMask, AttentionCapture,
-                AttentionMapToMask, AdaptiveMask, SAMLoader, SAMSegment, CustomDiffusionLoader, NullTextInversion,
-                ReferencePalette, LayoutTemplateNode, PickAndDrawSampler]
+def __getattr__(name: str):
+    if name == "LayoutRetouchExtension":
+        from .extension import LayoutRetouchExtension
+
+        return LayoutRetouchExtension
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,11 +8,10 @@ from ..attention.capture import NothingRecorded, capture_model
 from ..attention.tokens import subject_problem
 from ..masks.cross_attention import mask_from_store, mask_on_path
 from .inputs import NodeInputError, layer_input, raise_for
+from .labels import RESOLUTIONS
 from .types import AttentionStore, Inversion
 
 CATEGORY = "layout_retouch/masks"
-RESOLUTIONS = {"1/2 of the latent (32x32 at 512 px)": 2, "1/4 of the latent (16x16 at 512 px)": 4,
-               "1/1 of the latent (64x64 at 512 px)": 1}
 
 
 def subject_inputs():

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..attention.dit import POSITIONS
 from ..attention.layers import AUTO
 from ..attention.patching import record_problem, swap_model
 from ..attention.session import CacheMode, SourceMode
 from ..attention.swap import SwapSpec
 from ..records import model_family
+from . import labels
 from .inputs import (
     AUTO_LAYERS,
     NodeInputError,
@@ -28,9 +28,8 @@ from .types import Inversion
 CATEGORY = "layout_retouch/retouch"
 NODE = "Multi-Source Attention Swap"
 # The combo labels, as saved workflows store them, and what each means.
-SOURCE_MODES = {"recorded": SourceMode.RECORDED, "recorded, attention from the inversions (fast)": SourceMode.FAST,
-                "re-denoised (paper)": SourceMode.REDENOISE}
-CACHE_MODES = {"offloaded to RAM": CacheMode.OFFLOADED, "kept on the GPU": CacheMode.DEVICE, "off": CacheMode.OFF}
+SOURCE_MODES = dict(zip(labels.SOURCE_PATHS, (SourceMode.RECORDED, SourceMode.FAST, SourceMode.REDENOISE), strict=True))
+CACHE_MODES = dict(zip(labels.REFERENCE_CACHE, (CacheMode.OFFLOADED, CacheMode.DEVICE, CacheMode.OFF), strict=True))
 
 
 class MultiSourceAttentionSwap(io.ComfyNode):
@@ -68,13 +67,13 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                 io.String.Input("reference_layers", default=AUTO,
                                 tooltip="Blocks that take the reference's keys and values from lambda2 on, and blend "
                                         "with the mask from mask_start on. " + AUTO_LAYERS),
-                io.Combo.Input("source_paths", options=list(SOURCE_MODES), default="recorded",
+                io.Combo.Input("source_paths", options=list(SOURCE_MODES), default=labels.RECORDED,
                                tooltip="recorded: the sources follow their inversions exactly. fast: as recorded, "
                                        "but their attention is read from what their DDIM Inversion or Step-Blended "
                                        "KSampler recorded (record_attention on), so those rows do not run. "
                                        "re-denoised (paper): they are denoised again from their inverted noise "
                                        "beside the target."),
-                io.Combo.Input("reference_cache", options=list(CACHE_MODES), default="offloaded to RAM",
+                io.Combo.Input("reference_cache", options=list(CACHE_MODES), default=labels.CACHE_RAM,
                                tooltip="Keep the reference's attention after a run, so the next generation with "
                                        "the same reference, model and reference prompts runs no reference rows "
                                        "(recorded and fast modes; in the fast mode only when the reference "
@@ -82,7 +81,7 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                                        "reference's DDIM Inversion; its size is in docs/tuning.md."),
                 io.Mask.Input("mask", optional=True, tooltip="Where the target keeps its own self-attention (1) or "
                               "takes the layout's (0), from mask_start on. No mask: no blend."),
-                io.Combo.Input("reference_positions", options=list(POSITIONS), default=POSITIONS[0], optional=True,
+                io.Combo.Input("reference_positions", options=list(labels.POSITIONS), default=labels.SHIFTED, optional=True,
                                tooltip="Flux only (its keys carry RoPE positions; a UNet's carry none). shifted: each "
                                        "reference's keys sit beside the image, off the target's positions, so the "
                                        "target takes the subject's look without the photo's layout. shared: at the "
@@ -105,7 +104,7 @@ class MultiSourceAttentionSwap(io.ComfyNode):
     @classmethod
     def execute(cls, model, reference_inversion, layout_inversion, reference_positive, reference_negative,
                 layout_positive, layout_negative, lambda2, mask_start, layout_layers, reference_layers,
-                source_paths, reference_cache, mask=None, reference_positions=POSITIONS[0]) -> io.NodeOutput:
+                source_paths, reference_cache, mask=None, reference_positions=labels.SHIFTED) -> io.NodeOutput:
         ref, lay = reference_inversion, layout_inversion
         family = model_family(model)
         for name, traj in (("reference_inversion", ref), ("layout_inversion", lay)):

@@ -13,6 +13,7 @@ from ..attention.recording import add_recording
 from ..masks.cross_attention import DEFAULT_RESOLUTION
 from ..records import SubjectMapRecord, map_key
 from ..sampling import inversion, step_blend
+from . import labels
 from .inputs import (
     NodeInputError,
     check_conditioning,
@@ -27,9 +28,9 @@ from .types import Inversion
 
 CATEGORY = "layout_retouch/sampling"
 STEP_BLENDED = "Step-Blended KSampler"
-BOTH = "layout and reference"
+BOTH = labels.RECORD_BOTH
 # DDIM Inversion's record_for: the swap's paths this image is recorded for.
-RECORD_FOR = {BOTH: ("layout", "reference"), "reference": ("reference",), "layout": ("layout",)}
+RECORD_FOR = dict(zip(labels.RECORD_FOR, (("layout", "reference"), ("reference",), ("layout",)), strict=True))
 DDIM_INVERSION = "DDIM Inversion"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 

@@ -5,7 +5,7 @@ Run: python tools/build_flux_workflows.py workflows/
 import sys
 from pathlib import Path
 
-from ui_workflow import WF
+from ui_workflow import WF, labels
 
 M, C, V = ("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")
 COND = [("CONDITIONING", "CONDITIONING")]
@@ -114,7 +114,7 @@ def build_full_lora() -> WF:
     ref_enc = w.node("VAEEncode", (1380, 870), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[LAT],
                      size=(300, 50))
     w.link(ref_img, 0, ref_scale, "image"); w.link(ref_scale, 0, ref_enc, "pixels"); w.link(*vae, ref_enc, "vae")
-    ref_inv = w.node("LR_DDIMInversion", (1380, 970), [STEPS, "simple", "euler", 1.0, False, "auto", "reference"],
+    ref_inv = w.node("LR_DDIMInversion", (1380, 970), [STEPS, "simple", "euler", 1.0, False, "auto", labels.RECORD_REFERENCE],
                      inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"),
                              ("negative", "CONDITIONING")],
                      outputs=[("inverted_latent", "LATENT"), ("inversion", "LR_INVERSION")],
@@ -122,7 +122,7 @@ def build_full_lora() -> WF:
     w.link(*personalized, ref_inv, "model"); w.link(empty, 0, ref_inv, "positive"); w.link(ref_enc, 0, ref_inv, "latent")
     # --- masks ---
     mc = w.node("LR_CrossAttentionMask", (1740, 0), [SCENE.format("sks vase"), "vase",
-                "1/2 of the latent (32x32 at 512 px)", 10, 0.1],
+                labels.HALF, 10, 0.1],
                 inputs=[("model", "MODEL"), ("layout_inversion", "LR_INVERSION"), ("clip", "CLIP")],
                 outputs=[("soft_map", "MASK"), ("mask", "MASK")], title="Cross-Attention Mask (T5 tokens, double blocks)",
                 size=(360, 250), widget_inputs=[("prompt", "STRING"), ("subject", "STRING")])
@@ -145,8 +145,8 @@ def build_full_lora() -> WF:
                       size=(220, 270))
         w.link(src, slot, m2i, "mask"); w.link(m2i, 0, prev, "images")
     # --- the swap (recorded mode on stage 1's path, the reference cache on) and the retouch sampler ---
-    swap = w.node("LR_MultiSourceAttentionSwap", (2620, 0), [LAMBDA2, MASK_START, "auto", "auto", "recorded", "offloaded to RAM",
-                                                             "shifted"],
+    swap = w.node("LR_MultiSourceAttentionSwap", (2620, 0), [LAMBDA2, MASK_START, "auto", "auto", labels.RECORDED,
+                                                             labels.CACHE_RAM, labels.SHIFTED],
                   inputs=[("model", "MODEL"), ("reference_inversion", "LR_INVERSION"),
                           ("layout_inversion", "LR_INVERSION"), ("reference_positive", "CONDITIONING"),
                           ("reference_negative", "CONDITIONING"), ("layout_positive", "CONDITIONING"),

@@ -5,7 +5,7 @@ Run: python tools/build_full_workflows.py workflows/
 import sys
 from pathlib import Path
 
-from ui_workflow import WF
+from ui_workflow import WF, labels
 
 M, C, V = ("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")
 COND = [("CONDITIONING", "CONDITIONING")]
@@ -90,7 +90,7 @@ def build(kind: str, family: str = "sd1") -> WF:
                      size=(300, 50))
     w.link(ref_img, 0, ref_scale, "image"); w.link(ref_scale, 0, ref_enc, "pixels"); w.link(*vae, ref_enc, "vae")
     # It records what the swap reads of a reference: the self-attention's input (keys and values projected from it).
-    ref_inv = w.node("LR_DDIMInversion", (1200, 990), [50, "ddim_uniform", "ddim", 1.0, True, layers, "reference"],
+    ref_inv = w.node("LR_DDIMInversion", (1200, 990), [50, "ddim_uniform", "ddim", 1.0, True, layers, labels.RECORD_REFERENCE],
                      inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"),
                              ("negative", "CONDITIONING")],
                      outputs=[("inverted_latent", "LATENT"), ("inversion", "LR_INVERSION")],
@@ -100,7 +100,7 @@ def build(kind: str, family: str = "sd1") -> WF:
     w.link(pn, 0, ref_inv, "negative")
     # --- stage 2: masks (columns 4-5) ---
     mc = w.node("LR_CrossAttentionMask", (1560, 0), [SCENE.format(subject), word,
-                "1/2 of the latent (32x32 at 512 px)", 10, 0.1],
+                labels.HALF, 10, 0.1],
                 inputs=[("model", "MODEL"), ("layout_inversion", "LR_INVERSION"), ("clip", "CLIP")],
                 outputs=[("soft_map", "MASK"), ("mask", "MASK")], size=(360, 250),
                 widget_inputs=[("prompt", "STRING"), ("subject", "STRING")])
@@ -124,7 +124,7 @@ def build(kind: str, family: str = "sd1") -> WF:
         w.link(src, slot, m2i, "mask"); w.link(m2i, 0, prev, "images")
     # --- stage 2: swap (fast mode on stage 1's path) and the retouch sampler (columns 6-8) ---
     swap = w.node("LR_MultiSourceAttentionSwap", (2440, 0), [10, 30, layers, layers,
-                  "recorded, attention from the inversions (fast)", "offloaded to RAM"],
+                  labels.FAST, labels.CACHE_RAM],
                   inputs=[("model", "MODEL"), ("reference_inversion", "LR_INVERSION"),
                           ("layout_inversion", "LR_INVERSION"), ("reference_positive", "CONDITIONING"),
                           ("reference_negative", "CONDITIONING"), ("layout_positive", "CONDITIONING"),

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from build_full_workflows import SCENE, _encode
-from ui_workflow import WF
+from ui_workflow import WF, labels
 
 M, C, V = ("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")
 COND = [("CONDITIONING", "CONDITIONING")]
@@ -161,7 +161,7 @@ def build(kind: str) -> WF:
     w.link(ref_img, 0, ref_scale, "image"); w.link(ref_scale, 0, ref_enc, "pixels"); w.link(*vae, ref_enc, "vae")
     # The palette's path: the reference's DDIM Inversion (docs/pick-and-draw.md: the same palette as the paper's
     # null-text path at a fraction of its cost); the paper's Null-Text Inversion beside it, its output free.
-    ddim = w.node("LR_DDIMInversion", (X[2], bottom + 80), [50, "ddim_uniform", "ddim", 1.0, False, "auto", "layout and reference"],
+    ddim = w.node("LR_DDIMInversion", (X[2], bottom + 80), [50, "ddim_uniform", "ddim", 1.0, False, "auto", labels.RECORD_BOTH],
                   inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"),
                           ("negative", "CONDITIONING")],
                   outputs=[("inverted_latent", "LATENT"), ("inversion", "LR_INVERSION")],

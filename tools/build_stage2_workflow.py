@@ -1,7 +1,7 @@
 """Writes the shipped workflow (UI format). Run: python tools/build_stage2_workflow.py workflows/NAME.json"""
 import sys
 
-from ui_workflow import WF
+from ui_workflow import WF, labels
 
 w = WF()
 M, C, V = ("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")
@@ -15,17 +15,17 @@ lay_scale = w.node("ImageScale", (360, 560), ["lanczos", 512, 512, "center"], in
 ref_enc = w.node("VAEEncode", (700, 200), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[LAT], size=(220, 50))
 lay_enc = w.node("VAEEncode", (700, 560), [], inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[LAT], size=(220, 50))
 empty = w.node("CLIPTextEncode", (360, 0), [""], inputs=[("clip", "CLIP")], outputs=cond, title="Inversion prompt (empty)", size=(300, 100))
-inv_widgets = [50, "ddim_uniform", "ddim", 1.0, False, "output 6-11", "layout and reference"]
+inv_widgets = [50, "ddim_uniform", "ddim", 1.0, False, "output 6-11", labels.RECORD_BOTH]
 inv_inputs = [("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT"), ("negative", "CONDITIONING")]
 ref_inv = w.node("LR_DDIMInversion", (960, 160), inv_widgets, inputs=inv_inputs, outputs=[("inverted_latent", "LATENT"), INV], title="DDIM Inversion (reference)", size=(320, 200))
 lay_inv = w.node("LR_DDIMInversion", (960, 520), inv_widgets, inputs=inv_inputs, outputs=[("inverted_latent", "LATENT"), INV], title="DDIM Inversion (layout)", size=(320, 200))
 y_r = w.node("CLIPTextEncode", (960, -260), ["a photo of sks vase"], inputs=[("clip", "CLIP")], outputs=cond, title="Reference prompt y_r", size=(360, 110))
 y_p = w.node("CLIPTextEncode", (960, -120), ["a photo of a sks vase floating in a swimming pool, top view"], inputs=[("clip", "CLIP")], outputs=cond, title="Layout prompt y_p (stage 1's personalized prompt)", size=(360, 110))
 neg = w.node("CLIPTextEncode", (960, 20), ["blurry, low quality"], inputs=[("clip", "CLIP")], outputs=cond, title="Negative prompt", size=(360, 100))
-mc = w.node("LR_CrossAttentionMask", (1340, 520), ["a photo of a sks vase floating in a swimming pool, top view", "vase", "1/2 of the latent (32x32 at 512 px)", 10, 0.1],
+mc = w.node("LR_CrossAttentionMask", (1340, 520), ["a photo of a sks vase floating in a swimming pool, top view", "vase", labels.HALF, 10, 0.1],
             inputs=[("model", "MODEL"), ("layout_inversion", "LR_INVERSION"), ("clip", "CLIP")],
             outputs=[("soft_map", "MASK"), ("mask", "MASK")], size=(360, 260))
-swap = w.node("LR_MultiSourceAttentionSwap", (1740, 60), [10, 30, "output 6-11", "output 6-11", "recorded", "offloaded to RAM"],
+swap = w.node("LR_MultiSourceAttentionSwap", (1740, 60), [10, 30, "output 6-11", "output 6-11", labels.RECORDED, labels.CACHE_RAM],
               inputs=[("model", "MODEL"), ("reference_inversion", "LR_INVERSION"), ("layout_inversion", "LR_INVERSION"),
                       ("reference_positive", "CONDITIONING"), ("reference_negative", "CONDITIONING"),
                       ("layout_positive", "CONDITIONING"), ("layout_negative", "CONDITIONING"), ("mask", "MASK")],

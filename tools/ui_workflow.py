@@ -1,5 +1,27 @@
-"""A small builder for UI-format workflows, used to write the files in workflows/ (not shipped to users)."""
+"""A small builder for UI-format workflows, used to write the files in workflows/ (not shipped to users).
+
+``labels``: the nodes' combo labels (the pack's ``nodes/labels.py``), so the builders write what the nodes offer.
+"""
+import importlib
+import importlib.util
 import json
+import sys
+from pathlib import Path
+
+
+def _pack_labels():
+    """The pack's ``nodes.labels``, imported under the pack's name (no ComfyUI needed; torch is)."""
+    root = Path(__file__).resolve().parent.parent
+    if "comfyui_layout_retouch" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("comfyui_layout_retouch", root / "__init__.py",
+                                                      submodule_search_locations=[str(root)])
+        pack = importlib.util.module_from_spec(spec)
+        sys.modules["comfyui_layout_retouch"] = pack
+        spec.loader.exec_module(pack)
+    return importlib.import_module("comfyui_layout_retouch.nodes.labels")
+
+
+labels = _pack_labels()
 
 
 class WF:

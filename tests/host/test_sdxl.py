@@ -20,8 +20,10 @@ from test_swap import probed, rel
 from test_swap import sample as swap_sample
 from test_swap import swap as swap_node
 
+from comfyui_layout_retouch.nodes import labels
+
 FAST = "recorded, attention from the inversions (fast)"
-PAPER = "re-denoised (paper)"
+PAPER = labels.REDENOISED
 CFG = 7.5
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from comfyui_layout_retouch.nodes import labels
+
 STEPS = 6  # ddim_uniform gives 8 sigmas, so 7 denoising steps
 CFG = 7.5
-CACHE = "offloaded to RAM"
+CACHE = labels.CACHE_RAM
 FAST = "recorded, attention from the inversions (fast)"
 
 

@@ -17,6 +17,7 @@ from workflow_prompts import (
 )
 
 from comfyui_layout_retouch.headless import executor, ui_format
+from comfyui_layout_retouch.nodes import labels
 
 
 def test_every_workflow_is_checked():
@@ -101,8 +102,8 @@ def flux_defaults(by_kind: dict) -> None:
         assert latent["width"] == latent["height"] == 1024
     for swap in by_kind.get("LR_MultiSourceAttentionSwap", []):
         assert (swap["lambda2"], swap["mask_start"], swap["layout_layers"], swap["reference_layers"], swap["source_paths"],
-                swap["reference_cache"], swap["reference_positions"]) == (6, 17, "auto", "auto", "recorded",
-                                                                           "offloaded to RAM", "shifted")
+                swap["reference_cache"], swap["reference_positions"]) == (6, 17, "auto", "auto", labels.RECORDED,
+                                                                           labels.CACHE_RAM, labels.SHIFTED)
     for sampler in by_kind.get("KSamplerAdvanced", []):
         assert (sampler["add_noise"], sampler["steps"], sampler["sampler_name"], sampler["scheduler"],
                 sampler["cfg"]) == ("disable", 28, "euler", "simple", 1.0)
@@ -157,8 +158,7 @@ def test_full_workflow_is_wired_to_the_fast_path(comfy, name):
     assert (retouch["steps"], retouch["scheduler"]) == (blend["steps"], blend["scheduler"])
     assert (blend["record_attention"], blend["denoise"]) == (True, 1.0)
     assert blend["attention_layers"] == swap["layout_layers"] == swap["reference_layers"]
-    assert (swap["source_paths"], swap["reference_cache"]) == (
-        "recorded, attention from the inversions (fast)", "offloaded to RAM")
+    assert (swap["source_paths"], swap["reference_cache"]) == (labels.FAST, labels.CACHE_RAM)
     # The reference's inversion records at the swap's own prompts for it: the fast mode is then exact.
     assert inversion["record_attention"] is True
     assert (inversion["positive"], inversion["negative"]) == (swap["reference_positive"], swap["reference_negative"])

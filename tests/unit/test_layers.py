@@ -108,4 +108,4 @@ def host_api_imports() -> dict[str, set[str]]:
 def test_the_node_api_is_a_versioned_module():
     imports = host_api_imports()
     assert imports and all(modules == {NODE_API} for modules in imports.values()), imports
-    assert "nodes" in imports  # the extension itself
+    assert "nodes.extension" in imports  # the extension itself
