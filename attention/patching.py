@@ -8,12 +8,12 @@ from ..errors import Problem
 from ..records import CROSS_OUT, KEYS, SELF_OUT, VALUES, InversionTrajectory, model_key
 from .family import family_of
 from .layers import layer_keys
+from .prompts import PathPrompts
 from .session import (
     KEY,
     PATHS,
     CacheMode,
     ErrorFor,
-    Extras,
     OuterSample,
     SourceMode,
     SourcePaths,
@@ -77,23 +77,14 @@ def record_problem(model, spec: SwapSpec, mask, inversions: dict[str, InversionT
     return None
 
 
-def _flat(extras: Extras) -> tuple:
-    """A path's extras as a tuple for the cache key (names and tensors, half by half)."""
-    return tuple(item for half in extras for name in sorted(half) for item in (name, half[name]))
-
-
 def swap_model(model, layout: InversionTrajectory, reference: InversionTrajectory,
-               layout_prompts: tuple[torch.Tensor, torch.Tensor], reference_prompts: tuple[torch.Tensor, torch.Tensor],
-               spec: SwapSpec, mode: SourceMode, cache: CacheMode, mask: torch.Tensor | None, error_for: ErrorFor,
-               layout_extras: Extras = ({}, {}), reference_extras: Extras = ({}, {}), positions: str = "shifted"):
+               layout_prompts: PathPrompts, reference_prompts: PathPrompts, spec: SwapSpec, mode: SourceMode,
+               cache: CacheMode, mask: torch.Tensor | None, error_for: ErrorFor, positions: str = "shifted"):
     """A clone of ``model`` that runs the multi-source swap in any stock sampler.
 
     Args:
         layout, reference: the source paths' recorded inversions (or stage 1's trajectory).
-        layout_prompts, reference_prompts: each path's ``(positive, negative)`` text embeddings
-            (``[1, tokens, dim]``, or ``[steps, tokens, dim]``: one per sampling step).
-        layout_extras, reference_extras: each path's ``(positive, negative)`` row-wise model inputs by name, as
-            the model's ``extra_conds`` makes them (SDXL's ``y``; Flux's ``y`` and ``guidance``; none on SD1.x).
+        layout_prompts, reference_prompts: each path's prompts (:func:`.prompts.path_prompts`).
         positions: a DiT's reference keys "shifted" off the target's RoPE positions or "shared" (:mod:`.dit`).
         mode, cache: how the sources run, and where the reference cache lives (off in the paper's mode).
         error_for: turns a problem with an input into the exception raised, here (a model that
@@ -101,8 +92,7 @@ def swap_model(model, layout: InversionTrajectory, reference: InversionTrajector
     """
     cache = CacheMode.OFF if mode is SourceMode.REDENOISE else cache
     paths = SourcePaths(layout, reference, layout_prompts, reference_prompts, mode, cache,
-                        (model_key(model, KEY), *reference_prompts, *_flat(reference_extras)) if cache is not CacheMode.OFF
-                        else (), layout_extras, reference_extras)
+                        (model_key(model, KEY), *reference_prompts.key) if cache is not CacheMode.OFF else ())
     needs = source_needs(model, spec, mask)
     problem = swapped_problem(model)
     if problem is not None:

@@ -29,15 +29,13 @@ from ..records import AttentionRecord, InversionTrajectory, sigma_position
 from .attend import ROWS_KEY, SOURCES_KEY
 from .dit import TOKENS_KEY
 from .family import family_of_diffusion_model
+from .prompts import PathPrompts, joined_text
 from .rows import RowLayout
 from .sources import StepSources
 from .swap import SourceNeeds
 
 # (input name, problem) -> the exception raised: the node that made the patch words it for the artist.
 ErrorFor = Callable[[str, Problem], Exception]
-# A path's (positive, negative) row-wise model inputs besides the latent and the text, as the model's own
-# extra_conds makes them: SDXL's ADM vector y; Flux's pooled text y and its guidance; nothing on SD1.x.
-Extras = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 KEY = "lr_multi_source_swap"
 RUN_KEY = "lr_swap_run"
 PATHS = ("layout", "reference")
@@ -61,8 +59,7 @@ class CacheMode(Enum):
 
 @dataclass(frozen=True)
 class SourcePaths:
-    """The two source paths: their recorded inversions and prompts per CFG half (``[1, tokens, dim]``,
-    or ``[steps, tokens, dim]``: one per sampling step, as a Null-Text Inversion's negative).
+    """The two source paths: their recorded inversions and their prompts (:class:`~.prompts.PathPrompts`).
 
     Attributes:
         mode: how the sources run (:class:`SourceMode`).
@@ -72,13 +69,11 @@ class SourcePaths:
 
     layout: InversionTrajectory
     reference: InversionTrajectory
-    layout_prompts: tuple[torch.Tensor, torch.Tensor]
-    reference_prompts: tuple[torch.Tensor, torch.Tensor]
+    layout_prompts: PathPrompts
+    reference_prompts: PathPrompts
     mode: SourceMode = SourceMode.RECORDED
     reference_cache: CacheMode = CacheMode.OFF
     cache_key: tuple = ()
-    layout_extras: Extras = ({}, {})
-    reference_extras: Extras = ({}, {})
 
     def __deepcopy__(self, memo) -> SourcePaths:
         return self  # immutable; ModelPatcher.clone() deep-copies model_options, where it lives
@@ -94,13 +89,8 @@ class SourcePaths:
     def trajectory(self, path: str) -> InversionTrajectory:
         return self.layout if path == "layout" else self.reference
 
-    def prompt(self, path: str, half: int, step: int) -> torch.Tensor:
-        """The text embedding ``[1, tokens, dim]`` of ``path``'s CFG ``half`` at ``step``."""
-        prompt = (self.layout_prompts if path == "layout" else self.reference_prompts)[half]
-        return prompt if prompt.shape[0] == 1 else prompt[step:step + 1]
-
-    def extras(self, path: str, half: int) -> dict[str, torch.Tensor]:
-        return (self.layout_extras if path == "layout" else self.reference_extras)[half]
+    def prompts(self, path: str) -> PathPrompts:
+        return self.layout_prompts if path == "layout" else self.reference_prompts
 
 
 @dataclass
@@ -179,19 +169,6 @@ class RunState:
         self.pending.clear()
 
 
-def _repeat_tokens(tensors: list[torch.Tensor], joint: bool, error_for: ErrorFor) -> list[torch.Tensor]:
-    """Repeat prompts to one token count, as ComfyUI does when it batches conditionings (lcm). Under
-    joint attention repeated text tokens would weigh the text more, so there the counts must agree."""
-    lengths = [t.shape[1] for t in tensors]
-    if joint and len(set(lengths)) > 1:
-        raise error_for("model", (f"is sampled with prompts of {lengths[0]} text tokens but the sources' have "
-                                  f"{sorted(set(lengths[1:]))}; in joint attention every row needs as many.",
-                                  "encode all prompts with the same text encoder and the same length (shorter "
-                                  "prompts: T5 pads them to one length)."))
-    target = math.lcm(*lengths)
-    return [t.repeat(1, target // t.shape[1], 1) for t in tensors]
-
-
 def _row_inputs(kwargs: dict, rows: int) -> list[str]:
     """The names of the model call's inputs that hold one row per latent row (y, guidance, ...)."""
     return [name for name, value in kwargs.items() if isinstance(value, torch.Tensor) and value.ndim >= 1
@@ -236,8 +213,9 @@ def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control
             extra[name].append(kwargs[name][h * batch:(h + 1) * batch])
         for path in latents:
             xs.append(latents[path])
-            contexts.append(run.paths.prompt(path, half, step).to(c_crossattn).expand(n[path], -1, -1))
-            own = run.paths.extras(path, half)
+            prompts = run.paths.prompts(path)
+            contexts.append(prompts.at(half, step).to(c_crossattn).expand(n[path], -1, -1))
+            own = prompts.extras[half]
             for name in row_inputs:
                 if name not in own:
                     raise run.error_for("model", (f"takes an input '{name}' that the sources' prompts lack.",
@@ -247,7 +225,7 @@ def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control
                 extra[name].append(value.expand(n[path], *value.shape[1:]))
     if latents:
         kwargs = {**kwargs, **{name: torch.cat(values) for name, values in extra.items()}}
-    context = torch.cat(_repeat_tokens(contexts, family.joint, run.error_for))
+    context = joined_text(contexts, family.joint, run.error_for)
     options = dict(transformer_options)
     options[ROWS_KEY] = rows
     options[SOURCES_KEY] = StepSources(rows, {p: r for p, r in run.read.items() if p not in latents},

@@ -7,13 +7,12 @@ the node, the input and the fix.
 
 from __future__ import annotations
 
-import math
-
 import comfy.samplers
 import torch
 from comfy_api.v0_0_2 import io
 
 from ..attention.layers import AUTO, auto_layers, layer_problem, parse_layers
+from ..attention.prompts import conditioning_problem
 from ..errors import Problem
 from ..records import model_family
 
@@ -36,70 +35,10 @@ def raise_for(problem: Problem | None, node: str, input_name: str) -> None:
         raise NodeInputError(node, input_name, *problem)
 
 
-def prompt_tensor(conditioning) -> torch.Tensor:
-    """The text embedding ``[1, tokens, dim]`` of a CONDITIONING's first entry (checked by
-    :func:`check_conditioning` first)."""
-    return conditioning[0][0][:1].detach()
-
-
-def step_prompts(node: str, name: str, conditioning, model, sampling_sigmas: torch.Tensor) -> torch.Tensor:
-    """The text embedding a source path's rows take at each sampling step of ``sampling_sigmas``
-    (descending, step ``s`` starting at ``sampling_sigmas[s]``): ``[1, tokens, dim]`` for a
-    CONDITIONING of one entry (every step), else ``[steps, tokens, dim]``, at each step the entry
-    ComfyUI's sampler applies there by its ``start_percent``/``end_percent`` (a Null-Text
-    Inversion's ``null_negative``: one fitted embedding per step).
-
-    Raises:
-        NodeInputError: at some step no entry or several apply (combined prompts, whose
-            predictions ComfyUI averages, have no one embedding for the source rows).
-    """
-    if len(conditioning) == 1:
-        return prompt_tensor(conditioning)
-    sampling = model.get_model_object("model_sampling")
-    bounds = [(sampling.percent_to_sigma(entry[1].get("start_percent", 0.0)),
-               sampling.percent_to_sigma(entry[1].get("end_percent", 1.0))) for entry in conditioning]
-    chosen = []
-    for step, sigma in enumerate(sampling_sigmas[:-1].tolist()):
-        active = [i for i, (start, end) in enumerate(bounds) if end <= sigma <= start]  # as ComfyUI's sampler
-        if len(active) != 1:
-            raise NodeInputError(node, name, f"has {len(conditioning)} entries, of which {len(active)} apply at step "
-                                 f"{step} (sigma {sigma:.4g}); the source rows take one prompt per step.",
-                                 "connect a single CLIP Text Encode, or a Null-Text Inversion's null_negative made on "
-                                 "the same steps and scheduler as the inversions.")
-        chosen.append(conditioning[active[0]][0][:1].detach())
-    tokens = math.lcm(*(t.shape[1] for t in chosen))  # as ComfyUI batches prompts of other lengths
-    return torch.cat([t.repeat(1, tokens // t.shape[1], 1) for t in chosen])
-
-
-def prompt_extras(model, conditioning, latent: torch.Tensor, prompt_type: str) -> dict[str, torch.Tensor]:
-    """The row-wise model inputs besides the latent and the text that ComfyUI's sampler gives ``model`` with
-    a CONDITIONING's first entry on ``latent``, one row each, made by the model's own ``extra_conds`` as
-    ComfyUI's ``encode_model_conds`` does (sizes default to the latent's in pixels): SDXL's ADM vector
-    ``y``; Flux's pooled text ``y`` and ``guidance``; none on SD1.x."""
-    import comfy.conds
-
-    entry = conditioning[0][1]
-    h, w = latent.shape[-2:]
-    params = {**entry, "cross_attn": conditioning[0][0], "device": "cpu", "noise": latent[:1], "width": entry.get("width", w * 8), "height": entry.get("height", h * 8),
-              "prompt_type": entry.get("prompt_type", prompt_type)}
-    conds = model.model.extra_conds(**params)
-    return {name: cond.cond[:1].detach() for name, cond in conds.items()
-            if name not in ("c_crossattn", "c_concat") and type(cond) is comfy.conds.CONDRegular
-            and isinstance(cond.cond, torch.Tensor)}
-
-
 def check_conditioning(node: str, name: str, conditioning, model) -> None:
-    """Raise unless every entry of a CONDITIONING has the text width ``model`` reads (768 for SD1.x,
-    1024 for SD2.x, 2048 for SDXL): a prompt encoded with another family's CLIP."""
-    if not conditioning:
-        raise NodeInputError(node, name, "is an empty CONDITIONING.", "connect a CLIP Text Encode output.")
-    config = model.model.model_config.unet_config
-    width = config.get("context_dim", config.get("context_in_dim"))  # a UNet's cross-attention; Flux's T5 input
-    for entry in conditioning:
-        if width is not None and entry[0].shape[-1] != width:
-            raise NodeInputError(node, name, f"has text width {entry[0].shape[-1]} but the {model_family(model)} "
-                                 f"model reads {width}: the prompt was encoded with another family's CLIP.",
-                                 "encode the prompt with the CLIP of the checkpoint that gives this model.")
+    """Raise unless every entry of a CONDITIONING has the text width ``model`` reads
+    (:func:`~..attention.prompts.conditioning_problem`): a prompt encoded with another family's CLIP."""
+    raise_for(conditioning_problem(conditioning, model), node, name)
 
 
 AUTO_LAYERS = ("'auto' (the default): the model family's decoder at 1/1 and "

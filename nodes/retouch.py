@@ -7,6 +7,7 @@ from comfy_api.v0_0_2 import io
 
 from ..attention.layers import AUTO
 from ..attention.patching import record_problem, swap_model
+from ..attention.prompts import PromptProblem, path_prompts
 from ..attention.session import CacheMode, SourceMode
 from ..attention.swap import SwapSpec
 from ..records import model_family
@@ -14,14 +15,11 @@ from . import labels
 from .inputs import (
     AUTO_LAYERS,
     NodeInputError,
-    check_conditioning,
     check_mask,
     check_same_size,
     layer_input,
-    prompt_extras,
     raise_for,
     schedule_text,
-    step_prompts,
 )
 from .types import Inversion
 
@@ -125,9 +123,13 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                                      f"({lay.steps} asked of {lay.scheduler}), so it would never be reached.",
                                      f"set {name} to at most {steps} ({steps}: {meaning}); the paper uses 10 and 30 "
                                      "of 50 steps.")
-        for name, conditioning in (("reference_positive", reference_positive), ("reference_negative", reference_negative),
-                                   ("layout_positive", layout_positive), ("layout_negative", layout_negative)):
-            check_conditioning(NODE, name, conditioning, model)
+        prompts = {}  # each source path's prompts, checked and prepared in one place (attention/prompts.py)
+        for path, traj, positive, negative in (("reference", ref, reference_positive, reference_negative),
+                                               ("layout", lay, layout_positive, layout_negative)):
+            try:
+                prompts[path] = path_prompts(model, positive, negative, traj)
+            except PromptProblem as error:
+                raise NodeInputError(NODE, f"{path}_{('positive', 'negative')[error.half]}", *error.problem) from None
         if mask is not None:
             check_mask(NODE, "mask", mask, lay.latents.shape[1])
         spec = SwapSpec(lambda2, mask_start, layer_input(NODE, "layout_layers", layout_layers, model),
@@ -138,13 +140,5 @@ class MultiSourceAttentionSwap(io.ComfyNode):
             if found is not None:
                 raise_for(found[1], NODE, found[0])
         return io.NodeOutput(swap_model(
-            model, lay, ref,
-            tuple(step_prompts(NODE, name, conditioning, model, lay.sampling_sigmas) for name, conditioning in
-                  (("layout_positive", layout_positive), ("layout_negative", layout_negative))),
-            tuple(step_prompts(NODE, name, conditioning, model, ref.sampling_sigmas) for name, conditioning in
-                  (("reference_positive", reference_positive), ("reference_negative", reference_negative))),
-            spec, mode, CACHE_MODES[reference_cache], mask, lambda name, problem: NodeInputError(NODE, name, *problem),
-            (prompt_extras(model, layout_positive, lay.latents[0], "positive"),
-             prompt_extras(model, layout_negative, lay.latents[0], "negative")),
-            (prompt_extras(model, reference_positive, ref.latents[0], "positive"),
-             prompt_extras(model, reference_negative, ref.latents[0], "negative")), reference_positions))
+            model, lay, ref, prompts["layout"], prompts["reference"], spec, mode, CACHE_MODES[reference_cache], mask,
+            lambda name, problem: NodeInputError(NODE, name, *problem), reference_positions))

@@ -43,8 +43,10 @@ def swap_unchecked(model, ref, lay, y_r, y_p, neg, mask, mask_start=4, lambda2=2
     from comfyui_layout_retouch.attention.swap import SwapSpec
 
     layers = parse_layers("output 6-11")
+    from comfyui_layout_retouch.attention.prompts import PathPrompts
+
     first = lambda conditioning: conditioning[0][0][:1]  # noqa: E731
-    return swap_model(model, lay, ref, (first(y_p), first(neg)), (first(y_r), first(neg)),
+    return swap_model(model, lay, ref, PathPrompts((first(y_p), first(neg))), PathPrompts((first(y_r), first(neg))),
                       SwapSpec(lambda2, mask_start, layers, layers), SourceMode.RECORDED, CacheMode.OFF, mask,
                       lambda name, problem: ValueError(f"{name}: {problem}"))
 

@@ -1,0 +1,142 @@
+"""A source path's prompts, as the swap's rows take them: prepared here, once, from the CONDITIONINGs the swap
+node receives, and read by the session at each step and call.
+
+Per CFG half (positive, negative), a path has:
+
+- its text embedding: ``[1, tokens, dim]``, or ``[steps, tokens, dim]`` (one per sampling step: the entry
+  ComfyUI's sampler applies at that step by its ``start_percent``/``end_percent``, as a Null-Text Inversion's
+  ``null_negative``);
+- its row-wise model inputs besides the latent and the text, made by the model's own ``extra_conds`` as
+  ComfyUI's ``encode_model_conds`` makes them: SDXL's ADM vector ``y``; Flux's pooled text ``y`` and its
+  ``guidance``; none on SD1.x.
+
+In a call, the rows' texts are joined to one token count (:func:`joined_text`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import Problem
+from ..records import InversionTrajectory, model_family
+
+Extras = dict[str, torch.Tensor]
+
+
+class PromptProblem(ValueError):
+    """A CONDITIONING the swap cannot use: ``half`` 0 is the path's positive, 1 its negative."""
+
+    def __init__(self, half: int, problem: Problem) -> None:
+        super().__init__(" ".join(problem))
+        self.half = half
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class PathPrompts:
+    """One source path's ``(positive, negative)`` text embeddings and row-wise model inputs."""
+
+    text: tuple[torch.Tensor, torch.Tensor]
+    extras: tuple[Extras, Extras] = ({}, {})
+
+    def __deepcopy__(self, memo) -> PathPrompts:
+        return self  # immutable; rides in a patched model's options, which ModelPatcher.clone() deep-copies
+
+    def at(self, half: int, step: int) -> torch.Tensor:
+        """The text embedding ``[1, tokens, dim]`` of CFG ``half`` at ``step``."""
+        text = self.text[half]
+        return text if text.shape[0] == 1 else text[step:step + 1]
+
+    @property
+    def key(self) -> tuple:
+        """What the path's attention depends on in its prompts (tensors compared by value): the cache's key."""
+        return (*self.text, *(item for half in self.extras for name in sorted(half) for item in (name, half[name])))
+
+
+def conditioning_problem(conditioning, model) -> Problem | None:
+    """Why ``model`` cannot read a CONDITIONING (empty, or text of another family's width: 768 for SD1.x, 1024
+    for SD2.x, 2048 for SDXL, 4096 for Flux's T5), or None."""
+    if not conditioning:
+        return "is an empty CONDITIONING.", "connect a CLIP Text Encode output."
+    config = model.model.model_config.unet_config
+    width = config.get("context_dim", config.get("context_in_dim"))  # a UNet's cross-attention; Flux's T5 input
+    for entry in conditioning:
+        if width is not None and entry[0].shape[-1] != width:
+            return (f"has text width {entry[0].shape[-1]} but the {model_family(model)} model reads {width}: the "
+                    "prompt was encoded with another family's CLIP.",
+                    "encode the prompt with the CLIP of the checkpoint that gives this model.")
+    return None
+
+
+def step_text(conditioning, model, sampling_sigmas: torch.Tensor) -> torch.Tensor | Problem:
+    """The text embedding a path's rows take at each sampling step of ``sampling_sigmas`` (descending, step
+    ``s`` starting at ``sampling_sigmas[s]``), or the problem: at some step no entry or several apply (combined
+    prompts, whose predictions ComfyUI averages, have no one embedding for the source rows)."""
+    if len(conditioning) == 1:
+        return conditioning[0][0][:1].detach()
+    sampling = model.get_model_object("model_sampling")
+    bounds = [(sampling.percent_to_sigma(entry[1].get("start_percent", 0.0)),
+               sampling.percent_to_sigma(entry[1].get("end_percent", 1.0))) for entry in conditioning]
+    chosen = []
+    for step, sigma in enumerate(sampling_sigmas[:-1].tolist()):
+        active = [i for i, (start, end) in enumerate(bounds) if end <= sigma <= start]  # as ComfyUI's sampler
+        if len(active) != 1:
+            return (f"has {len(conditioning)} entries, of which {len(active)} apply at step {step} (sigma "
+                    f"{sigma:.4g}); the source rows take one prompt per step.",
+                    "connect a single CLIP Text Encode, or a Null-Text Inversion's null_negative made on the same "
+                    "steps and scheduler as the inversions.")
+        chosen.append(conditioning[active[0]][0][:1].detach())
+    tokens = math.lcm(*(t.shape[1] for t in chosen))  # as ComfyUI batches prompts of other lengths
+    return torch.cat([t.repeat(1, tokens // t.shape[1], 1) for t in chosen])
+
+
+def model_extras(model, conditioning, latent: torch.Tensor, prompt_type: str) -> Extras:
+    """The row-wise model inputs ComfyUI's sampler gives ``model`` with a CONDITIONING's first entry on
+    ``latent``, one row each (sizes default to the latent's in pixels)."""
+    import comfy.conds
+
+    entry = conditioning[0][1]
+    h, w = latent.shape[-2:]
+    params = {**entry, "cross_attn": conditioning[0][0], "device": "cpu", "noise": latent[:1],
+              "width": entry.get("width", w * 8), "height": entry.get("height", h * 8),
+              "prompt_type": entry.get("prompt_type", prompt_type)}
+    conds = model.model.extra_conds(**params)
+    return {name: cond.cond[:1].detach() for name, cond in conds.items()
+            if name not in ("c_crossattn", "c_concat") and type(cond) is comfy.conds.CONDRegular
+            and isinstance(cond.cond, torch.Tensor)}
+
+
+def path_prompts(model, positive, negative, path: InversionTrajectory) -> PathPrompts:
+    """A source path's prompts from its positive and negative CONDITIONING, on the path's schedule and latent.
+
+    Raises:
+        PromptProblem: a CONDITIONING the model cannot read, or one with no single entry at some step.
+    """
+    texts = []
+    for half, conditioning in enumerate((positive, negative)):
+        found = conditioning_problem(conditioning, model)
+        text = step_text(conditioning, model, path.sampling_sigmas) if found is None else found
+        if isinstance(text, tuple):
+            raise PromptProblem(half, text)
+        texts.append(text)
+    latent = path.latents[0]
+    return PathPrompts((texts[0], texts[1]), (model_extras(model, positive, latent, "positive"),
+                                              model_extras(model, negative, latent, "negative")))
+
+
+def joined_text(texts: list[torch.Tensor], joint: bool, error_for: Callable[[str, Problem], Exception]) -> torch.Tensor:
+    """The rows' text embeddings of one call at one token count, as ComfyUI batches conditionings (repeated to
+    their lcm). Under joint attention repeated text tokens would weigh the text more, so there the counts must
+    agree."""
+    lengths = [t.shape[1] for t in texts]
+    if joint and len(set(lengths)) > 1:
+        raise error_for("model", (f"is sampled with prompts of {lengths[0]} text tokens but the sources' have "
+                                  f"{sorted(set(lengths[1:]))}; in joint attention every row needs as many.",
+                                  "encode all prompts with the same text encoder and the same length (shorter "
+                                  "prompts: T5 pads them to one length)."))
+    target = math.lcm(*lengths)
+    return torch.cat([t.repeat(1, target // t.shape[1], 1) for t in texts])
