@@ -8,11 +8,15 @@ values no longer fit a node's inputs is reported, not silently shifted.
 Frontend-only nodes are resolved as the frontend does: ``Note``/``MarkdownNote`` are dropped,
 ``Reroute`` passes its input through, a ``PrimitiveNode`` becomes the constant it holds,
 muted nodes (mode 2) are dropped, bypassed nodes (mode 4) pass their first input of the
-matching type through.
+matching type through. Subgraphs (workflow version 0.4's ``definitions.subgraphs``) are expanded as the
+frontend expands them: each subgraph node's inner nodes take the ids ``<subgraph node id>:<inner id>``
+(nested: ``a:b:c``), and the links through its input and output nodes are joined up.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 from typing import Any
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -45,12 +49,82 @@ def widget_inputs(input_types: dict[str, dict[str, Any]]) -> list[tuple[str, int
     return out
 
 
+SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20  # the ids of a subgraph's input and output nodes
+LINK_FIELDS = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+
+
+def flatten_subgraphs(workflow: dict[str, Any]) -> dict[str, Any]:
+    """The workflow with every subgraph node replaced by its inner nodes (ids ``<node>:<inner>``), joined to the
+    outside through the subgraph's input and output nodes; a workflow without subgraphs as it is."""
+    definitions = {d["id"]: d for d in (workflow.get("definitions") or {}).get("subgraphs", [])}
+    if not definitions:
+        return workflow
+    ids = itertools.count(1)
+    nodes: dict[str, dict] = {}
+    links: list[dict] = []
+
+    def as_dict(link) -> dict:
+        return dict(link) if isinstance(link, dict) else dict(zip(LINK_FIELDS, link, strict=False))
+
+    def expand(graph_nodes: list, graph_links: list, prefix: str, depth: int):
+        """Copy a graph's nodes into ``nodes``; return its boundary: per input slot the inner sockets it feeds,
+        per output slot the inner socket that gives it."""
+        if depth > 32:
+            raise WorkflowError("subgraphs nested more than 32 deep (a subgraph that contains itself?)")
+        instances = {}
+        for node in graph_nodes:
+            new_id = f"{prefix}{node['id']}"
+            if node["type"] in definitions:
+                inner = definitions[node["type"]]
+                instances[node["id"]] = expand(inner["nodes"], inner.get("links", []), new_id + ":", depth + 1)
+            else:
+                copied = copy.deepcopy(node)
+                copied["id"] = new_id
+                for inp in copied.get("inputs", []):
+                    inp["link"] = None
+                nodes[new_id] = copied
+        feeds: dict[int, list[tuple[str, int]]] = {}
+        gives: dict[int, tuple[str, int]] = {}
+        for link in map(as_dict, graph_links):
+            origin, target = link["origin_id"], link["target_id"]
+            if origin == SUBGRAPH_INPUT:
+                sources = None
+            elif origin in instances:
+                sources = instances[origin][1].get(link["origin_slot"])
+                if sources is None:
+                    continue  # a subgraph output nothing inside gives
+            else:
+                sources = (f"{prefix}{origin}", link["origin_slot"])
+            if target == SUBGRAPH_OUTPUT:
+                if sources is not None:
+                    gives[link["target_slot"]] = sources
+                continue
+            targets = instances[target][0].get(link["target_slot"], []) if target in instances else \
+                [(f"{prefix}{target}", link["target_slot"])]
+            if sources is None:
+                feeds.setdefault(link["origin_slot"], []).extend(targets)
+                continue
+            for node_id, slot in targets:
+                if node_id not in nodes or slot >= len(nodes[node_id].get("inputs", [])):
+                    continue
+                new = {**link, "id": next(ids), "origin_id": sources[0], "origin_slot": sources[1],
+                       "target_id": node_id, "target_slot": slot}
+                links.append(new)
+                nodes[node_id]["inputs"][slot]["link"] = new["id"]
+        return feeds, gives
+
+    expand(workflow["nodes"], workflow.get("links", []), "", 0)
+    return {**workflow, "nodes": list(nodes.values()), "definitions": {},
+            "links": [[lk[f] for f in LINK_FIELDS] for lk in links]}
+
+
 def ui_to_prompt(workflow: dict[str, Any], node_classes: dict[str, type]) -> dict[str, dict[str, Any]]:
-    """Convert a UI-format workflow to an API prompt, using the host's ``node_classes``.
+    """Convert a UI-format workflow to an API prompt, using the host's ``node_classes`` (subgraphs expanded).
 
     Raises:
         WorkflowError: unknown node type, or widget values that do not match the inputs.
     """
+    workflow = flatten_subgraphs(workflow)
     nodes = {str(n["id"]): n for n in workflow["nodes"]}
     links = {link[0]: (str(link[1]), link[2]) for link in workflow.get("links", [])}
 

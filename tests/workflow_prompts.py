@@ -19,12 +19,17 @@ WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 SHIPPED = sorted(p.name for p in WORKFLOWS.glob("*.json"))
 # Run through the server from the real frontend: one of each method, with the most nodes of each (the
 # runner's tests run the first again, in-process). The others run in-process (host/test_workflows.py).
-EXECUTED_IN_BROWSER = ("layout_retouch_full_dreambooth.json", "pick_and_draw_lora.json")
-EXECUTED_IN_PROCESS = tuple(name for name in SHIPPED if name not in EXECUTED_IN_BROWSER)
+EXECUTED_IN_BROWSER = ("layout_retouch_compact_dreambooth.json", "pick_and_draw_lora.json")
+# A compact workflow whose API prompt equals its full workflow's (tested) runs as that one, not again.
+RUN_AS = {"layout_retouch_compact_sdxl_dreambooth.json": "layout_retouch_full_sdxl_dreambooth.json"}
+EXECUTED_IN_PROCESS = tuple(name for name in SHIPPED if name not in EXECUTED_IN_BROWSER and name not in RUN_AS)
+COMPACT = {"layout_retouch_compact_dreambooth.json": "layout_retouch_full_dreambooth.json", **RUN_AS}
 EXPECTED_IMAGES = {  # per workflow run on the tiny models: (saved images, previews)
     "layout_retouch_stage1_layout.json": (1, 0),
     "layout_retouch_stage2_retouch.json": (1, 3),
     "layout_retouch_full_dreambooth.json": (2, 3),
+    "layout_retouch_compact_dreambooth.json": (2, 3),
+    "layout_retouch_compact_sdxl_dreambooth.json": (2, 3),
     "layout_retouch_full_lora.json": (2, 3),
     "layout_retouch_full_embedding.json": (2, 3),
     "layout_retouch_full_sdxl_dreambooth.json": (2, 3),
@@ -79,6 +84,16 @@ def load(name: str) -> dict:
 
 def convert(comfy, name: str) -> dict:
     return ui_format.ui_to_prompt(load(name), comfy.NODE_CLASS_MAPPINGS)
+
+
+def knobs_folded(prompt: dict) -> dict:
+    """``prompt`` with every input linked to an Int primitive (a compact workflow's knobs) set to its value,
+    and the primitives gone."""
+    values = {node_id: node["inputs"]["value"] for node_id, node in prompt.items()
+              if node["class_type"] == "PrimitiveInt"}
+    return {node_id: {**node, "inputs": {k: values[v[0]] if isinstance(v, list) and v[0] in values else v
+                                         for k, v in node["inputs"].items()}}
+            for node_id, node in prompt.items() if node_id not in values}
 
 
 def shrink(prompt: dict, steps: int = 6) -> dict:

@@ -37,8 +37,11 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 SHRINK_JS = """(tiny) => {
   const set = (node, name, value) => { const w = (node.widgets || []).find(w => w.name === name); if (w) w.value = value; };
-  for (const node of app.graph._nodes) {
+  const inner = [...(app.graph.subgraphs?.values?.() ?? [])].flatMap(g => g._nodes ?? g.nodes ?? []);
+  for (const node of [...app.graph._nodes, ...inner]) {  // the top graph's nodes and every subgraph's
     const title = node.title || node.type;
+    if (node.type === "PrimitiveInt")  // a compact workflow's knobs
+      set(node, "value", title.startsWith("mask_start") ? 4 : title.startsWith("lambda") ? 2 : node.widgets[0].value);
     if (node.type === "CheckpointLoaderSimple")
       set(node, "ckpt_name", title.startsWith("Personalized") ? tiny.personalized : tiny.vanilla);
     if (node.type === "LoraLoader") set(node, "lora_name", tiny.lora);
@@ -228,15 +231,35 @@ def screenshot(page, path: Path) -> None:
         time.sleep(0.5)
 
 
+def same_expansion(front: dict, ours: dict, comfy) -> bool:
+    """The frontend's API prompt and the runner's: the same node ids (``<subgraph node>:<inner>``), types and
+    inputs; an input only the frontend writes must hold the node's default (an optional widget the saved
+    workflow predates, which the node then takes anyway)."""
+    assert sorted(front) == sorted(ours)
+    for node_id, node in front.items():
+        assert node["class_type"] == ours[node_id]["class_type"], node_id
+        defaults = {k: v[1].get("default") for section in ("required", "optional") for k, v in
+                    comfy.NODE_CLASS_MAPPINGS[node["class_type"]].INPUT_TYPES().get(section, {}).items()
+                    if len(v) > 1 and isinstance(v[1], dict)}
+        extra = {k: v for k, v in node["inputs"].items() if k not in ours[node_id]["inputs"]}
+        assert all(defaults.get(k) == v for k, v in extra.items()), (node_id, extra)
+        assert {k: v for k, v in node["inputs"].items() if k not in extra} == ours[node_id]["inputs"], node_id
+    return True
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_workflow_in_the_real_frontend(comfy, server, page, tiny_files, tiny_sam, tiny_xl_files, tiny_flux_files, path):
-    from comfyui_layout_retouch.headless import executor
+    from comfyui_layout_retouch.headless import executor, ui_format
 
     url, base = server
     page.evaluate("async (wf) => { await app.loadGraphData(wf); }", json.loads(path.read_text()))
     missing = page.evaluate("() => app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type])"
                             ".map(n => n.type)")
     assert missing == [], f"missing node types: {missing}"
+    workflow = json.loads(path.read_text())
+    if workflow.get("definitions", {}).get("subgraphs"):  # the headless runner expands them as the frontend does
+        front = page.evaluate("async () => (await app.graphToPrompt()).output")
+        assert same_expansion(front, ui_format.ui_to_prompt(workflow, comfy.NODE_CLASS_MAPPINGS), comfy)
     if os.environ.get("LR_BROWSER_SHOTS"):
         screenshot(page, Path(os.environ["LR_BROWSER_SHOTS"]) / f"{path.stem}.png")
     xl = "_xl" if "sdxl" in path.stem else ""  # the SDXL workflows get the tiny SDXL checkpoints and LoRA

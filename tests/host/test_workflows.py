@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 from workflow_prompts import (
+    COMPACT,
     EXECUTED_IN_BROWSER,
     EXECUTED_IN_PROCESS,
     EXPECTED_IMAGES,
+    RUN_AS,
     SHIPPED,
     convert,
     images_of,
+    knobs_folded,
     load,
     register_flux_stand_ins,
     shrink,
@@ -22,8 +25,50 @@ from comfyui_layout_retouch.nodes import labels
 
 def test_every_workflow_is_checked():
     assert set(SHIPPED) == set(EXPECTED_IMAGES)
-    # each runs once: here, or through the server from the real frontend (e2e/test_browser.py)
-    assert sorted(EXECUTED_IN_PROCESS + EXECUTED_IN_BROWSER) == SHIPPED and set(EXECUTED_IN_BROWSER) <= set(SHIPPED)
+    # each runs once: here, or through the server from the real frontend (e2e/test_browser.py), or as the full
+    # workflow its API prompt equals (test_compact_workflow_is_its_full_workflow)
+    assert sorted(EXECUTED_IN_PROCESS + EXECUTED_IN_BROWSER + tuple(RUN_AS)) == SHIPPED
+    assert set(EXECUTED_IN_BROWSER) <= set(SHIPPED) and set(COMPACT.values()) <= set(SHIPPED)
+
+
+def canonical(prompt: dict) -> list:
+    """A prompt without its node ids: each node's type, title and inputs, a link written as the source's title
+    and slot."""
+    title = {node_id: node["_meta"]["title"] for node_id, node in prompt.items()}
+    return sorted(repr((node["class_type"], node["_meta"]["title"], sorted(
+        (k, (title[v[0]], v[1]) if isinstance(v, list) else v) for k, v in node["inputs"].items())))
+        for node in prompt.values())
+
+
+@pytest.mark.parametrize("name", sorted(COMPACT))
+def test_compact_workflow_is_its_full_workflow(comfy, name):
+    """The stages as subgraphs, the knobs outside as Int primitives: expanded as the frontend expands subgraphs
+    (ids ``<subgraph node>:<inner node>``), the API prompt is the full workflow's, node for node."""
+    compact = convert(comfy, name)
+    assert any(":" in node_id for node_id in compact)
+    workflow = load(name)
+    assert len(workflow["definitions"]["subgraphs"]) == 4 and len(workflow["nodes"]) <= 17
+    assert canonical(knobs_folded(compact)) == canonical(convert(comfy, COMPACT[name]))
+
+
+def test_nested_subgraphs_are_expanded(comfy):
+    """A subgraph inside a subgraph: ids ``a:b:c``, its links joined through both boundaries."""
+    workflow = load("layout_retouch_compact_dreambooth.json")
+    layout = next(d for d in workflow["definitions"]["subgraphs"] if d["name"] == "Layout")
+    outer = {**layout, "id": "outer", "name": "Outer", "nodes": [
+        {"id": 1, "type": layout["id"], "inputs": [{**i, "link": i["linkIds"][0]} for i in layout["inputs"]],
+         "outputs": [], "widgets_values": []}],
+        "links": [{"id": lk["id"], "origin_id": -10, "origin_slot": lk["origin_slot"], "target_id": 1,
+                   "target_slot": lk["origin_slot"], "type": lk["type"]} for lk in layout["links"]
+                  if lk["origin_id"] == -10] + [{"id": 900 + slot, "origin_id": 1, "origin_slot": slot,
+                                                "target_id": -20, "target_slot": slot, "type": o["type"]}
+                                               for slot, o in enumerate(layout["outputs"])]}
+    nested = {**workflow, "definitions": {"subgraphs": [*workflow["definitions"]["subgraphs"], outer]},
+              "nodes": [{**n, "type": "outer"} if n.get("title") == "Layout" else n for n in workflow["nodes"]]}
+    flat = ui_format.ui_to_prompt(nested, comfy.NODE_CLASS_MAPPINGS)
+    blend = next(i for i, n in flat.items() if n["class_type"] == "LR_StepBlendedKSampler")
+    assert blend.count(":") == 2
+    assert canonical(flat) == canonical(ui_format.ui_to_prompt(workflow, comfy.NODE_CLASS_MAPPINGS))
 
 
 @pytest.mark.parametrize("name", EXECUTED_IN_PROCESS)
@@ -46,7 +91,7 @@ def test_workflow_runs(comfy, tiny_files, tiny_sam, name, request):
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_workflow_has_papers_defaults(comfy, name):
-    prompt = convert(comfy, name)
+    prompt = knobs_folded(convert(comfy, name))
     by_kind = {}
     for node in prompt.values():
         by_kind.setdefault(node["class_type"], []).append(node["inputs"])
@@ -65,7 +110,7 @@ def test_workflow_has_papers_defaults(comfy, name):
             "disable", 50, "ddim_uniform", 7.5)
     for inversion in by_kind.get("LR_DDIMInversion", []):
         assert (inversion["steps"], inversion["scheduler"], inversion["cfg"]) == (50, "ddim_uniform", 1.0)
-        if name.startswith("layout_retouch_full"):  # the reference's record: what a swap reads of a reference
+        if name.startswith(("layout_retouch_full", "layout_retouch_compact")):  # the reference's record: what a swap reads of a reference
             assert (inversion["record_attention"], inversion["record_for"]) == (True, "reference")
     # Pick-and-Draw (Lv et al. 2024): eta 10, alpha 10, beta 100, layout 0-9, appearance 10-19, 3 iterations,
     # tau 0.1, DDIM 50 steps at cfg 7.5; the reference's null-text inversion as Mokady et al.
