@@ -78,6 +78,7 @@ class CustomDiffusionLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, weights_name: str | None = None, modifier_token: str | None = None) -> bool | str:
+        # weights_name: its own check below (the files found, with the folder named); no other bounded input here
         if weights_name is not None and weights_name not in weight_files():
             return str(missing_weights_message(weights_name if weight_files() else None))
         if modifier_token is not None:

@@ -29,6 +29,28 @@ class NodeInputError(ValueError):
         super().__init__(f"{node}: input '{input_name}': {problem} Fix: {fix}")
 
 
+def schema_problem(cls, node: str, values: dict) -> str | None:
+    """For a node's ``validate_inputs``: the refusal of the first of ``values`` (the inputs it takes) outside its
+    schema's bounds or choices, or None. ComfyUI 0.3.64 skips its own min/max and list checks of the inputs a
+    ``validate_inputs`` takes, so each node's ``validate_inputs`` calls this first."""
+    for spec in cls.define_schema().inputs:  # (ComfyUI runs this on a locked copy of the class: no caching)
+        value = values.get(spec.id)
+        if value is None or isinstance(value, bool):
+            continue
+        info = spec.as_dict()
+        low, high, options = info.get("min"), info.get("max"), info.get("options")
+        if isinstance(value, (int, float)) and ((low is not None and value < low) or (high is not None and value > high)):
+            span = f"between {low} and {high}" if low is not None and high is not None else \
+                f"at least {low}" if low is not None else f"at most {high}"
+            side = f"below its minimum {low}" if low is not None and value < low else f"above its maximum {high}"
+            return str(NodeInputError(node, spec.id, f"is {value}, {side}.", f"set it {span}."))
+        if options and isinstance(value, str) and value not in options:
+            shown = ", ".join(f"'{o}'" for o in options[:8]) + (", ..." if len(options) > 8 else "")
+            return str(NodeInputError(node, spec.id, f"is '{value}', which the node does not offer.",
+                                      f"choose one of {shown}."))
+    return None
+
+
 def raise_for(problem: Problem | None, node: str, input_name: str) -> None:
     """Raise a :class:`NodeInputError` for ``problem``; do nothing when it is None."""
     if problem is not None:

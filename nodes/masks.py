@@ -112,6 +112,7 @@ class SAMLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, sam_name: str | None = None) -> bool | str:
+        # sam_name: its own check below (the files found, with the folder named); no other bounded input here
         import folder_paths
 
         if sam_name is not None and sam_name not in folder_paths.get_filename_list(SAMS):

@@ -6,7 +6,14 @@ import comfy.samplers
 from comfy_api.v0_0_2 import io
 
 from ..sampling import inversion, null_text
-from .inputs import NodeInputError, check_conditioning, check_latent, inversion_schedule_inputs, raise_for
+from .inputs import (
+    NodeInputError,
+    check_conditioning,
+    check_latent,
+    inversion_schedule_inputs,
+    raise_for,
+    schema_problem,
+)
 from .types import Inversion
 
 CATEGORY = "layout_retouch/sampling"
@@ -62,6 +69,8 @@ class NullTextInversion(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, sampler_name: str | None = None, cfg: float | None = None) -> bool | str:
+        if found := schema_problem(cls, NULL_TEXT, locals()):
+            return found
         for name, problem in (("sampler_name", inversion.sampler_problem(sampler_name)),
                               ("cfg", null_text.cfg_problem(cfg))):
             if problem is not None:

@@ -20,6 +20,7 @@ from .inputs import (
     layer_input,
     raise_for,
     schedule_text,
+    schema_problem,
 )
 from .types import Inversion
 
@@ -93,6 +94,8 @@ class MultiSourceAttentionSwap(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, lambda2: int | None = None, mask_start: int | None = None) -> bool | str:
+        if found := schema_problem(cls, NODE, locals()):
+            return found
         if lambda2 is not None and mask_start is not None and mask_start < lambda2:
             return str(NodeInputError(NODE, "mask_start", f"is {mask_start}, before lambda2 = {lambda2}: the blend "
                                       "acts only from the reference phase on, so it would start at lambda2 anyway.",

@@ -23,6 +23,7 @@ from .inputs import (
     layer_input,
     raise_for,
     record_layers_input,
+    schema_problem,
 )
 from .types import Inversion
 
@@ -99,6 +100,8 @@ class StepBlendedKSampler(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, steps: int | None = None, lambda1: int | None = None,
                         denoise: float | None = None) -> bool | str:
+        if found := schema_problem(cls, STEP_BLENDED, locals()):
+            return found
         for name, problem in (("lambda1", step_blend.lambda1_problem(steps, lambda1)),
                               ("denoise", step_blend.denoise_problem(denoise))):
             if problem is not None:
@@ -189,6 +192,8 @@ class DDIMInversion(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, sampler_name: str | None = None) -> bool | str:
+        if found := schema_problem(cls, DDIM_INVERSION, locals()):
+            return found
         problem = inversion.sampler_problem(sampler_name)
         return True if problem is None else str(NodeInputError(DDIM_INVERSION, "sampler_name", *problem))
 
