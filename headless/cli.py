@@ -50,6 +50,48 @@ def start_host(cpu: bool, models: Path | None = None) -> None:
         asyncio.run(nodes.load_custom_node(str(PACK_ROOT)))
 
 
+def usage(flag: str, problem: str, fix: str):
+    """A bad ``run`` argument: one line naming the flag, the problem and the fix, and exit status 2 (as argparse
+    does), before ComfyUI starts."""
+    print(f"run: {flag}: {problem} Fix: {fix}", file=sys.stderr)  # noqa: T201  (the command's own message)
+    raise SystemExit(2)
+
+
+def workflow_titles(workflow: dict) -> set[str]:
+    """The titles and types of a workflow's nodes (UI format, subgraphs' nodes included; or API format)."""
+    if "nodes" not in workflow:
+        return {t for n in workflow.values() if isinstance(n, dict)
+                for t in (n.get("_meta", {}).get("title"), n.get("class_type")) if t}
+    graphs = [workflow["nodes"], *(d.get("nodes", []) for d in (workflow.get("definitions") or {}).get("subgraphs", []))]
+    return {t for nodes in graphs for n in nodes for t in (n.get("title"), n.get("type")) if t}
+
+
+def check_run(args) -> None:
+    """Refuse, in one line each, what would fail only after ComfyUI has loaded (or run on empty prompts)."""
+    for flag, path in (("workflow", args.workflow), *(("--prompts-file", Path(f)) for f in args.prompts_file or []),
+                       ("--reference", args.reference)):
+        if path is not None and not Path(path).is_file():
+            usage(flag, f"{path} does not exist.", "give the path of an existing file.")
+    try:
+        chosen = seeds(args.seeds)
+    except ValueError:
+        chosen = []
+    if not chosen:
+        usage("--seeds", f"'{args.seeds}' is not a seed list.", "write e.g. '0-7' (a range) or '0,3,5'.")
+    if not read_prompts(args):
+        usage("--prompt", "no prompt is given, so the workflow's prompts would run empty.",
+              "give --prompt 'a {} on a beach' (repeatable; {} is the subject) or --prompts-file FILE.")
+    try:
+        workflow = json.loads(Path(args.workflow).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        usage("workflow", f"{args.workflow} is not a workflow file ({error}).", "give a workflow saved by ComfyUI.")
+    titles = workflow_titles(workflow)
+    for title, name, _ in parse_set(args.set):
+        if title not in titles:
+            usage("--set", f"'{title}.{name}': the workflow has no node titled '{title}'.",
+                  "use a node's title as shown in ComfyUI, or its type (e.g. KSamplerAdvanced.steps=30).")
+
+
 def parse_set(items: list[str]) -> tuple[tuple[str, str, object], ...]:
     """``TITLE.input=value`` (value read as JSON when it parses, else as text)."""
     out = []
@@ -74,6 +116,7 @@ def read_prompts(args) -> list[str]:
 
 
 def seeds(text: str) -> list[int]:
+    """``'0-7'`` or ``'0,3,5'``; raises ValueError on anything else."""
     if "-" in text and "," not in text:
         first, last = (int(v) for v in text.split("-"))
         return list(range(first, last + 1))
@@ -196,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         name, sets = METHODS[args.method]
         args.workflow, args.set = PACK_ROOT / "workflows" / name, sets + args.set
 
+    check_run(args)
     workflow = json.loads(args.workflow.read_text())
-    templates = read_prompts(args) or [""]
+    templates = read_prompts(args)
     last = args.subject.split()[-1]
     subject = Subject(args.subject, args.class_name or last, args.subject_word or last)
     overrides = parse_set(args.set)

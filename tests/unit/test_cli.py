@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from comfyui_layout_retouch.headless.cli import parse_set
+from comfyui_layout_retouch.headless.cli import main, parse_set
 
 
 @pytest.mark.parametrize("bad", ["no-equals-sign", "=5"])
@@ -56,3 +56,47 @@ def test_apply_batch_refuses_what_would_not_equal_single_runs(nodes):
     prompt = prompt_with(*([("EmptyLatentImage", {"batch_size": 1})] if nodes[0][0] == "KSampler" else []), *nodes)
     with pytest.raises(BatchError, match="--batch"):
         apply_batch(prompt, [3, 4], {"LR_StepBlendedKSampler"})
+
+
+@pytest.fixture
+def workflow_file(tmp_path):
+    path = tmp_path / "wf.json"
+    path.write_text('{"nodes": [{"id": 1, "type": "KSamplerAdvanced", "title": "KSampler (Advanced): retouch"}], '
+                    '"links": []}')
+    return path
+
+
+@pytest.mark.parametrize("extra, flag, words", [
+    (["--prompts-file", "missing_prompts.txt"], "--prompts-file", "does not exist"),
+    (["--reference", "missing_photo.jpg"], "--reference", "does not exist"),
+    (["--seeds", "5-"], "--seeds", "'5-' is not a seed list"),
+    (["--seeds", "a,b"], "--seeds", "is not a seed list"),
+    (["--set", "No such node.steps=3"], "--set", "no node titled 'No such node'"),
+])
+def test_bad_run_arguments_are_one_line_before_comfyui(workflow_file, tmp_path, capsys, extra, flag, words):
+    """Each refused with exit status 2 and one line naming the flag and the fix, before ComfyUI would start
+    (nothing written)."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(workflow_file), "--prompt", "a {} on a beach", "--output", str(out), *extra])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith(f"run: {flag}: ") and words in err and "Fix: " in err
+    assert not out.exists()
+
+
+def test_a_missing_workflow_and_no_prompt_are_refused(workflow_file, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(tmp_path / "nope.json"), "--prompt", "a {}"])
+    assert exit_info.value.code == 2 and "run: workflow: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(workflow_file)])
+    assert exit_info.value.code == 2 and "run: --prompt: no prompt is given" in capsys.readouterr().err
+
+
+def test_set_takes_titles_and_types_of_subgraph_nodes_too():
+    from comfyui_layout_retouch.headless.cli import workflow_titles
+
+    workflow = {"nodes": [{"id": 1, "type": "abc", "title": "Layout"}],
+                "definitions": {"subgraphs": [{"nodes": [{"id": 2, "type": "LR_StepBlendedKSampler"}]}]}}
+    assert workflow_titles(workflow) == {"Layout", "abc", "LR_StepBlendedKSampler"}
