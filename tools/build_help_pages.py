@@ -31,12 +31,12 @@ def _setting(spec: dict) -> str:
     parts = []
     if "options" in spec:
         options = spec["options"]
-        if 0 < len(options) <= LONG_COMBO:
-            parts.append("one of " + ", ".join(f"`{o}`" for o in options))
-        elif options:
-            parts.append(f"ComfyUI's {len(options)} choices")
-        else:
+        if not options or all("." in str(o) for o in options):  # files found in a model folder: not the schema's
             parts.append("the files in its model folder")
+        elif len(options) <= LONG_COMBO:
+            parts.append("one of " + ", ".join(f"`{o}`" for o in options))
+        else:
+            parts.append("ComfyUI's choices")  # samplers, schedulers: as many as the host has
     if "default" in spec and spec["default"] != "":
         parts.append(f"default `{spec['default']}`")
     if "min" in spec and "max" in spec:
