@@ -12,7 +12,6 @@ that does not exist yet gets a stub for its hand-written part).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -71,12 +70,10 @@ def hand_written(text: str) -> str | None:
 
 def node_classes() -> list:
     """The pack's nodes, with ComfyUI importable (``COMFYUI_PATH`` or the host the pack finds)."""
-    if "comfyui_layout_retouch" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("comfyui_layout_retouch", ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        pack = importlib.util.module_from_spec(spec)
-        sys.modules["comfyui_layout_retouch"] = pack
-        spec.loader.exec_module(pack)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ui_workflow import load_pack
+
+    load_pack()
     from comfyui_layout_retouch.host import find_comfyui
 
     comfy_root = find_comfyui()

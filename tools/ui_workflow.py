@@ -8,20 +8,21 @@ import json
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 
-def _pack_labels():
-    """The pack's ``nodes.labels``, imported under the pack's name (no ComfyUI needed; torch is)."""
-    root = Path(__file__).resolve().parent.parent
+
+def load_pack() -> None:
+    """Import the pack under its own name (its folder's name may not be importable), once; tools share it."""
     if "comfyui_layout_retouch" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("comfyui_layout_retouch", root / "__init__.py",
-                                                      submodule_search_locations=[str(root)])
+        spec = importlib.util.spec_from_file_location("comfyui_layout_retouch", ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
         pack = importlib.util.module_from_spec(spec)
         sys.modules["comfyui_layout_retouch"] = pack
         spec.loader.exec_module(pack)
-    return importlib.import_module("comfyui_layout_retouch.nodes.labels")
 
 
-labels = _pack_labels()
+load_pack()
+labels = importlib.import_module("comfyui_layout_retouch.nodes.labels")  # no ComfyUI needed; torch is
 
 
 class WF:

@@ -207,22 +207,28 @@ def test_swap_phases_read_the_sources(comfy, tiny_flux, prompts, inversions):
     assert rel(ones, reference_only) < 1e-5
 
 
-def test_reference_cache_hit_and_miss(comfy, tiny_flux, prompts, inversions):
-    """The second run with the same reference and prompts runs no reference rows and gives the same image; other
-    reference prompts miss the cache."""
-    (inverted, lay), (_, ref) = inversions["layout"], inversions["reference"]
-    model, y = tiny_flux.personalized, prompts["reference"]
+def counting(model):
+    """A clone of ``model`` that appends each diffusion-model call's row count to the returned list."""
+    import comfy.patcher_extension as ext
+
     rows = []
 
     def count(executor, x, *args, **kwargs):
         rows.append(x.shape[0])
         return executor(x, *args, **kwargs)
 
-    import comfy.patcher_extension as ext
-
     counted = model.clone()
     ext.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "test_rows", count, counted.model_options,
                              is_model_options=True)
+    return counted, rows
+
+
+def test_reference_cache_hit_and_miss(comfy, tiny_flux, prompts, inversions):
+    """The second run with the same reference and prompts runs no reference rows and gives the same image; other
+    reference prompts miss the cache."""
+    (inverted, lay), (_, ref) = inversions["layout"], inversions["reference"]
+    model, y = tiny_flux.personalized, prompts["reference"]
+    counted, rows = counting(model)
     uncached = retouch(comfy, swap(comfy, counted, ref, lay, prompts, lambda2=2), y, inverted)
     first_rows, rows[:] = list(rows), []
     patched = swap(comfy, counted, ref, lay, prompts, lambda2=2, cache="offloaded to RAM")
@@ -261,17 +267,7 @@ def test_fast_mode_is_the_recorded_mode(comfy, tiny_flux, prompts, measured):
     assert {key[3] for key in lay.attention.tensors} == {SELF_IN, SELF_OUT}
     assert {key[3] for key in ref.attention.tensors} == {SELF_IN}
     assert {key[2] for key in ref.attention.tensors} == {("double", 0, 0), ("single", 1, 0)}
-    rows = []
-
-    def count(executor, x, *args, **kwargs):
-        rows.append(x.shape[0])
-        return executor(x, *args, **kwargs)
-
-    import comfy.patcher_extension as ext
-
-    counted = model.clone()
-    ext.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "test_rows", count, counted.model_options,
-                             is_model_options=True)
+    counted, rows = counting(model)
     mask = torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(2))
     y = prompts["reference"]
     recorded = retouch(comfy, swap(comfy, counted, ref, lay, prompts, layers="double 0, single 1", mask=mask), y,
