@@ -53,9 +53,9 @@ def test_the_gpu_check_runs_dry(comfy, tmp_path):
     flux = results["parts"][3]["report"]
     rows = {p["name"]: p["unet_rows"] for p in flux["parts"]}
     assert flux["setting"]["model"] == "tiny random Flux.1-dev" and flux["setting"]["steps"] == 2
-    assert list(rows) == ["plain KSampler", "shipped default", "shipped default with the reference cache",
+    assert list(rows) == ["plain KSampler", "shipped default", "shipped default, reference cache off",
                           "shipped default, new reference", "full pipeline"]
     assert rows["plain KSampler"] == 2  # cfg 1: one row per step
-    assert rows["shipped default with the reference cache"] < rows["shipped default"] < rows[
+    assert rows["shipped default"] < rows["shipped default, reference cache off"] < rows[
         "shipped default, new reference"] < rows["full pipeline"]
     assert "tiny random Flux.1-dev, 64 px, 2 steps" in table and "Flux reference cache" in table
