@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import public
 from ..records import StepOfCall
 from .attend import ROWS_KEY, attend_as_before
 from .family import family_of
@@ -23,6 +24,7 @@ from .layers import LayerSet, layer_keys, replace_patch
 CAPTURE_KEY = "lr_attention_capture"
 
 
+@public
 class NothingRecorded(LookupError):
     """A store holds no cross-attention for what was asked."""
 

@@ -18,12 +18,14 @@ Everything else (rows, phases, records, the reference cache, the run's checks) i
 
 from __future__ import annotations
 
+from ..errors import public
 from .dit import FLUX
 from .unet import UNET
 
 FAMILIES = (UNET, FLUX)
 
 
+@public
 class UnsupportedModel(ValueError):
     """A diffusion model of no family the pack supports (e.g. SD3, Wan)."""
 

@@ -114,7 +114,8 @@ def path_prompts(model, positive, negative, path: InversionTrajectory) -> PathPr
     """A source path's prompts from its positive and negative CONDITIONING, on the path's schedule and latent.
 
     Raises:
-        PromptProblem: a CONDITIONING the model cannot read, or one with no single entry at some step.
+        PromptProblem: a CONDITIONING the model cannot read, or one with no single entry at some step; a
+            Null-Text Inversion's path with a negative other than its ``null_negative``.
     """
     texts = []
     for half, conditioning in enumerate((positive, negative)):
@@ -123,9 +124,19 @@ def path_prompts(model, positive, negative, path: InversionTrajectory) -> PathPr
         if isinstance(text, tuple):
             raise PromptProblem(half, text)
         texts.append(text)
+    if path.null_text is not None and not _same_text(texts[1], path.null_text):
+        what = "a single prompt" if texts[1].shape[0] == 1 < path.null_text.shape[0] else "another negative"
+        raise PromptProblem(1, (f"is {what}, but the inversion of this path is a Null-Text Inversion, whose path "
+                                "CFG sampling walks only with its fitted negative (one embedding per step): the "
+                                "source rows would leave that path.",
+                                "connect the Null-Text Inversion's null_negative output here."))
     latent = path.latents[0]
     return PathPrompts((texts[0], texts[1]), (model_extras(model, positive, latent, "positive"),
                                               model_extras(model, negative, latent, "negative")))
+
+
+def _same_text(text: torch.Tensor, fitted: torch.Tensor) -> bool:
+    return text.shape == fitted.shape and torch.equal(text.to(fitted), fitted)
 
 
 def joined_text(texts: list[torch.Tensor], joint: bool, error_for: Callable[[str, Problem], Exception]) -> torch.Tensor:

@@ -63,6 +63,21 @@ class Guidance:
     iterations: int = 3
     threshold: float = 0.1  # tau of the generation's subject mask
 
+    def unreached(self, n_steps: int, palette: Palette | None, template: LayoutTemplate | None) -> tuple[str, Problem] | None:
+        """A connected palette or template (its loss on) whose steps a schedule of ``n_steps`` never reaches, as
+        ``(input, problem)``, or None: run so, the loss would silently never act."""
+        if self.eta == 0 or self.iterations <= 0:
+            return None
+        for source, weight, steps, name, first in ((template, self.beta, self.layout_steps, "template", "layout"),
+                                                   (palette, self.alpha, self.appearance_steps, "palette", "appearance")):
+            if source is not None and weight != 0 and len(steps) and steps.start >= n_steps:
+                return f"{first}_start", (
+                    f"is {steps.start}, but this sampler's schedule has {n_steps} steps (0-{n_steps - 1}), so the "
+                    f"connected {name} would never be used ({first} steps {steps.start}-{steps.stop - 1}).",
+                    f"set {first}_start and {first}_end within the schedule's steps (the paper's 0-9 and 10-19 are "
+                    f"of 50), or disconnect the {name}.")
+        return None
+
     def plan(self, n_steps: int, palette: Palette | None, template: LayoutTemplate | None) -> dict[int, tuple[bool, bool]]:
         """Per guided step: ``(layout, appearance)``."""
         if self.eta == 0 or self.iterations <= 0:
@@ -175,6 +190,8 @@ def guided_sampler(base, guidance: Guidance, positions: list[int], palette: Pale
     def sampler_function(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
         n_steps = len(sigmas) - 1
+        if (found := guidance.unreached(n_steps, palette, template)) is not None:
+            report(*found)
         plan = guidance.plan(n_steps, palette, template)
 
         def run_base(x, first: int, last: int):

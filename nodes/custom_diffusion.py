@@ -77,15 +77,11 @@ class CustomDiffusionLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, weights_name: str | None = None, modifier_token: str | None = None) -> bool | str:
-        # weights_name: its own check below (the files found, with the folder named); no other bounded input here
+    def validate_inputs(cls, weights_name: str | None = None) -> bool | str:
+        # One input (nodes/inputs.py, schema_problem): weights_name's own check (the files found, with the folder
+        # named) stands for its list check; modifier_token is read when the node runs.
         if weights_name is not None and weights_name not in weight_files():
             return str(missing_weights_message(weights_name if weight_files() else None))
-        if modifier_token is not None:
-            try:
-                cd.parse_tokens(modifier_token)
-            except cd.CustomDiffusionError as e:
-                return str(NodeInputError(NODE, "modifier_token", *e.problem))
         return True
 
     @classmethod

@@ -13,10 +13,11 @@ from comfy_api.v0_0_2 import io
 
 from ..attention.layers import AUTO, auto_layers, layer_problem, parse_layers
 from ..attention.prompts import conditioning_problem
-from ..errors import Problem
+from ..errors import Problem, public
 from ..records import model_family
 
 
+@public
 class NodeInputError(ValueError):
     """Bad input to a node: the message names the node, the input, the problem and the fix.
 
@@ -32,7 +33,11 @@ class NodeInputError(ValueError):
 def schema_problem(cls, node: str, values: dict) -> str | None:
     """For a node's ``validate_inputs``: the refusal of the first of ``values`` (the inputs it takes) outside its
     schema's bounds or choices, or None. ComfyUI 0.3.64 skips its own min/max and list checks of the inputs a
-    ``validate_inputs`` takes, so each node's ``validate_inputs`` calls this first."""
+    ``validate_inputs`` takes, so each node's ``validate_inputs`` calls this first.
+
+    ComfyUI lists a ``validate_inputs`` refusal once per input the function takes, so each node's takes one
+    input (tests/host/test_bounds.py): checks across inputs (lambda1 against steps, mask_start against lambda2)
+    run first thing when the node executes, where the swap also knows the schedule, the root cause of most."""
     for spec in cls.define_schema().inputs:  # (ComfyUI runs this on a locked copy of the class: no caching)
         value = values.get(spec.id)
         if value is None or isinstance(value, bool):

@@ -187,6 +187,10 @@ class SAMSegment(io.ComfyNode):
                                  "write the top-left corner first: 'x0,y0,x1,y1' with x0 < x1 and y0 < y1.")
         size = tuple(image.shape[1:3])
         masks = resize_mask(prompt_mask, size)
+        if masks.shape[0] > image.shape[0]:  # one image, several masks: it would come out as several M^SAM
+            raise NodeInputError(node, "prompt_mask", f"holds {masks.shape[0]} masks for {image.shape[0]} "
+                                 f"image(s): SAM Segment gives one mask per image.",
+                                 f"give one mask, or one per image ({image.shape[0]}).")
         try:
             _, masks = match_batches(image[..., 0], masks)
         except ValueError as e:

@@ -68,14 +68,12 @@ class NullTextInversion(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, sampler_name: str | None = None, cfg: float | None = None) -> bool | str:
+    def validate_inputs(cls, sampler_name: str | None = None) -> bool | str:
+        # One input (nodes/inputs.py, schema_problem): cfg is checked when the node runs.
         if found := schema_problem(cls, NULL_TEXT, locals()):
             return found
-        for name, problem in (("sampler_name", inversion.sampler_problem(sampler_name)),
-                              ("cfg", null_text.cfg_problem(cfg))):
-            if problem is not None:
-                return str(NodeInputError(NULL_TEXT, name, *problem))
-        return True
+        problem = inversion.sampler_problem(sampler_name)
+        return True if problem is None else str(NodeInputError(NULL_TEXT, "sampler_name", *problem))
 
     @classmethod
     def execute(cls, model, positive, negative, latent, steps, scheduler, sampler_name, cfg, iterations=10,

@@ -20,7 +20,6 @@ from .inputs import (
     layer_input,
     raise_for,
     schedule_text,
-    schema_problem,
 )
 from .types import Inversion
 
@@ -93,16 +92,6 @@ class MultiSourceAttentionSwap(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, lambda2: int | None = None, mask_start: int | None = None) -> bool | str:
-        if found := schema_problem(cls, NODE, locals()):
-            return found
-        if lambda2 is not None and mask_start is not None and mask_start < lambda2:
-            return str(NodeInputError(NODE, "mask_start", f"is {mask_start}, before lambda2 = {lambda2}: the blend "
-                                      "acts only from the reference phase on, so it would start at lambda2 anyway.",
-                                      "set mask_start at or after lambda2 (paper: 30 and 10 of 50)."))
-        return True
-
-    @classmethod
     def execute(cls, model, reference_inversion, layout_inversion, reference_positive, reference_negative,
                 layout_positive, layout_negative, lambda2, mask_start, layout_layers, reference_layers,
                 source_paths, reference_cache, mask=None, reference_positions=labels.SHIFTED) -> io.NodeOutput:
@@ -126,6 +115,10 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                                      f"({lay.steps} asked of {lay.scheduler}), so it would never be reached.",
                                      f"set {name} to at most {steps} ({steps}: {meaning}); the paper uses 10 and 30 "
                                      "of 50 steps.")
+        if mask_start < lambda2:  # (checked here, after the schedule: a lambda2 beyond it is the root cause)
+            raise NodeInputError(NODE, "mask_start", f"is {mask_start}, before lambda2 = {lambda2}: the blend acts "
+                                 "only from the reference phase on, so it would start at lambda2 anyway.",
+                                 "set mask_start at or after lambda2 (paper: 30 and 10 of 50).")
         prompts = {}  # each source path's prompts, checked and prepared in one place (attention/prompts.py)
         for path, traj, positive, negative in (("reference", ref, reference_positive, reference_negative),
                                                ("layout", lay, layout_positive, layout_negative)):

@@ -98,15 +98,12 @@ class StepBlendedKSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, steps: int | None = None, lambda1: int | None = None,
-                        denoise: float | None = None) -> bool | str:
+    def validate_inputs(cls, denoise: float | None = None) -> bool | str:
+        # One input (nodes/inputs.py, schema_problem): lambda1 against steps is checked when the node runs.
         if found := schema_problem(cls, STEP_BLENDED, locals()):
             return found
-        for name, problem in (("lambda1", step_blend.lambda1_problem(steps, lambda1)),
-                              ("denoise", step_blend.denoise_problem(denoise))):
-            if problem is not None:
-                return str(NodeInputError(STEP_BLENDED, name, *problem))
-        return True
+        problem = step_blend.denoise_problem(denoise)
+        return True if problem is None else str(NodeInputError(STEP_BLENDED, "denoise", *problem))
 
     @classmethod
     def execute(cls, vanilla_model, personalized_model, vanilla_positive, vanilla_negative, personalized_positive,
@@ -118,6 +115,10 @@ class StepBlendedKSampler(io.ComfyNode):
         seeds = seed_list(batch_seeds)
         raise_for(step_blend.batch_seeds_problem(seeds, latent_image["samples"].shape[0]), node, "batch_seeds")
         check_same_family(node, "vanilla_model", vanilla_model, "personalized_model", personalized_model)
+        raise_for(step_blend.unpersonalized_problem(vanilla_model, personalized_model), node, "personalized_model")
+        raise_for(step_blend.same_prompts_problem(vanilla_model, personalized_model, (vanilla_positive, vanilla_negative),
+                                                  (personalized_positive, personalized_negative)),
+                  node, "personalized_positive")
         check_latent(node, "latent_image", latent_image["samples"], personalized_model)
         for name, conditioning, model in (("vanilla_positive", vanilla_positive, vanilla_model),
                                           ("vanilla_negative", vanilla_negative, vanilla_model),

@@ -45,7 +45,7 @@ import comfy.utils
 import safetensors.torch
 import torch
 
-from ..errors import Problem
+from ..errors import Problem, public
 from .modifier_tokens import base_name, width_problem, with_modifier_tokens
 
 WEIGHT_NAMES = ("pytorch_custom_diffusion_weights.safetensors", "pytorch_custom_diffusion_weights.bin")
@@ -57,6 +57,7 @@ _UNET = "diffusion_model."
 Source = Literal["weights", "token", "clip"]
 
 
+@public
 class CustomDiffusionError(ValueError):
     """What is wrong with one input (``source``) of a Custom Diffusion load, and the fix (``problem``)."""
 

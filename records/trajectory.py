@@ -32,6 +32,9 @@ class InversionTrajectory:
             (:class:`SubjectMapRecord`), or None.
         cache: the reference cache: filled by a retouch run that uses this inversion as its
             reference, under that run's key; it lives as long as this object.
+        null_text: a Null-Text Inversion's fitted unconditional embeddings ``[steps, tokens, dim]``
+            (its ``null_negative``, one per sampling step): the negative the path was walked with; None
+            for a DDIM inversion.
     """
 
     latents: torch.Tensor
@@ -42,6 +45,7 @@ class InversionTrajectory:
     attention: AttentionRecord | None = field(default=None, compare=False, repr=False)
     cache: KeyedRecord = field(default_factory=KeyedRecord, compare=False, repr=False)
     maps: SubjectMapRecord | None = field(default=None, compare=False, repr=False)
+    null_text: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.latents.shape[0] != self.sigmas.shape[0]:

@@ -227,6 +227,7 @@ def null_text_invert(model, positive, negative, latent: dict[str, torch.Tensor],
     guider.sample(torch.zeros_like(samples, device="cpu"), samples, comfy.samplers.KSAMPLER(sampler_function),
                   sigmas.to(model.load_device), disable_pbar=True, seed=0)
     trajectory = InversionTrajectory(latents=torch.stack(path[::-1]), sigmas=pivots.sigmas, steps=steps,
-                                     scheduler=scheduler, family=model_family(model))
+                                     scheduler=scheduler, family=model_family(model),
+                                     null_text=torch.cat([e[:1] for e in embeddings]))
     null_negative = step_conditioning(negative, embeddings, sigmas, model.get_model_object("model_sampling"))
     return samples, trajectory, null_negative

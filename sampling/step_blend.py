@@ -41,6 +41,68 @@ def batch_seeds_problem(batch_seeds: tuple[int, ...], batch_size: int) -> Proble
     return None
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Whether two patch or option structures hold the same things (tensors and functions by identity)."""
+    if a is b:
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):  # (a clone deep-copies its model options)
+        return a.shape == b.shape and a.device == b.device and torch.equal(a, b)
+    if isinstance(a, (bool, int, float, str, type(None))) and isinstance(b, (bool, int, float, str, type(None))):
+        return a == b
+    return False
+
+
+# What a ModelPatcher applies to its base model besides its options (ComfyUI 0.3.64's clone copies each).
+APPLIED = ("patches", "object_patches", "hook_patches", "wrappers", "callbacks", "injections", "attachments",
+           "additional_models")
+
+
+def _same_weights(a, b) -> bool:
+    """Whether two ModelPatchers' base models hold equal weights (a first difference ends the comparison)."""
+    if a.model is b.model:
+        return True
+    ours, theirs = a.model.state_dict(), b.model.state_dict()
+    return ours.keys() == theirs.keys() and all(
+        ours[k].shape == theirs[k].shape and torch.equal(ours[k], theirs[k].to(ours[k].device)) for k in ours)
+
+
+def same_prompts_problem(vanilla, personalized, vanilla_prompts: tuple, personalized_prompts: tuple) -> Problem | None:
+    """Why one model in both inputs with the same prompts personalizes nothing, or None. (One node output in both
+    inputs is a Textual Inversion's wiring, whose embedding is in the personalized prompt; ComfyUI also hands one
+    model to two loaders of the same file.)"""
+    if personalized is not vanilla or not _same(list(vanilla_prompts), list(personalized_prompts)):
+        return None
+    return ("and personalized_negative are vanilla_positive and vanilla_negative, and personalized_model is "
+            "vanilla_model itself (or the same file loaded twice), so stage 1 would be a plain generation.",
+            "connect the personalized model (a DreamBooth checkpoint, a LoRA loader on the vanilla model), or write "
+            "the Textual Inversion embedding ('embedding:name') in the personalized prompt.")
+
+
+def unpersonalized_problem(vanilla, personalized) -> Problem | None:
+    """Why ``personalized`` (a ModelPatcher other than ``vanilla``) is the vanilla model itself with nothing
+    applied (equal weights, no patches, the same model options), or None.
+
+    The same node output in both inputs is legal (a Textual Inversion lives in the prompt); another output that
+    is the same model is a LoRA that loaded nothing (one of another family: ComfyUI's loader drops every key
+    with 'lora key not loaded') or the same checkpoint loaded twice, and stage 1 would be a plain generation.
+    """
+    if personalized is vanilla:
+        return None
+    applied = (*APPLIED, "model_options")
+    if not (all(_same(getattr(vanilla, name, None), getattr(personalized, name, None)) for name in applied)
+            and _same_weights(vanilla, personalized)):
+        return None
+    return ("is the vanilla model itself with nothing applied (the same weights, no patches), so stage 1 would be a "
+            "plain generation of the vanilla model. Likely a LoRA of another family (e.g. an SDXL LoRA on SD1.5: "
+            "ComfyUI's loader drops every key, 'lora key not loaded' in its log), or the same checkpoint twice.",
+            "load the personalized checkpoint, or a LoRA trained on this base model; for a Textual Inversion "
+            "embedding, connect the same model to both inputs and write the embedding in the personalized prompt.")
+
+
 def initial_noise(latent_image: torch.Tensor, settings: SamplerSettings, batch_index: list[int] | None) -> torch.Tensor:
     """The noise a batch starts from, on the CPU, shaped as ``latent_image`` ``[B, C, H, W]``.
 

@@ -82,22 +82,34 @@ def test_every_bounded_input_just_outside_is_refused(comfy, tiny_files, tiny_sam
         prompt[node_id]["inputs"][name] = value
         errors = refusals(prompt).get(node_id, {}).get("errors", [])
         named = [e for e in errors if name in e.get("details", "") or e.get("extra_info", {}).get("input_name") == name]
-        (checked if named else vague).append((node_type, name, value))
-    assert not vague, f"not refused, or refused without naming the input: {vague}"
+        (checked if len(named) == 1 else vague).append((node_type, name, value, len(named)))
+    assert not vague, f"not refused, refused without naming the input, or listed more than once: {vague}"
     assert len(checked) >= 40  # every bounded input of the 14 nodes, both sides
 
 
+def test_each_validate_inputs_takes_one_input(comfy):
+    """ComfyUI 0.3.64 lists a refusal of ``validate_inputs`` once for every input the function takes (and skips its
+    own bound check of those): taking one input, a node's refusal is one line, at the input it names."""
+    import inspect
+
+    taken = {name: [p for p in inspect.signature(cls.validate_inputs).parameters if p != "cls"]
+             for name, cls in comfy.NODE_CLASS_MAPPINGS.items()
+             if name.startswith("LR_") and "validate_inputs" in vars(cls)}
+    assert len(taken) >= 5 and all(len(inputs) == 1 for inputs in taken.values()), taken
+
+
 @pytest.mark.parametrize("node_type, name, value, words", [
-    ("LR_MultiSourceAttentionSwap", "lambda2", -1, "below its minimum 0"),
-    ("LR_StepBlendedKSampler", "steps", 0, "below its minimum 1"),
-    ("LR_StepBlendedKSampler", "denoise", 1.5, "above its maximum 1.0"),
+    ("LR_MultiSourceAttentionSwap", "lambda2", -1, "Value -1 smaller than min of 0: lambda2"),  # ComfyUI's check
+    ("LR_StepBlendedKSampler", "steps", 0, "Value 0 smaller than min of 1: steps"),
+    ("LR_StepBlendedKSampler", "denoise", 1.5, "denoise - Step-Blended KSampler: input 'denoise': is 1.5, above its maximum 1.0. Fix: set it"),
 ])
-def test_the_issues_cases_are_refused_by_the_node(comfy, tiny_files, tiny_sam, node_type, name, value, words):
-    """Once accepted (run as 0, a ZeroDivisionError, run as 1.0): now the node's own refusal, with the fix."""
+def test_the_issues_cases_are_refused_at_validation(comfy, tiny_files, tiny_sam, node_type, name, value, words):
+    """Once accepted (run as 0, a ZeroDivisionError, run as 1.0): now refused in one line naming the input, by
+    ComfyUI's own bound check where the node's ``validate_inputs`` does not take the input, else by the node."""
     prompt = copy.deepcopy(prompts(comfy)[1])
     node_id = next(i for i, n in prompt.items() if n["class_type"] == node_type)
     prompt[node_id]["inputs"][name] = value
     if name == "steps":
         prompt[node_id]["inputs"]["lambda1"] = 0
-    details = " ".join(e.get("details", "") for e in refusals(prompt)[node_id]["errors"])
-    assert f"input '{name}'" in details and words in details and "Fix: set it" in details
+    said = [f"{e['message']}: {e['details']}" for e in refusals(prompt)[node_id]["errors"]]
+    assert len(said) == 1 and words in said[0], said

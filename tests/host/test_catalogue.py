@@ -34,15 +34,17 @@ from workflow_prompts import convert, shrink, write_input_images
 
 from comfyui_layout_retouch.headless.executor import _Server
 
-STAGE1, STAGE2, FULL, CAPTURE = "stage 1", "stage 2", "full", "capture"
+STAGE1, STAGE2, FULL, CAPTURE, PICK = "stage 1", "stage 2", "full", "capture", "pick-and-draw"
 WORKFLOW_OF = {STAGE1: "layout_retouch_stage1_layout.json", STAGE2: "layout_retouch_stage2_retouch.json",
-               FULL: "layout_retouch_full_dreambooth.json"}
+               FULL: "layout_retouch_full_dreambooth.json", PICK: "pick_and_draw_dreambooth.json"}
 SWAP, INVERSION, BLEND = "Multi-Source Attention Swap", "DDIM Inversion", "Step-Blended KSampler"
 SAM_SEGMENT, ADAPTIVE, CAM = "SAM Segment from Mask", "Adaptive Mask", "Cross-Attention Mask"
 SDXL_UNET = "tiny_sdxl_vega.safetensors"
 NOT_A_SAM = "not_a_sam.pth"
 CONCEPT = "catalogue_concept/pytorch_custom_diffusion_weights.safetensors"  # in models/custom_diffusion
 SDXL_CONCEPT = "catalogue_sdxl/pytorch_custom_diffusion_weights.safetensors"
+SDXL_LORA = "catalogue_sdxl_lora.safetensors"  # keys of an SDXL UNet only (in a loras folder of the catalogue's)
+PD_SAMPLER = "Pick-and-Draw Sampler"
 
 
 class Graph(dict):
@@ -338,6 +340,43 @@ def map_before_sampling(g: Graph) -> None:
     g.inputs("LR_AttentionMapToMask")["after"] = empty_latent(g)
 
 
+def write_sdxl_lora(folder: Path) -> None:
+    """A LoRA of an SDXL UNet (its second transformer block at input 4, which SD1.x lacks): on SD1.x ComfyUI's
+    loader drops every key ('lora key not loaded') and returns the model with nothing applied."""
+    import safetensors.torch
+
+    key = "lora_unet_input_blocks_4_1_transformer_blocks_1_attn1_to_q"
+    safetensors.torch.save_file({f"{key}.lora_up.weight": torch.zeros(640, 4), f"{key}.lora_down.weight":
+                                 torch.zeros(4, 640), f"{key}.alpha": torch.tensor(4.0)}, str(folder / SDXL_LORA))
+
+
+def personalized_from(source: Callable[[Graph], list]) -> Callable[[Graph], None]:
+    return linked("LR_StepBlendedKSampler", personalized_model=source)
+
+
+def other_family_lora(g: Graph) -> list:
+    """The vanilla model through a LoRA Loader (model only) with an SDXL LoRA."""
+    return g.add("LoraLoaderModelOnly", model=g.out("CheckpointLoaderSimple", "Vanilla"), lora_name=SDXL_LORA,
+                 strength_model=1.0)
+
+
+def vanilla_loaded_again(g: Graph) -> list:
+    """A second Load Checkpoint of the vanilla model's file."""
+    return g.add("CheckpointLoaderSimple", ckpt_name=g.inputs("CheckpointLoaderSimple", "Vanilla")["ckpt_name"])
+
+
+def null_text_reference(g: Graph) -> None:
+    """The reference inverted by a Null-Text Inversion (cfg 7.5, with the negative prompt) and its trajectory
+    wired to the swap; the swap's reference_negative stays the plain negative."""
+    inversion = g.inputs("LR_DDIMInversion", "DDIM Inversion (reference)")
+    swap_inputs = g.inputs("LR_MultiSourceAttentionSwap")
+    made = g.add("LR_NullTextInversion", model=inversion["model"], positive=swap_inputs["reference_positive"],
+                 negative=swap_inputs["reference_negative"], latent=inversion["latent"], steps=inversion["steps"],
+                 scheduler=inversion["scheduler"], sampler_name="ddim", cfg=7.5, iterations=2, learning_rate=0.01,
+                 early_stop=1e-5)
+    swap_inputs["reference_inversion"] = [made[0], 1]
+
+
 # ----- The catalogue ----------------------------------------------------------------------------
 
 SILENT_SAMPLER = "silent: ran and gave another image (68-72/255 mean pixel difference from the right run)"
@@ -403,8 +442,16 @@ CASES = [
          swap(mask_start=50), at_run(SWAP, "mask_start", r"is 50 but the inversions' schedule has 7 sampling steps.*"
                                      r"Fix: set mask_start to at most 7")),
     Case("swap-mask-start-below-lambda2", "mask_start 2 below lambda2 4", "silent: ran as mask_start = lambda2",
-         swap(lambda2=4, mask_start=2), at_queue(SWAP, "mask_start", r"is 2, before lambda2 = 4.*Fix: set mask_start "
-                                                 r"at or after lambda2")),
+         swap(lambda2=4, mask_start=2), at_run(SWAP, "mask_start", r"is 2, before lambda2 = 4.*Fix: set mask_start "
+                                               r"at or after lambda2")),
+    Case("swap-lambda2-beyond-schedule", "lambda2 50 of 6 steps, mask_start left at 30 (issue 28)",
+         "vague: refused as 'mask_start is 30, before lambda2 = 50' (the root cause is lambda2 beyond the schedule)",
+         swap(lambda2=50, mask_start=30), at_run(SWAP, "lambda2", r"is 50 but the inversions' schedule has 7 sampling "
+                                                 r"steps.*Fix: set lambda2 to at most 7")),
+    Case("swap-null-text-plain-negative", "a Null-Text Inversion as the reference, reference_negative the plain "
+         "negative instead of its null_negative (issue 28)", "silent: ran, off the inverted path",
+         null_text_reference, at_run(SWAP, "reference_negative", r"is a single prompt, but the inversion of this path "
+                                     r"is a Null-Text Inversion.*Fix: connect the Null-Text Inversion's null_negative")),
     Case("swap-lambda2-is-step-count", "lambda2 = mask_start = 7, the schedule's step count (legal: the layout "
          "in every step)", "runs", swap(lambda2=7, mask_start=7), Runs("an image")),
     Case("swap-all-zero-mask", "an all-zero mask into the swap", "silent: ran (Adaptive Mask refuses one)",
@@ -521,6 +568,10 @@ CASES = [
          "vague: failed late in KSamplerAdvanced with a tensor size mismatch, after the inversions ran", sam_batches,
          at_run(SAM_SEGMENT, "prompt_mask", r"batches of 3 and 2 masks cannot be paired with the images.*Fix: give "
                                             r"one mask, or one per image")),
+    Case("sam-two-masks-one-image", "SAM Segment with 1 image and 2 prompt masks (issue 28)", "refused at the "
+         "swap's mask ('2 masks for 1 image(s)'), not where the masks enter",
+         linked("LR_SAMSegment", prompt_mask=lambda g: repeated_mask(g, g.inputs("LR_SAMSegment")["prompt_mask"], 2)),
+         at_run(SAM_SEGMENT, "prompt_mask", r"holds 2 masks for 1 image\(s\).*Fix: give one mask, or one per image")),
     Case("sam-empty-prompt-mask", "SAM Segment with an all-zero prompt mask", CLEAR + "'is empty (all zeros) for "
          "image 0'", linked("LR_SAMSegment", prompt_mask=lambda g: solid_mask(g, 0.0)),
          at_run(SAM_SEGMENT, "prompt_mask", r"is empty \(all zeros\) for image 0.*Fix: check the cross-attention")),
@@ -564,7 +615,7 @@ CASES = [
          retouch_from(layout_inversion_latent), in_retouch(START.format(0)), base=FULL),
     Case("stage1-lambda1-above-steps", "lambda1 9 of 6 steps", CLEAR + "'is 9, larger than steps = 6'",
          blend(lambda1=9),
-         at_queue(BLEND, "lambda1", r"is 9, larger than steps = 6.*Fix: set lambda1 between 0 and steps"), base=STAGE1),
+         at_run(BLEND, "lambda1", r"is 9, larger than steps = 6.*Fix: set lambda1 between 0 and steps"), base=STAGE1),
     Case("stage1-denoise-0", "Step-Blended KSampler at denoise 0", "vague: 'recorded 0 steps for -1 sigmas'",
          blend(denoise=0.0), at_queue(BLEND, "denoise", r"is 0.0: no step would run.*Fix: set denoise above 0"),
          base=STAGE1),
@@ -585,6 +636,43 @@ CASES = [
          at_run(BLEND, "attention_layers", r"selects no attention block.*Fix: choose among"), base=STAGE1),
     Case("stage1-lambda1-0", "lambda1 0 (personalized model only; legal)", "runs", blend(lambda1=0),
          Runs("the layout image"), base=STAGE1),
+    Case("stage1-other-family-lora", "the personalized model an SDXL LoRA on the SD1.x vanilla model (issue 28)",
+         "silent: every LoRA key dropped ('lora key not loaded' in the log); stage 1 blended the vanilla model "
+         "with itself", personalized_from(other_family_lora),
+         at_run(BLEND, "personalized_model", r"is the vanilla model itself with nothing applied.*LoRA of another "
+                                             r"family.*Fix: load the personalized checkpoint"), base=STAGE1),
+    Case("stage1-vanilla-loaded-twice", "the personalized model a second Load Checkpoint of the vanilla file, the "
+         "personalized prompt with its token (legal: ComfyUI hands one model to both loaders, as a Textual Inversion "
+         "workflow's single loader; the prompts differ)", "runs", personalized_from(vanilla_loaded_again),
+         Runs("the layout image"), base=STAGE1),
+    Case("stage1-one-model-same-prompts", "one model in both inputs and the personalized prompts equal to the "
+         "vanilla ones (issue 28)", "silent: a plain generation",
+         then(personalized_from(lambda g: g.out("CheckpointLoaderSimple", "Vanilla")),
+              linked("CLIPTextEncode", "Personalized prompt", clip=lambda g: g.out("CheckpointLoaderSimple",
+                                                                                   "Vanilla", 1)),
+              setting("CLIPTextEncode", "Personalized prompt", text="a photo of a vase floating in a swimming pool, "
+                      "top view"),
+              linked("CLIPTextEncode", "Personalized negative", clip=lambda g: g.out("CheckpointLoaderSimple",
+                                                                                     "Vanilla", 1))),
+         at_run(BLEND, "personalized_positive", r"and personalized_negative are vanilla_positive and "
+                                                r"vanilla_negative.*plain generation.*Fix: connect the personalized "
+                                                r"model"), base=STAGE1),
+    Case("stage1-one-model-for-both", "one model in both inputs, as a Textual Inversion workflow has it (legal)",
+         "runs", personalized_from(lambda g: g.out("CheckpointLoaderSimple", "Vanilla")), Runs("the layout image"),
+         base=STAGE1),
+    # The Pick-and-Draw Sampler: a connected palette or template its schedule never reaches.
+    Case("pd-appearance-steps-unreached", "Pick-and-Draw Sampler appearance steps 10-19 on a 6-step schedule, the "
+         "palette connected (issue 28)", "silent: ran with the palette never used (the image of the graph without "
+         "it)", setting("LR_PickAndDrawSampler", appearance_start=10, appearance_end=19),
+         at_run(PD_SAMPLER, "appearance_start", r"is 10, but this sampler's schedule has 6 steps \(0-5\), so the "
+                                                r"connected palette would never be used.*Fix: set appearance_start",
+                "SamplerCustomAdvanced"), base=PICK),
+    Case("pd-layout-steps-unreached", "Pick-and-Draw Sampler layout steps 7-9 on a 6-step schedule, the template "
+         "connected (issue 28)", "silent: ran with the template never used",
+         setting("LR_PickAndDrawSampler", layout_start=7, layout_end=9),
+         at_run(PD_SAMPLER, "layout_start", r"is 7, but this sampler's schedule has 6 steps.*connected template would "
+                                            r"never be used.*Fix: set layout_start", "SamplerCustomAdvanced"),
+         base=PICK),
     # Custom Diffusion Loader (new in 3bcc5ef).
     Case("cd-concept", "stage 1 with a Custom Diffusion concept (<new1>) as the personalized model", NEW_NODE,
          custom_diffusion(), Runs("the layout image"), base=STAGE1),
@@ -595,7 +683,7 @@ CASES = [
          base=STAGE1),
     Case("cd-token-is-a-path", "Custom Diffusion Loader modifier_token '../x'", NEW_NODE,
          custom_diffusion(token="../x"),
-         at_queue("Custom Diffusion Loader", "modifier_token", r"'../x' is not a token name.*Fix: write the token"),
+         at_run("Custom Diffusion Loader", "modifier_token", r"'../x' is not a token name.*Fix: write the token"),
          base=STAGE1),
     Case("cd-token-file-missing", "Custom Diffusion Loader modifier_token '<new9>', which has no file", NEW_NODE,
          custom_diffusion(token="<new9>"),
@@ -697,7 +785,7 @@ def base_prompt(comfy, base: str) -> Graph:
 
 @pytest.fixture(scope="module")
 def bases(comfy, tiny_files):
-    return {base: base_prompt(comfy, base) for base in (STAGE2, FULL, STAGE1, CAPTURE)}
+    return {base: base_prompt(comfy, base) for base in (STAGE2, FULL, STAGE1, CAPTURE, PICK)}
 
 
 @pytest.fixture(scope="module")
@@ -713,6 +801,9 @@ def executor(comfy, tiny_files, tiny_sam, tmp_path_factory):
     not_sams = tmp_path_factory.mktemp("not_sams")  # not in the tiny SAM's folder: the shared cache of tiny models
     folder_paths.add_model_folder_path("sams", str(not_sams))
     torch.save({"weight": torch.zeros(2, 2)}, not_sams / NOT_A_SAM)
+    loras = tmp_path_factory.mktemp("catalogue_loras")
+    write_sdxl_lora(loras)
+    folder_paths.add_model_folder_path("loras", str(loras))
     yield execution.PromptExecutor(_Server(), cache_type=False)
     (not_sams / NOT_A_SAM).unlink()
 
@@ -745,6 +836,9 @@ def check_refused(outcome: Outcome, expect: Refused, after: str) -> None:
         assert not outcome.refusals, outcome.refusals
         assert outcome.error is not None, after
         assert not expect.raised_in or outcome.error["node_type"] == expect.raised_in, outcome.error["node_type"]
+        # named by the pack's import name, not by the folder path ComfyUI imported it from
+        assert outcome.error["exception_type"] == "comfyui_layout_retouch.nodes.inputs.NodeInputError", \
+            outcome.error["exception_type"]
         said = [outcome.error["exception_message"]]
     shape = rf"{re.escape(expect.node)}: input '(?:{expect.input})': .+ Fix: \S"
     assert any(re.search(shape, s, re.S) and re.search(expect.says, s, re.S) for s in said), said

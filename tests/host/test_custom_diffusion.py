@@ -9,7 +9,9 @@ written out here by hand (SD1.5's layout), not taken from the code under test.
 
 from __future__ import annotations
 
+import copy
 import importlib
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -76,10 +78,20 @@ def files(comfy, tiny, tmp_path_factory):
     save({"lora_unet_x.lora_up.weight": torch.zeros(4, 2), "lora_unet_x.lora_down.weight": torch.zeros(2, 4)}, root / "other" / "lora.safetensors")
     (root / "other" / "corrupt.bin").write_bytes(b"not a torch file")
     folder_paths.add_model_folder_path("custom_diffusion", str(root), is_default=True)
-    # The same vector as a stock Textual Inversion embedding, for ComfyUI's own 'embedding:' path.
-    emb_dir = folder_paths.get_folder_paths("embeddings")[0]
-    safetensors.torch.save_file({"emb_params": vectors[TOKEN][None]}, f"{emb_dir}/cd_new1.safetensors")
-    return {"root": root, "base": base, "trained": trained, "vectors": vectors}
+    # The same vector as a stock Textual Inversion embedding, for ComfyUI's own 'embedding:' path, in a folder of
+    # its own (a CLIP reads the embedding folders registered when it was loaded: see stock_clip).
+    embeddings = tmp_path_factory.mktemp("cd_embeddings")
+    safetensors.torch.save_file({"emb_params": vectors[TOKEN][None]}, str(embeddings / "cd_new1.safetensors"))
+    return {"root": root, "base": base, "trained": trained, "vectors": vectors, "embeddings": embeddings}
+
+
+def stock_clip(clip, embeddings: Path):
+    """``clip`` whose tokenizer finds ``embedding:`` names in ``embeddings`` alone (ComfyUI's SDTokenizer keeps the
+    folder list it was made with, whatever other tests register later)."""
+    out = clip.clone()
+    out.tokenizer = copy.deepcopy(clip.tokenizer)
+    out.tokenizer.clip_l.embedding_directory = [str(embeddings)]
+    return out
 
 
 def load(comfy, tiny, weights="cat/pytorch_custom_diffusion_weights.safetensors", token=TOKEN, strength=1.0):
@@ -160,7 +172,7 @@ def test_token_encodes_to_the_learned_embedding(comfy, tiny, files):
 
     encode = comfy.CLIPTextEncode().encode
     ours = encode(clip, "a photo of a <new1> cat, on a beach")[0][0][0]
-    stock = encode(tiny.clip, "a photo of a embedding:cd_new1 cat, on a beach")[0][0][0]
+    stock = encode(stock_clip(tiny.clip, files["embeddings"]), "a photo of a embedding:cd_new1 cat, on a beach")[0][0][0]
     assert torch.equal(ours, stock)  # ComfyUI's own Textual Inversion path with the same vector
     assert torch.equal(encode(clip, "a cat on a beach")[0][0][0], encode(tiny.clip, "a cat on a beach")[0][0][0])
     weighted = clip.tokenize("a (<new1>:1.2) cat")["l"][0]
@@ -212,6 +224,8 @@ def test_empty_token_keeps_the_clip(comfy, tiny, files):
     ("cat/pytorch_custom_diffusion_weights.safetensors", "<new9>",
      r"input 'modifier_token': no file for the modifier token '<new9>'.*\(it holds <new1>.safetensors, "
      r"<new2>.safetensors\).*Fix: put the <new9>.safetensors"),
+    ("cat/pytorch_custom_diffusion_weights.safetensors", "../x",
+     r"input 'modifier_token': '../x' is not a token name.*Fix: write the token"),
     ("wide/pytorch_custom_diffusion_weights.safetensors", TOKEN,
      r"input 'clip': takes 768-wide token vectors \(SD1.x\), but the modifier token '<new1>' is 1024 wide "
      r"\(SD2.x\).*Fix: connect the CLIP"),
@@ -223,9 +237,7 @@ def test_errors_name_input_and_fix(comfy, tiny, files, weights, token, said):
 
 def test_checked_at_validation(comfy, files):
     node = comfy.NODE_CLASS_MAPPINGS[NODE_ID]
-    assert node.validate_inputs(weights_name="cat/pytorch_custom_diffusion_weights.safetensors",
-                                modifier_token="<new1>+<new2>") is True
+    assert node.validate_inputs(weights_name="cat/pytorch_custom_diffusion_weights.safetensors") is True
     message = node.validate_inputs(weights_name="nope.safetensors")
     assert message.startswith("Custom Diffusion Loader: input 'weights_name': 'nope.safetensors' is not in ")
     assert "Fix: put pytorch_custom_diffusion_weights.safetensors" in message
-    assert "input 'modifier_token': '../x' is not a token name" in node.validate_inputs(modifier_token="../x")

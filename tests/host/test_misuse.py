@@ -34,12 +34,15 @@ def swap(comfy, tiny, paths, **changes):
     return node.execute(**{**inputs, **changes})
 
 
-def test_mask_start_before_lambda2_at_validation(comfy):
-    node = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"]
-    message = node.validate_inputs(lambda2=10, mask_start=5)
-    assert message.startswith("Multi-Source Attention Swap: input 'mask_start': is 5, before lambda2 = 10")
-    assert "Fix: set mask_start at or after lambda2" in message
-    assert node.validate_inputs(lambda2=10, mask_start=10) is True
+def test_mask_start_before_lambda2_when_the_swap_runs(comfy, tiny, paths):
+    """Checked when the node runs, after the schedule: a lambda2 beyond it is reported first, as the root cause
+    (and a validate_inputs taking both would list its refusal twice, nodes/inputs.py)."""
+    with pytest.raises(ValueError, match=r"^Multi-Source Attention Swap: input 'mask_start': is 2, before lambda2 = "
+                                         r"4.*Fix: set mask_start at or after lambda2"):
+        swap(comfy, tiny, paths, lambda2=4, mask_start=2)
+    with pytest.raises(ValueError, match=r"^Multi-Source Attention Swap: input 'lambda2': is 50 but the inversions' "
+                                         r"schedule has 7 sampling steps"):
+        swap(comfy, tiny, paths, lambda2=50, mask_start=30)
 
 
 @pytest.mark.parametrize("mask,said", [
@@ -63,9 +66,9 @@ def test_swap_steps_beyond_the_schedule(comfy, tiny, paths, name, value):
 
 def test_stage1_denoise_zero(comfy, tiny):
     node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
-    message = node.validate_inputs(steps=6, lambda1=2, denoise=0.0)
+    message = node.validate_inputs(denoise=0.0)
     assert message.startswith("Step-Blended KSampler: input 'denoise': is 0.0: no step would run")
-    assert node.validate_inputs(steps=6, lambda1=2, denoise=0.5) is True
+    assert node.validate_inputs(denoise=0.5) is True
     y, neg = tiny.encode("a vase"), tiny.encode("")
     with pytest.raises(ValueError, match=r"input 'denoise': is 0.0.*Fix: set denoise above 0"):
         node.execute(vanilla_model=tiny.vanilla, personalized_model=tiny.personalized, vanilla_positive=y,

@@ -3,6 +3,8 @@ redraws the input, retracing the node's own path."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -152,14 +154,20 @@ def test_the_swap_reads_a_null_text_reference_with_its_own_negative_per_step(com
     """Null-text inversion as the retouch's source path: CFG sampling with ``null_negative`` walks the
     path exactly, so with ``null_negative`` as the sources' negative the source rows are the target's
     own rows at every step and the swap changes nothing; with the plain negative (one embedding for
-    every step) the sources' unconditional half is another prompt's, and the result moves."""
+    every step) the sources' unconditional half is another prompt's, and the result moves: so the swap refuses
+    the plain negative with a Null-Text Inversion's path (measured here on the path stripped of its mark)."""
     model, (inverted, trajectory, null_negative) = tiny_run
     positive, negative = prompts
+    with pytest.raises(ValueError, match=r"Multi-Source Attention Swap: input 'reference_negative': is a single "
+                                         r"prompt, but .* Null-Text Inversion.*Fix: connect the Null-Text "
+                                         r"Inversion's null_negative output here"):
+        retouch(comfy, model, trajectory, positive, negative, layout_negative=null_negative)
+    unmarked = dataclasses.replace(trajectory, null_text=None)
     with torch.inference_mode():
         want = redraw(comfy, model, positive, null_negative, inverted)
         per_step = redraw(comfy, retouch(comfy, model, trajectory, positive, null_negative), positive, null_negative,
                           inverted)
-        plain = redraw(comfy, retouch(comfy, model, trajectory, positive, negative), positive, null_negative, inverted)
+        plain = redraw(comfy, retouch(comfy, model, unmarked, positive, negative), positive, null_negative, inverted)
     error, moved = relative_error(per_step, want), relative_error(plain, want)
     measured(f"null-text path as the swap's sources (tiny SD1.x, all layers, mask 0.5): relative difference from "
              f"the unswapped redraw {error:.2e} with null_negative per step, {moved:.2e} with the plain negative")
@@ -168,7 +176,6 @@ def test_the_swap_reads_a_null_text_reference_with_its_own_negative_per_step(com
 
 class TestBadInput:
     def test_cfg_one(self, tiny, image_latent, prompts):
-        assert "input 'cfg': is 1.0" in NullTextInversion.validate_inputs(cfg=1.0)
         with pytest.raises(ValueError, match=r"Null-Text Inversion: input 'cfg': is 1.0.*Fix: set cfg"):
             null_text(tiny.personalized, *prompts, image_latent, cfg=1.0)
 

@@ -103,10 +103,18 @@ def test_palette_and_template_hold_the_guided_steps(tiny, graph):
 @pytest.mark.parametrize("base", ["ddim", "euler"])
 def test_guidance_off_is_the_stock_sampler_bit_for_bit(comfy, tiny, graph, base):
     stock = sample(comfy, graph, graph[base])
-    for off in ({"alpha": 0.0, "beta": 0.0}, {"palette": None, "template": None}, {"iterations": 0},
-                {"eta": 0.0}, {"layout_start": 20, "layout_end": 30, "appearance_start": 20, "appearance_end": 30}):
+    for off in ({"alpha": 0.0, "beta": 0.0}, {"palette": None, "template": None}, {"iterations": 0}, {"eta": 0.0},
+                {"palette": None, "template": None, "layout_start": 20, "layout_end": 30, "appearance_start": 20,
+                 "appearance_end": 30}):
         got = sample(comfy, graph, pd_sampler(comfy, tiny, graph, base, **off))
         assert torch.equal(got, stock), off
+    # Steps the schedule never reaches, with the palette and the template connected: refused, not silently unused.
+    unreached = pd_sampler(comfy, tiny, graph, base, layout_start=20, layout_end=30, appearance_start=20,
+                           appearance_end=30)
+    with pytest.raises(ValueError, match=r"Pick-and-Draw Sampler: input 'layout_start': is 20, but this "
+                                             r"sampler's schedule has \d+ steps.*connected template would never be "
+                                             r"used.*Fix: set layout_start and layout_end within"):
+        sample(comfy, graph, unreached)
 
 
 def test_guidance_runs_in_inference_mode_and_leaves_the_models_alone(comfy, tiny, graph):

@@ -126,10 +126,6 @@ def test_callers_models_unchanged(comfy, tiny, prompts):
 
 class TestBadInput:
     def test_lambda1_above_steps(self, comfy, tiny, prompts):
-        node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
-        message = node.validate_inputs(steps=10, lambda1=12)
-        assert "lambda1" in message and "Step-Blended KSampler" in message
-        assert node.validate_inputs(steps=10, lambda1=10) is True
         with pytest.raises(ValueError, match=r"Step-Blended KSampler: input 'lambda1': is 12, larger than steps = 10"):
             blended(comfy, tiny.vanilla, tiny.personalized, prompts["vanilla"], prompts["personalized"], latent(),
                     12, steps=10)
