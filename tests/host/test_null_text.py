@@ -66,7 +66,9 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope="module", params=MODELS)
 def run(request, tiny, image_latent, prompts):
     """The node's outputs on one model, run as ComfyUI's executor runs nodes (inference mode)."""
-    model = tiny.personalized if request.param.startswith("tiny") else cond_model(tiny.personalized)
+    if request.param.startswith("tiny"):
+        return request.param, *request.getfixturevalue("tiny_run")
+    model = cond_model(tiny.personalized)
     with torch.inference_mode():
         return request.param, model, null_text(model, *prompts, image_latent, **FIT)
 
