@@ -72,6 +72,13 @@ def check_run(args) -> None:
                        ("--reference", args.reference)):
         if path is not None and not Path(path).is_file():
             usage(flag, f"{path} does not exist.", "give the path of an existing file.")
+    if getattr(args, "servers_file", None) is not None and not Path(args.servers_file).is_file():
+        usage("--servers-file", f"{args.servers_file} does not exist.", "give a file of server URLs, one a line.")
+    for url in getattr(args, "server", []):
+        if not url.startswith(("http://", "https://")):
+            usage("--server", f"'{url}' is not an http(s) URL.", "write e.g. http://127.0.0.1:8188.")
+    if getattr(args, "in_flight", 1) < 1:
+        usage("--in-flight", f"{args.in_flight} runs no job.", "give 1 or more.")
     try:
         chosen = seeds(args.seeds)
     except ValueError:
@@ -90,6 +97,32 @@ def check_run(args) -> None:
         if title not in titles:
             usage("--set", f"'{title}.{name}': the workflow has no node titled '{title}'.",
                   "use a node's title as shown in ComfyUI, or its type (e.g. KSamplerAdvanced.steps=30).")
+
+
+def servers(args) -> list[str]:
+    """The ``--server`` URLs and those of ``--servers-file`` (one a line; blank lines and # comments skipped)."""
+    urls = list(args.server)
+    if args.servers_file is not None:
+        urls += [line.strip() for line in args.servers_file.read_text().splitlines()
+                 if line.strip() and not line.strip().startswith("#")]
+    return urls
+
+
+def run_servers(args, workflow: dict, jobs: list, subject, urls: list[str]) -> int:
+    """``run --server``: the jobs through the servers' HTTP API; a server that cannot take them stops the run."""
+    from .servers import ServerError, run_on_servers
+
+    try:
+        records = run_on_servers(workflow, jobs, subject, args.output.resolve(), urls, args.reference,
+                                 args.workflow.name, batch=args.batch, in_flight=args.in_flight)
+    except ServerError as error:
+        print(f"run: --server: {error}", file=sys.stderr)  # noqa: T201  (the command's own message)
+        return 2
+    manifest = json.loads((args.output / "manifest.json").read_text())
+    failed = [j for j in manifest["jobs"].values() if j.get("error")]
+    logger.info("ran %d of %d jobs on %d servers, %d failed; manifest: %s", len(records), len(jobs), len(urls),
+                len(failed), args.output / "manifest.json")
+    return 1 if failed else 0
 
 
 def parse_set(items: list[str]) -> tuple[tuple[str, str, object], ...]:
@@ -191,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", action="append", default=[], help="TITLE.input=value: any other input")
     run.add_argument("--models", type=Path, help="an extra models folder (checkpoints/, loras/, embeddings/, sams/)")
     run.add_argument("--cpu", action="store_true", help="run on the CPU")
+    run.add_argument("--server", action="append", default=[], metavar="URL", help="send the jobs to this ComfyUI "
+                     "server through its HTTP API instead of running here (repeatable: the jobs are spread over "
+                     "the servers, each with the same models and this pack; e.g. http://127.0.0.1:8188)")
+    run.add_argument("--servers-file", type=Path, help="a file of server URLs, one a line (with --server or alone)")
+    run.add_argument("--in-flight", type=int, default=1, help="jobs each server runs at a time (default 1; 2 keeps "
+                     "a GPU busy while the runner fetches images)")
     bench = sub.add_parser("bench", help="time each part of the pipeline against a plain generation")
     bench.add_argument("--size", type=int, default=None, help="image size (default: 512 on a GPU, 64 on the CPU)")
     bench.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
@@ -246,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     subject = Subject(args.subject, args.class_name or last, args.subject_word or last)
     overrides = parse_set(args.set)
     jobs = [Job(t, s, overrides) for t in templates for s in seeds(args.seeds)]
+    if urls := servers(args):
+        return run_servers(args, workflow, jobs, subject, urls)
     start_host(args.cpu, args.models)
     try:
         records = run_batch(workflow, jobs, subject, args.output.resolve(), args.reference, args.workflow.name,

@@ -155,6 +155,11 @@ def batches(jobs: list[Job], size: int) -> list[list[Job]]:
     return out
 
 
+def reference_name(reference: Path) -> str:
+    """The name the reference photo takes in ComfyUI's input folder (by its content: one file per photo)."""
+    return f"lr_reference_{hashlib.sha1(reference.read_bytes()).hexdigest()[:10]}{reference.suffix}"
+
+
 def run_batch(workflow: dict, jobs: list[Job], subject: Subject, output: Path, reference: Path | None = None,
               workflow_name: str = "workflow", batch: int = 1) -> list[JobRecord]:
     """Run every job not already done; return the records of the jobs run now.
@@ -175,7 +180,7 @@ def run_batch(workflow: dict, jobs: list[Job], subject: Subject, output: Path, r
     folder_paths.set_output_directory(str(output))
     ref_name = None
     if reference is not None:
-        ref_name = f"lr_reference_{hashlib.sha1(reference.read_bytes()).hexdigest()[:10]}{reference.suffix}"
+        ref_name = reference_name(reference)
         shutil.copy(reference, Path(folder_paths.get_input_directory()) / ref_name)
     base = workflow if "nodes" not in workflow else ui_to_prompt(workflow, nodes.NODE_CLASS_MAPPINGS)
     manifest = load_manifest(output)

@@ -17,14 +17,11 @@ import concurrent.futures
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-import comfy_host
+import comfy_servers
 import numpy as np
 import pytest
 from workflow_prompts import EXECUTED_IN_BROWSER, EXPECTED_IMAGES, write_input_images
@@ -67,72 +64,27 @@ SHRINK_JS = """(tiny) => {
 }"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_command(base: Path, port: int) -> list[str]:
-    """ComfyUI's ``main.py`` with the tiny models, input and output in ``base``.
-
-    Where the pack is installed in the host's ``custom_nodes/`` (CI's second pass), the server loads it
-    from there, as the README's main command does (models, input and output moved by flags that leave
-    ``custom_nodes/`` alone); else from a temporary ``custom_nodes/`` (``--base-directory``) holding a link
-    to the checkout.
-    """
-    command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--disable-auto-launch"]
-    if not comfy_host.installed():
-        (base / "custom_nodes").mkdir()
-        (base / "custom_nodes" / "comfyui-layout-retouch").symlink_to(PACK_ROOT)
-        return [*command, "--base-directory", str(base)]
-    folders = sorted(p.name for p in (base / "models").iterdir())
-    config = base / "extra_model_paths.yaml"
-    config.write_text(f"tests:\n  base_path: {base / 'models'}\n" + "".join(f"  {f}: {f}\n" for f in folders))
-    for name in ("output", "temp", "user"):
-        (base / name).mkdir()
-    return [*command, "--extra-model-paths-config", str(config), "--input-directory", str(base / "input"),
-            "--output-directory", str(base / "output"), "--temp-directory", str(base / "temp"),
-            "--user-directory", str(base / "user")]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_files, tiny_xl_files, tiny_sam, tmp_path_factory):
-    base = tmp_path_factory.mktemp("server")
-    for folder, path in (("checkpoints", tiny_files["tiny_vanilla"]), ("checkpoints", tiny_files["tiny_personalized"]),
-                         ("loras", tiny_files["lora"]), ("embeddings", tiny_files["embedding"]), ("sams", tiny_sam),
-                         ("checkpoints", tiny_xl_files["tiny_xl_vanilla"]),
-                         ("checkpoints", tiny_xl_files["tiny_xl_personalized"]), ("loras", tiny_xl_files["lora"])):
-        (base / "models" / folder).mkdir(parents=True, exist_ok=True)
-        (base / "models" / folder / path.name).symlink_to(path)
-    (base / "input").mkdir()
     from PIL import Image
 
+    base = tmp_path_factory.mktemp("server")
+    comfy_servers.link_models(base, [
+        ("checkpoints", tiny_files["tiny_vanilla"]), ("checkpoints", tiny_files["tiny_personalized"]),
+        ("loras", tiny_files["lora"]), ("embeddings", tiny_files["embedding"]), ("sams", tiny_sam),
+        ("checkpoints", tiny_xl_files["tiny_xl_vanilla"]), ("checkpoints", tiny_xl_files["tiny_xl_personalized"]),
+        ("loras", tiny_xl_files["lora"])])
     for name in ("reference.png", "layout.png"):
         Image.new("RGB", (96, 80), (120, 60, 200)).save(base / "input" / name)
-    port = free_port()
-    log = open(base / "server.log", "w")
-    proc = subprocess.Popen(server_command(base, port), cwd=comfy_host.COMFYUI, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    started = comfy_servers.Server(base)
     try:
-        for _ in range(180):
-            if proc.poll() is not None:
-                break
-            try:
-                urllib.request.urlopen(url + "/object_info/LR_StepBlendedKSampler", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("ComfyUI did not start in 180 s")
-        if proc.poll() is not None:
-            pytest.fail(f"ComfyUI exited: {(base / 'server.log').read_text()[-3000:]}")
-        yield url, base
+        try:
+            started.wait()
+        except RuntimeError as error:
+            pytest.fail(str(error))
+        yield started.url, base
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        started.stop()
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +239,7 @@ def test_workflow_in_the_real_frontend(comfy, server, page, tiny_files, tiny_sam
             break
         time.sleep(1)
     else:
-        pytest.fail(f"no result in 300 s: {(base / 'server.log').read_text()[-2000:]}")
+        pytest.fail(f"no result in 300 s: {''.join(p.read_text() for p in base.glob('server-*.log'))[-2000:]}")
     (entry,) = new.values()
     assert entry["status"]["status_str"] == "success", entry["status"]
     images = {kind: [i for node in entry["outputs"].values() for i in node.get("images", []) if i["type"] == kind]
