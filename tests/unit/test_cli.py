@@ -72,6 +72,9 @@ def workflow_file(tmp_path):
     (["--seeds", "5-"], "--seeds", "'5-' is not a seed list"),
     (["--seeds", "a,b"], "--seeds", "is not a seed list"),
     (["--set", "No such node.steps=3"], "--set", "no node titled 'No such node'"),
+    (["--server", "gpu0:8188"], "--server", "'gpu0:8188' is not an http(s) URL"),
+    (["--servers-file", "missing_servers.txt"], "--servers-file", "does not exist"),
+    (["--server", "http://127.0.0.1:1", "--in-flight", "0"], "--in-flight", "0 runs no job"),
 ])
 def test_bad_run_arguments_are_one_line_before_comfyui(workflow_file, tmp_path, capsys, extra, flag, words):
     """Each refused with exit status 2 and one line naming the flag and the fix, before ComfyUI would start
