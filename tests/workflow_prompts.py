@@ -102,10 +102,10 @@ def shrink(prompt: dict, steps: int = 6) -> dict:
     settings = {"LR_MultiSourceAttentionSwap": {"lambda2": 2, "mask_start": 4},
                 "LR_CrossAttentionMask": {"steps_to_average": 3}, "LR_SAMLoader": {"sam_name": "tiny_sam.pth"},
                 "LoraLoader": {"lora_name": "tiny_lora.safetensors"},
-                # Pick-and-Draw at 6 steps: layout 0-1 (the template up to 1), appearance 2-4.
+                # Pick-and-Draw at 6 steps: layout 0-1 (the template up to 1), appearance 2-4, one update a step.
                 "LR_ReferencePalette": {"appearance_start": 2, "appearance_end": 4},
                 "LR_PickAndDrawSampler": {"layout_start": 0, "layout_end": 1, "appearance_start": 2,
-                                          "appearance_end": 4},
+                                          "appearance_end": 4, "iterations": 1},
                 "LR_LayoutTemplate": {"last_step": 1}, "LR_NullTextInversion": {"iterations": 2}}
     xl = any(node["class_type"] == "CheckpointLoaderSimple" and "sd_xl" in node["inputs"]["ckpt_name"]
              for node in prompt.values())

@@ -54,7 +54,8 @@ SHRINK_JS = """(tiny) => {
     set(node, "steps_to_average", 3);
     if (node.type === "LR_ReferencePalette" || node.type === "LR_PickAndDrawSampler") {
       set(node, "appearance_start", 2); set(node, "appearance_end", 4); }
-    if (node.type === "LR_PickAndDrawSampler") { set(node, "layout_start", 0); set(node, "layout_end", 1); }
+    if (node.type === "LR_PickAndDrawSampler") {
+      set(node, "layout_start", 0); set(node, "layout_end", 1); set(node, "iterations", 1); }
     if (node.type === "LR_LayoutTemplate") set(node, "last_step", 1);
     if (node.type === "LR_NullTextInversion") set(node, "iterations", 2);
     for (const w of node.widgets || [])

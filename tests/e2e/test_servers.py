@@ -1,7 +1,7 @@
 """Issue 27: the runner over real ComfyUI servers (``run --server URL``), two of them started here on loopback
 ports with the pack and the tiny models, each stopped by its process id.
 
-One of them is killed mid-run: every job still completes, each once in the manifest, no image half-written, and
+One of them is killed mid-run (4 jobs): every job still completes, each once in the manifest, no image half-written, and
 the images equal the in-process runner's pixel for pixel; a resumed run makes nothing twice. A server that refuses
 prompts fails its jobs with its message and stops no other; a server that cannot take the run (not answering, a
 login in front of it, no pack) stops it before any job, in one line naming it. (Stub servers stand in for the
@@ -32,7 +32,7 @@ SMALL = ["Vanilla model (plain SD 1.5).ckpt_name=tiny_vanilla.safetensors",
          "LR_StepBlendedKSampler.steps=4", "LR_StepBlendedKSampler.lambda1=1"]
 
 
-def arguments(output: Path, urls: list[str], seeds: str = "3,4,5", prompts=("a {} on a beach", "a {} in the snow"),
+def arguments(output: Path, urls: list[str], seeds: str = "3,4", prompts=("a {} on a beach", "a {} in the snow"),
               extra: tuple[str, ...] = ()) -> list[str]:
     args = ["run", str(WORKFLOW), "--seeds", seeds, "--subject", "sks vase", "--output", str(output), "--cpu", *extra]
     for url in urls:
@@ -88,18 +88,18 @@ def test_a_server_killed_mid_run_loses_nothing(servers, run_here, tiny_files, tm
     runner.start()
     while jobs_done(output) == 0 and runner.is_alive() and time.monotonic() - start < 300:
         time.sleep(0.1)
-    doomed.kill()  # mid-run: 1 of 6 jobs written
+    doomed.kill()  # mid-run: 1 of 4 jobs written
     runner.join(600)
     assert not runner.is_alive() and codes == [0]
     seconds = time.monotonic() - start
     manifest = json.loads((output / "manifest.json").read_text())
     jobs = manifest["jobs"]
-    assert len(jobs) == 6 and all(len(job["images"]) == 1 and (output / job["images"][0]).is_file()
+    assert len(jobs) == 4 and all(len(job["images"]) == 1 and (output / job["images"][0]).is_file()
                                   for job in jobs.values())
-    assert len({job["images"][0] for job in jobs.values()}) == 6  # no image twice
+    assert len({job["images"][0] for job in jobs.values()}) == 4  # no image twice
     assert not list(output.rglob("*.part"))  # nothing half-written
     counts = manifest["servers"]
-    assert counts[doomed.url]["retried"] >= 1 and counts[alive.url]["done"] + counts[doomed.url]["done"] == 6
+    assert counts[doomed.url]["retried"] >= 1 and counts[alive.url]["done"] + counts[doomed.url]["done"] == 4
     retried = [job for job in jobs.values() if job.get("retries")]
     assert retried and all(job["server"] == alive.url and job["retries"][0]["server"] == doomed.url
                            for job in retried)
@@ -107,7 +107,7 @@ def test_a_server_killed_mid_run_loses_nothing(servers, run_here, tiny_files, tm
     # The same jobs in this process: the same pixels.
     here = tmp_path / "here"
     models = ["--models", str(tiny_files["tiny_vanilla"].parent.parent)]
-    assert run_here([a for a in arguments(here, [], seeds="3,5", prompts=("a {} in the snow",))] + models) == 0
+    assert run_here([a for a in arguments(here, [], seeds="3,4", prompts=("a {} in the snow",))] + models) == 0
     ours = json.loads((here / "manifest.json").read_text())["jobs"]
     assert len(ours) == 2
     for key, job in ours.items():
@@ -118,9 +118,9 @@ def test_a_server_killed_mid_run_loses_nothing(servers, run_here, tiny_files, tm
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert cli.main(arguments(output, [alive.url])) == 0
-    assert "6 jobs, 6 already done" in caplog.text
+    assert "4 jobs, 4 already done" in caplog.text
     assert stamps == {p: (output / p).stat().st_mtime_ns for p in stamps}
-    measured(f"runner over 2 ComfyUI servers, one killed after the first image: 6 of 6 jobs, "
+    measured(f"runner over 2 ComfyUI servers, one killed after the first image: 4 of 4 jobs, "
              f"{counts[alive.url]['done']} on the live one, {counts[doomed.url]['done']} on the killed one, "
              f"{counts[doomed.url]['retried']} retried, {seconds:.0f} s; images equal the in-process runner's")
 
