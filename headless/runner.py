@@ -219,17 +219,27 @@ def _run_group(group: list[Job], base: dict, subject: Subject, ref_name: str | N
     seconds = round((time.perf_counter() - start) / len(group), 2)
     saved = [[str(Path(i["subfolder"]) / i["filename"]) for i in outputs[node_id].get("images", [])
               if i.get("type") == "output"] for node_id in sorted(outputs, key=_node_order)]
-    records = []
-    for k, job in enumerate(group):  # each SaveImage saved the batch in order: image k is job k's
-        images = [p for files in saved for p in (files[k:k + 1] if len(files) == len(group) else files)]
-        record = JobRecord(job.key, job.template, job.seed, texts, images, seconds)
-        entry = {**asdict(record), "overrides": [list(o) for o in job.overrides], "prompt": prompt}
-        if len(group) > 1:
-            entry["batch"] = {"seeds": seeds, "index": k}
+    entries, records = job_entries(group, texts, saved, seconds, prompt)
+    for job, entry in zip(group, entries, strict=True):
         manifest["jobs"][job.key] = entry
-        records.append(record)
     (output / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
     return records
+
+
+def job_entries(group: list[Job], texts: dict[str, str], saved: list[list[str]], seconds: float, prompt: dict,
+                **extra) -> tuple[list[dict], list[JobRecord]]:
+    """The manifest entries and records of a group run as one execution: ``saved`` holds each SaveImage's image
+    paths (in node order), each the batch in order, so image ``k`` is job ``k``'s."""
+    entries, records = [], []
+    for k, job in enumerate(group):
+        images = [p for files in saved for p in (files[k:k + 1] if len(files) == len(group) else files)]
+        record = JobRecord(job.key, job.template, job.seed, texts, images, seconds)
+        entry = {**asdict(record), "overrides": [list(o) for o in job.overrides], "prompt": prompt, **extra}
+        if len(group) > 1:
+            entry["batch"] = {"seeds": [j.seed for j in group], "index": k}
+        entries.append(entry)
+        records.append(record)
+    return entries, records
 
 
 def _node_order(node_id: str) -> tuple[int, str]:

@@ -49,6 +49,7 @@ from .runner import (
     apply_batch,
     apply_job,
     batches,
+    job_entries,
     load_manifest,
     reference_name,
 )
@@ -391,18 +392,8 @@ def _run_group(client: Client, group: list[Job], output: Path, base: dict, subje
     for image in (i for files in saved for i in files):
         fetch(client, image, output)
     seconds = round((time.perf_counter() - start) / len(group), 2)
-    entries, records = [], []
-    for k, job in enumerate(group):  # each SaveImage saved the batch in order: image k is job k's
-        images = [str(Path(i["subfolder"]) / i["filename"]) for files in saved
-                  for i in (files[k:k + 1] if len(files) == len(group) else files)]
-        record = JobRecord(job.key, job.template, job.seed, texts, images, seconds)
-        entry = {**asdict(record), "overrides": [list(o) for o in job.overrides], "prompt": prompt,
-                 "server": client.url}
-        if len(group) > 1:
-            entry["batch"] = {"seeds": seeds, "index": k}
-        entries.append(entry)
-        records.append(record)
-    return entries, records
+    paths = [[str(Path(i["subfolder"]) / i["filename"]) for i in files] for files in saved]
+    return job_entries(group, texts, paths, seconds, prompt, server=client.url)
 
 
 def fetch(client: Client, image: dict, output: Path) -> Path:
