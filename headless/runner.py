@@ -208,12 +208,7 @@ def _run_group(group: list[Job], base: dict, subject: Subject, ref_name: str | N
     """Run ``group`` (one job, or a batch of one template) as one execution; record it in the manifest."""
     from .executor import execute
 
-    first = group[0]
-    prompt = copy.deepcopy(base)
-    texts = apply_job(prompt, first, subject, ref_name, first.key)
-    seeds = [job.seed for job in group]
-    if len(group) > 1:
-        apply_batch(prompt, seeds, per_image_seeds)
+    prompt, texts = group_prompt(base, group, subject, ref_name, per_image_seeds)
     start = time.perf_counter()
     outputs = execute(prompt, executor)
     seconds = round((time.perf_counter() - start) / len(group), 2)
@@ -224,6 +219,17 @@ def _run_group(group: list[Job], base: dict, subject: Subject, ref_name: str | N
         manifest["jobs"][job.key] = entry
     (output / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
     return records
+
+
+def group_prompt(base: dict, group: list[Job], subject: Subject, ref_name: str | None,
+                 per_image_seeds: set[str]) -> tuple[dict, dict[str, str]]:
+    """The API prompt that runs ``group`` (one job, or a batch of one template) in one execution, and the texts
+    its first job set, by node title."""
+    prompt = copy.deepcopy(base)
+    texts = apply_job(prompt, group[0], subject, ref_name, group[0].key)
+    if len(group) > 1:
+        apply_batch(prompt, [job.seed for job in group], per_image_seeds)
+    return prompt, texts
 
 
 def job_entries(group: list[Job], texts: dict[str, str], saved: list[list[str]], seconds: float, prompt: dict,

@@ -46,9 +46,9 @@ from .runner import (
     Subject,
     _finished,
     _node_order,
-    apply_batch,
     apply_job,
     batches,
+    group_prompt,
     job_entries,
     load_manifest,
     reference_name,
@@ -374,12 +374,7 @@ def _wait_until_up(client: Client, state: _Dispatch, counts: ServerCounts, setti
 def _run_group(client: Client, group: list[Job], output: Path, base: dict, subject: Subject, ref_name: str | None,
                per_image_seeds: set[str], poll: float) -> tuple[list[dict], list[JobRecord]]:
     """Run ``group`` on one server; fetch its images into ``output``; return the manifest entries and records."""
-    first = group[0]
-    prompt = copy.deepcopy(base)
-    texts = apply_job(prompt, first, subject, ref_name, first.key)
-    seeds = [job.seed for job in group]
-    if len(group) > 1:
-        apply_batch(prompt, seeds, per_image_seeds)
+    prompt, texts = group_prompt(base, group, subject, ref_name, per_image_seeds)
     start = time.perf_counter()
     prompt_id = client.queue(prompt, f"layout-retouch-{uuid.uuid4().hex[:8]}")
     while (entry := client.history(prompt_id)) is None:
