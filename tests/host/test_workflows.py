@@ -85,7 +85,7 @@ def server_executor(comfy):
 
     shared = execution.PromptExecutor(executor._Server(), cache_type=False)
     yield shared
-    del shared
+    shared.reset()  # (pytest keeps the fixture's value until the session ends: drop what its cache holds)
     comfy.model_management.unload_all_models()
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the freed memory back to the system (glibc)
