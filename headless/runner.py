@@ -31,6 +31,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -138,6 +139,14 @@ def apply_job(prompt: dict, job: Job, subject: Subject, reference: str | None, p
     return texts
 
 
+def write_manifest(output: Path, manifest: dict) -> None:
+    """Write ``manifest.json`` whole or not at all (a temporary file, then renamed): an interrupted run keeps the
+    last complete one."""
+    temporary = output / f".{MANIFEST}.tmp"
+    temporary.write_text(json.dumps(manifest, indent=1, default=str))
+    os.replace(temporary, output / MANIFEST)
+
+
 def load_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
     return json.loads(path.read_text()) if path.exists() else {"jobs": {}}
@@ -217,7 +226,7 @@ def _run_group(group: list[Job], base: dict, subject: Subject, ref_name: str | N
     entries, records = job_entries(group, texts, saved, seconds, prompt)
     for job, entry in zip(group, entries, strict=True):
         manifest["jobs"][job.key] = entry
-    (output / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+    write_manifest(output, manifest)
     return records
 
 

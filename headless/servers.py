@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from .runner import (
-    MANIFEST,
     Job,
     JobRecord,
     Subject,
@@ -52,6 +51,7 @@ from .runner import (
     job_entries,
     load_manifest,
     reference_name,
+    write_manifest,
 )
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class ServerCounts:
     failed: int = 0
     retried: int = 0
     seconds: float = 0.0
-    down_since: float | None = field(default=None, repr=False)
+    down: bool = field(default=False, repr=False)  # stopped answering; asked again before it takes a job
 
 
 class _Dispatch:
@@ -237,17 +237,15 @@ class _Dispatch:
         with self.lock:
             while self.pending:
                 for job in self.pending.popleft():
-                    self.manifest["jobs"][job.key] = {"key": job.key, "template": job.template, "seed": job.seed,
-                                                      "images": [], "error": reason,
+                    self.manifest["jobs"][job.key] = {**failed_entry(job, reason),
                                                       "retries": self.retries.get(job.key, [])}
             write_manifest(self.output, self.manifest)
             self.lock.notify_all()
 
 
-def write_manifest(output: Path, manifest: dict) -> None:
-    temporary = output / f".{MANIFEST}.tmp"
-    temporary.write_text(json.dumps(manifest, indent=1, default=str))
-    os.replace(temporary, output / MANIFEST)
+def failed_entry(job: Job, error: str) -> dict:
+    """A job's manifest entry when it failed: no images (a resumed run runs it again), and why."""
+    return {"key": job.key, "template": job.template, "seed": job.seed, "images": [], "error": error}
 
 
 def run_on_servers(workflow: dict, jobs: list[Job], subject: Subject, output: Path, urls: list[str],
@@ -309,7 +307,7 @@ def run_on_servers(workflow: dict, jobs: list[Job], subject: Subject, output: Pa
         for thread in threads:
             while thread.is_alive():
                 thread.join(0.5)  # (short joins: Ctrl-C reaches the main thread)
-    manifest["servers"] = {url: {k: v for k, v in asdict(c).items() if k != "down_since"} for url, c in counts.items()}
+    manifest["servers"] = {url: {k: v for k, v in asdict(c).items() if k != "down"} for url, c in counts.items()}
     write_manifest(output, manifest)
     for url, c in counts.items():
         logger.info("%s: %d done, %d failed, %d retried elsewhere", url, c.done, c.failed, c.retried)
@@ -339,14 +337,13 @@ def _serve(client: Client, state: _Dispatch, counts: ServerCounts, settings: dic
         except ServerDown as error:
             logger.warning("%s stopped answering (%s): its job goes to the other servers", client.url, error)
             counts.retried += len(group)
-            counts.down_since = time.monotonic()
+            counts.down = True
             state.put_back(group, client.url, str(error))
             continue
         except JobRefused as error:
             logger.error("%s refused a job: %s", client.url, error)
             counts.failed += len(group)
-            entries = [{"key": job.key, "template": job.template, "seed": job.seed, "images": [],
-                        "server": client.url, "error": str(error)} for job in group]
+            entries = [{**failed_entry(job, str(error)), "server": client.url} for job in group]
             state.finish(group, entries, [])
             continue
         state.last_answer = time.monotonic()
@@ -358,11 +355,11 @@ def _serve(client: Client, state: _Dispatch, counts: ServerCounts, settings: dic
 def _wait_until_up(client: Client, state: _Dispatch, counts: ServerCounts, settings: dict) -> bool:
     """After a fault, ask the server again until it answers (or the other servers finish the run); False when
     no server has answered for ``give_up_after`` seconds."""
-    while counts.down_since is not None and not state.finished:
+    while counts.down and not state.finished:
         try:
             client.json("/system_stats")
             logger.info("%s answers again: it takes jobs again", client.url)
-            counts.down_since = None
+            counts.down = False
             state.last_answer = time.monotonic()
         except (ServerDown, ServerError):
             if time.monotonic() - state.last_answer > settings["give_up_after"]:

@@ -42,7 +42,8 @@ def batch_seeds_problem(batch_seeds: tuple[int, ...], batch_size: int) -> Proble
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Whether two patch or option structures hold the same things (tensors and functions by identity)."""
+    """Whether two patch or option structures hold the same things: tensors by value (a clone deep-copies its
+    model options), anything else but plain values and containers by identity."""
     if a is b:
         return True
     if isinstance(a, dict) and isinstance(b, dict):
