@@ -40,9 +40,11 @@ SD_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3
 
 
 def fill(module: torch.nn.Module, seed: int, device: torch.device | str = "cpu",
-         dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+         dtype: torch.dtype = torch.float32, store: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """A seeded value for every parameter and buffer (norms 1, biases 0, weights ~ 1/sqrt(fan_in)), made on
-    ``device`` in ``dtype`` (a GPU makes a full-size Flux's 12 billion in seconds)."""
+    ``device`` in ``dtype`` (a GPU makes a full-size Flux's 12 billion in seconds), and cast to ``store`` one
+    tensor at a time where given (the same values as casting the whole dict afterwards, without holding the
+    ``dtype`` copy: SDXL's text encoders are 3.3 GB in float32)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     new = {"device": device, "dtype": dtype}
     out = {}
@@ -61,31 +63,33 @@ def fill(module: torch.nn.Module, seed: int, device: torch.device | str = "cpu",
                 out[name] = torch.randn(t.shape, generator=gen, **new) * 0.02
         else:
             out[name] = torch.randn(t.shape, generator=gen, **new) / math.sqrt(math.prod(t.shape[1:]))
+        if store is not None and out[name].is_floating_point():
+            out[name] = out[name].to(store)
     return out
 
 
-def unet_state_dict(config: dict, seed: int) -> dict[str, torch.Tensor]:
+def unet_state_dict(config: dict, seed: int, store: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     with torch.device("meta"):
         unet = UNetModel(**config, device="meta")
-    return fill(unet, seed)
+    return fill(unet, seed, store=store)
 
 
-def clip_l_state_dict(seed: int) -> dict[str, torch.Tensor]:
+def clip_l_state_dict(seed: int, store: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     import comfy.sd1_clip
 
     with torch.device("meta"):
         clip = comfy.sd1_clip.SDClipModel(device="meta")
-    return {k: v for k, v in fill(clip, seed).items() if k.startswith("transformer.")}
+    return {k: v for k, v in fill(clip, seed, store=store).items() if k.startswith("transformer.")}
 
 
-def vae_state_dict(seed: int) -> dict[str, torch.Tensor]:
+def vae_state_dict(seed: int, store: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
     with torch.device("meta"):
         vae = AutoencoderKL(ddconfig=SD_VAE, embed_dim=4)
-    return fill(vae, seed)
+    return fill(vae, seed, store=store)
 
 
 def sd1_checkpoint(unet: dict, unet_seed: int, shared_seed: int = 0, dtype: torch.dtype = torch.float16,
@@ -94,13 +98,13 @@ def sd1_checkpoint(unet: dict, unet_seed: int, shared_seed: int = 0, dtype: torc
     encoder and the SD VAE."""
     sd = {}
     if with_text_and_vae:
-        sd.update({"cond_stage_model." + k: v for k, v in clip_l_state_dict(shared_seed).items()})
-        sd.update({"first_stage_model." + k: v for k, v in vae_state_dict(shared_seed + 1).items()})
-    sd.update({"model.diffusion_model." + k: v for k, v in unet_state_dict(unet, unet_seed).items()})
-    return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+        sd.update({"cond_stage_model." + k: v for k, v in clip_l_state_dict(shared_seed, dtype).items()})
+        sd.update({"first_stage_model." + k: v for k, v in vae_state_dict(shared_seed + 1, dtype).items()})
+    sd.update({"model.diffusion_model." + k: v for k, v in unet_state_dict(unet, unet_seed, dtype).items()})
+    return {k: v.contiguous() for k, v in sd.items()}
 
 
-def sdxl_clip_state_dict(seed: int) -> dict[str, torch.Tensor]:
+def sdxl_clip_state_dict(seed: int, store: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """SDXL's two text encoders (CLIP-L and CLIP-G at their real sizes) in the checkpoint's layout,
     converted by ComfyUI's own SDXL saving code."""
     import comfy.sdxl_clip
@@ -108,22 +112,25 @@ def sdxl_clip_state_dict(seed: int) -> dict[str, torch.Tensor]:
 
     with torch.device("meta"):
         clip = comfy.sdxl_clip.SDXLClipModel(device="meta")
-    sd = {k: v for k, v in fill(clip, seed).items() if ".transformer." in k}
+    sd = {k: v for k, v in fill(clip, seed, store=store).items() if ".transformer." in k}
     return comfy.supported_models.SDXL(_SDXL_COMMON).process_clip_state_dict_for_saving(sd)
 
 
 def sdxl_checkpoint(unet: dict, unet_seed: int, shared_seed: int = 0, dtype: torch.dtype = torch.float16,
-                    with_text_and_vae: bool = True, v_prediction: bool = False) -> dict[str, torch.Tensor]:
+                    with_text_and_vae: bool = True, v_prediction: bool = False,
+                    text_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """An SDXL checkpoint state dict: the given UNet and (unless told not to) both text encoders and
-    the VAE; ``v_prediction`` adds the ``v_pred`` key by which ComfyUI loads v-prediction finetunes."""
+    the VAE; ``v_prediction`` adds the ``v_pred`` key by which ComfyUI loads v-prediction finetunes.
+    ``text_dtype`` stores the text encoders in another dtype than ``dtype`` (the tests' tiny SDXL: fp8, as
+    fp8 checkpoints are saved, so that loading one holds 0.8 GB of them, not 1.6)."""
     sd = {}
     if with_text_and_vae:
-        sd.update(sdxl_clip_state_dict(shared_seed))
-        sd.update({"first_stage_model." + k: v for k, v in vae_state_dict(shared_seed + 1).items()})
-    sd.update({"model.diffusion_model." + k: v for k, v in unet_state_dict(unet, unet_seed).items()})
+        sd.update(sdxl_clip_state_dict(shared_seed, text_dtype or dtype))
+        sd.update({"first_stage_model." + k: v for k, v in vae_state_dict(shared_seed + 1, dtype).items()})
+    sd.update({"model.diffusion_model." + k: v for k, v in unet_state_dict(unet, unet_seed, dtype).items()})
     if v_prediction:
         sd["v_pred"] = torch.tensor([])
-    return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+    return {k: v.contiguous() for k, v in sd.items()}
 
 
 # Flux.1 (dev: guidance embedded). ComfyUI's detection fixes the width at 3072 and 24 heads and reads the block

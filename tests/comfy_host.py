@@ -18,6 +18,7 @@ import hashlib
 import os
 import shutil
 import sys
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,15 +91,15 @@ def cache_key() -> str:
     return digest.hexdigest()[:16]
 
 
-def written_once(name: str, write: Callable[[Path], None], fallback: Path) -> Path:
-    """The folder ``name`` of tiny model files, written by ``write(folder)`` only when no complete copy
+def written_once(name: str, fallback: Path) -> Path:
+    """The folder ``name`` of tiny model files (a :data:`WRITERS` entry), written only when no complete copy
     for this :func:`cache_key` is cached (written to a scratch folder, then renamed: an interrupted
     write leaves nothing that looks complete; pytest-xdist's workers take turns under a file lock, so
     one writes and the others read). ``fallback`` is used where there is no ``.venv``."""
     import fcntl
 
     if not TINY_CACHE.parent.is_dir():
-        write(fallback)
+        write_in_child(name, fallback)
         return fallback
     folder = TINY_CACHE / f"{name}-{cache_key()}"
     TINY_CACHE.mkdir(exist_ok=True)
@@ -109,9 +110,22 @@ def written_once(name: str, write: Callable[[Path], None], fallback: Path) -> Pa
                 shutil.rmtree(stale, ignore_errors=True)
             scratch = TINY_CACHE / f".{name}-{os.getpid()}"
             shutil.rmtree(scratch, ignore_errors=True)
-            write(scratch)
+            write_in_child(name, scratch)
             scratch.rename(folder)
     return folder
+
+
+def write_in_child(name: str, folder: Path) -> None:
+    """Write the set ``name`` into ``folder`` in an interpreter of its own (this file run as a script): making a
+    set's tensors takes gigabytes for a while (SDXL's text encoders), which a test worker would keep in its heap
+    for the rest of the run; a child hands them back when it ends."""
+    import subprocess
+
+    env = {**os.environ, "COMFYUI_PATH": str(COMFYUI), "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, __file__, name, str(folder)], env=env, cwd=str(Path(__file__).parent),
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"writing the tiny {name} set failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
 
 
 def register(root: Path, folders: tuple[str, ...]) -> None:
@@ -134,7 +148,7 @@ def write_sd1_set(root: Path) -> None:
 def sd1_files(tmp_path_factory) -> dict[str, Path]:
     """The tiny SD1.x checkpoints, an SDXL-family UNet, an embedding, a LoRA and a small SAM, in model
     folders registered with ComfyUI (``root / "sams" / "tiny_sam.pth"`` too)."""
-    root = written_once("sd1", write_sd1_set, tmp_path_factory.mktemp("models"))
+    root = written_once("sd1", tmp_path_factory.mktemp("models"))
     register(root, ("checkpoints", "diffusion_models", "embeddings", "loras"))
     return {"tiny_vanilla": root / "checkpoints" / "tiny_vanilla.safetensors",
             "tiny_personalized": root / "checkpoints" / "tiny_personalized.safetensors",
@@ -167,7 +181,7 @@ def write_sdxl_set(root: Path) -> None:
 def sdxl_files(tmp_path_factory) -> dict[str, Path]:
     """Tiny SDXL checkpoints (vanilla, personalized, v-prediction), an SDXL LoRA and an SDXL embedding, in
     registered model folders."""
-    root = written_once("sdxl", write_sdxl_set, tmp_path_factory.mktemp("models_xl"))
+    root = written_once("sdxl", tmp_path_factory.mktemp("models_xl"))
     register(root, ("checkpoints", "embeddings", "loras"))
     paths = {name: root / "checkpoints" / f"{name}.safetensors"
              for name in ("tiny_xl_vanilla", "tiny_xl_personalized", "tiny_xl_vpred")}
@@ -176,32 +190,109 @@ def sdxl_files(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-class Tiny:
-    """The tiny models loaded through ComfyUI's stock loader nodes."""
+def free_memory() -> None:
+    """Drop what ComfyUI keeps loaded and hand the freed memory back to the system (glibc's ``malloc_trim``: torch's
+    freed tensors otherwise stay in the process's heap, counted against the suite's memory budget)."""
+    import ctypes
+    import gc
+
+    import comfy.model_management
+
+    comfy.model_management.unload_all_models()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
+class LoadedOnUse:
+    """Models loaded on first use and dropped by :meth:`release` (loaded again when a later test asks): a session
+    fixture's models need not sit in a worker's memory through a module that does not use them. Every instance is
+    listed in :data:`HOLDERS`, so :func:`release_session_models` can drop them all."""
+
+    MODELS: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._models: dict | None = None
+        HOLDERS.add(self)
+
+    def load(self) -> dict:
+        raise NotImplementedError
+
+    def __getattr__(self, name: str):
+        if name in type(self).MODELS:
+            if self._models is None:
+                self._models = self.load()
+            return self._models[name]
+        raise AttributeError(name)
+
+    def release(self) -> None:
+        self._models = None
+
+
+HOLDERS: weakref.WeakSet[LoadedOnUse] = weakref.WeakSet()
+
+
+def release_session_models() -> None:
+    """Drop the session's tiny models (tests that use them later load them again) and free their memory: for
+    the modules that load large models of their own (checkpoints in workflows, servers, the benchmark)."""
+    for holder in list(HOLDERS):
+        holder.release()
+    free_memory()
+
+
+class Tiny(LoadedOnUse):
+    """The tiny models loaded through ComfyUI's stock loader nodes (on first use)."""
+
+    MODELS = ("vanilla", "clip", "vae", "personalized")
 
     def __init__(self, nodes):
+        super().__init__()
         self.nodes = nodes
-        load = nodes.CheckpointLoaderSimple().load_checkpoint
-        self.vanilla, self.clip, self.vae = load("tiny_vanilla.safetensors")[:3]
-        self.personalized = load("tiny_personalized.safetensors")[0]
+
+    def load(self) -> dict:
+        load = self.nodes.CheckpointLoaderSimple().load_checkpoint
+        vanilla, clip, vae = load("tiny_vanilla.safetensors")[:3]
+        return {"vanilla": vanilla, "clip": clip, "vae": vae, "personalized": load("tiny_personalized.safetensors")[0]}
 
     def encode(self, text: str):
         return self.nodes.CLIPTextEncode().encode(self.clip, text)[0]
 
 
 class TinyXL(Tiny):
-    """The tiny SDXL models loaded through ComfyUI's stock loader nodes: prompts through SDXL's CLIP."""
+    """The tiny SDXL models, loaded by ComfyUI's checkpoint loader (``CheckpointLoaderSimple``'s function) as a
+    user's ``--fp16-unet --fp8_e4m3fn-text-enc`` would: UNet weights stored in fp16 and text encoders in fp8,
+    computed in float32 (ComfyUI's manual cast). The tiny SDXL keeps SDXL's 70 transformer blocks and full-size
+    text encoders, so in float32 with fp16 text encoders the UNets and CLIP-G/L held 5.3 GB; this way 2.3 GB.
+    The SDXL workflows run with the same settings through the stock loader node (host/test_workflows.py); the
+    defaults' float32 UNet changes nothing the tests read but the memory. Prompts go through SDXL's CLIP."""
+
+    MODELS = ("vanilla", "clip", "vae", "personalized")
+    UNET = {"dtype": torch.float16}
+    TEXT = {"dtype": torch.float8_e4m3fn}
 
     def __init__(self, nodes, files):
-        import comfy.sd
+        super().__init__(nodes)
+        self.files = files
 
-        self.nodes = nodes
-        self.vanilla, self.clip, self.vae = nodes.CheckpointLoaderSimple().load_checkpoint(
-            "tiny_xl_vanilla.safetensors")[:3]
-        # UNet-only files: CheckpointLoaderSimple's own loader, told not to look for CLIP and VAE.
-        self.personalized, self.v_prediction = (
-            comfy.sd.load_checkpoint_guess_config(str(files[name]), output_vae=False, output_clip=False)[0]
-            for name in ("tiny_xl_personalized", "tiny_xl_vpred"))
+    def checkpoint(self, name: str, **outputs):
+        import comfy.sd
+        import folder_paths
+
+        return comfy.sd.load_checkpoint_guess_config(
+            str(self.files[name]), embedding_directory=folder_paths.get_folder_paths("embeddings"),
+            model_options=self.UNET, te_model_options=self.TEXT, **outputs)
+
+    def load(self) -> dict:
+        vanilla, clip, vae = self.checkpoint("tiny_xl_vanilla")[:3]
+        # UNet-only files: the same loader, told not to look for CLIP and VAE.
+        personalized = self.checkpoint("tiny_xl_personalized", output_vae=False, output_clip=False)[0]
+        return {"vanilla": vanilla, "clip": clip, "vae": vae, "personalized": personalized}
+
+    def load_v_prediction(self):
+        """The v-prediction checkpoint (UNet only), loaded anew and not held: one test reads its model type."""
+        return self.checkpoint("tiny_xl_vpred", output_vae=False, output_clip=False)[0]
 
 
 class TinyFlux:
@@ -228,9 +319,7 @@ class TinyFlux:
 
 def flux_files(tmp_path_factory) -> dict[str, Path]:
     """The Flux files of ``tiny_models.write_flux_set`` in registered model folders."""
-    import tiny_models
-
-    root = written_once("flux", tiny_models.write_flux_set, tmp_path_factory.mktemp("models_flux"))
+    root = written_once("flux", tmp_path_factory.mktemp("models_flux"))
     register(root, ("diffusion_models", "loras", "vae", "text_encoders"))
     return {"unet": root / "diffusion_models" / "tiny_flux_3072.safetensors",
             "lora": root / "loras" / "tiny_flux_lora.safetensors",
@@ -255,3 +344,17 @@ class FluxTextStandIn:
 
     def encode_from_tokens_scheduled(self, tokens, **kwargs):
         return self.tiny_flux.encode(self.text)
+
+
+def write_flux_set(root: Path) -> None:
+    import tiny_models
+
+    tiny_models.write_flux_set(root)
+
+
+WRITERS: dict[str, Callable[[Path], None]] = {"sd1": write_sd1_set, "sdxl": write_sdxl_set, "flux": write_flux_set}
+
+if __name__ == "__main__":  # write_in_child: python comfy_host.py NAME FOLDER
+    import conftest  # noqa: F401  (the pack, importable as comfyui_layout_retouch)
+
+    WRITERS[sys.argv[1]](Path(sys.argv[2]))

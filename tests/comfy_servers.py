@@ -59,9 +59,10 @@ def link_models(base: Path, files: list[tuple[str, Path]]) -> None:
 
 
 class Server:
-    """A ComfyUI server process: ``url``, its folder ``base``, stopped (or killed) by its process id."""
+    """A ComfyUI server process: ``url``, its folder ``base``, stopped (or killed) by its process id; ``flags`` are
+    more of ``main.py``'s options."""
 
-    def __init__(self, base: Path, threads: int | None = None) -> None:
+    def __init__(self, base: Path, threads: int | None = None, flags: tuple[str, ...] = ()) -> None:
         self.base = base
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -69,8 +70,8 @@ class Server:
         if threads is not None:  # the test worker's share of the cores, as its in-process runs use
             env["OMP_NUM_THREADS"] = str(threads)
         self.log = open(base / f"server-{self.port}.log", "w")  # noqa: SIM115  (closed in stop)
-        self.proc = subprocess.Popen(server_command(base, self.port), cwd=comfy_host.COMFYUI, stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen([*server_command(base, self.port), *flags], cwd=comfy_host.COMFYUI,
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def wait(self, limit: float = 180) -> None:
         """Until the server lists the pack's nodes; raise with its log when it exits or takes too long."""

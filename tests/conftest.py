@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+# Each test module's peak memory, printed and held to the suite's budget (memory_budget.py says how).
+pytest_plugins = ["memory_budget", "pytester"]
+
 PACK_ROOT = Path(__file__).resolve().parent.parent
 PACK_NAME = "comfyui_layout_retouch"
 
@@ -81,7 +84,8 @@ def tiny_sam(tiny_files):
 
 @pytest.fixture(scope="session")
 def tiny(comfy, tiny_files):
-    """The tiny SD1.x models loaded through ComfyUI's stock loaders."""
+    """The tiny SD1.x models loaded through ComfyUI's stock loaders, on first use (dropped before the modules that
+    load models of their own, ``session_models_released``, and loaded again when a later test asks)."""
     import comfy_host
 
     return comfy_host.Tiny(comfy)
@@ -95,12 +99,28 @@ def tiny_xl_files(comfy, tmp_path_factory):
     return comfy_host.sdxl_files(tmp_path_factory)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_xl(comfy, tiny_xl_files):
-    """The tiny SDXL models loaded through ComfyUI's stock loaders."""
+    """The tiny SDXL models loaded through ComfyUI's checkpoint loader (comfy_host.TinyXL), for one module: their
+    memory (2.8 GB) is freed when it ends."""
     import comfy_host
 
-    return comfy_host.TinyXL(comfy, tiny_xl_files)
+    models = comfy_host.TinyXL(comfy, tiny_xl_files)
+    yield models
+    models.release()
+    comfy_host.free_memory()
+
+
+@pytest.fixture(scope="module")
+def session_models_released(comfy):
+    """For a module that loads large models of its own (checkpoints through workflows, servers, the benchmark's
+    interpreters): the session's tiny models are dropped first, so that they are not held beside them (a later
+    test that uses them loads them again)."""
+    import comfy_host
+
+    comfy_host.release_session_models()
+    yield
+    comfy_host.free_memory()
 
 
 @pytest.fixture(autouse=True)

@@ -30,6 +30,8 @@ fi
 
 ruff check .
 # pytest (not python -m pytest, which would put the current folder, the pack's, on sys.path), on one worker
-# per core (pytest-xdist; a test file's tests stay on one worker, so its module fixtures are built once).
+# per core (pytest-xdist; a test file's tests stay on one worker, so its module fixtures are built once). A worker
+# that dies (the kernel's OOM killer) ends the run with its test failed, not replaced: a replaced worker has been
+# seen to leave the run waiting until CI's limit. Each module's memory is held to tests/memory_budget.py's budget.
 if [ $# -eq 0 ] || [ "${1#-}" != "$1" ]; then set -- tests "$@"; fi
-pytest -n "${LR_WORKERS:-$(nproc)}" --dist loadfile "$@"
+pytest -n "${LR_WORKERS:-$(nproc)}" --dist loadfile --max-worker-restart 0 "$@"

@@ -10,8 +10,9 @@ value here before it is saved.
   three, so the decoder's attention keys are ``("output", 3..11)`` as in SD1.5) but with every
   level 320 channels wide. The text encoder is CLIP-L at its fixed size; the VAE is SD's.
 - SDXL checkpoint: SDXL's block layout and transformer depths with every level 320 channels wide,
-  SDXL's two text encoders at their real sizes and the VAE (``benchmark.random_models``); detected
-  as ``SDXL``. A v-prediction one carries the ``v_pred`` key, as v-prediction finetunes do.
+  SDXL's two text encoders at their real sizes, stored in fp8 (e4m3fn, as fp8 checkpoints are: a
+  loader holds half the memory while it reads them), and the VAE (``benchmark.random_models``);
+  detected as ``SDXL``. A v-prediction one carries the ``v_pred`` key, as v-prediction finetunes do.
 - SDXL-family diffusion model: Segmind Vega's detection keys with narrow levels, loadable with
   ``UNETLoader``; used to test the family checks.
 - Textual Inversion embedding: ``emb_params`` of shape ``[n_vectors, 768]`` (SD1.x); for SDXL,
@@ -57,7 +58,7 @@ def write_sdxl_checkpoints(folder: Path, unet_seeds: dict[str, int], shared_seed
     for k, (name, seed) in enumerate(unet_seeds.items()):
         paths[name] = folder / f"{name}.safetensors"
         sd = sdxl_checkpoint(SDXL_UNET, seed, shared_seed, with_text_and_vae=k < full,
-                             v_prediction=name in v_prediction)
+                             v_prediction=name in v_prediction, text_dtype=torch.float8_e4m3fn)
         safetensors.torch.save_file(sd, str(paths[name]))
         del sd
     return paths

@@ -26,6 +26,10 @@ import numpy as np
 import pytest
 from workflow_prompts import EXECUTED_IN_BROWSER, EXPECTED_IMAGES, write_input_images
 
+# This module starts interpreters or servers that load models of their own: the session's tiny models are
+# dropped first (memory_budget.py: a worker and what it starts share 7 GiB).
+pytestmark = pytest.mark.usefixtures("session_models_released")
+
 PACK_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

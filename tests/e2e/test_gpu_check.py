@@ -10,6 +10,11 @@ import subprocess
 from pathlib import Path
 
 import comfy_host
+import pytest
+
+# This module starts interpreters or servers that load models of their own: the session's tiny models are
+# dropped first (memory_budget.py: a worker and what it starts share 7 GiB).
+pytestmark = pytest.mark.usefixtures("session_models_released")
 
 PACK_ROOT = Path(__file__).resolve().parents[2]
 ALL = ["plain KSampler", "stage 1 (step-blended)", "inversion (reference)", "inversion (layout)",

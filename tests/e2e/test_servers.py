@@ -24,6 +24,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# This module starts interpreters or servers that load models of their own: the session's tiny models are
+# dropped first (memory_budget.py: a worker and what it starts share 7 GiB).
+pytestmark = pytest.mark.usefixtures("session_models_released")
+
 PACK_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = PACK_ROOT / "workflows" / "layout_retouch_stage1_layout.json"
 SMALL = ["Vanilla model (plain SD 1.5).ckpt_name=tiny_vanilla.safetensors",
@@ -46,7 +50,9 @@ def arguments(output: Path, urls: list[str], seeds: str = "3,4", prompts=("a {} 
 
 @pytest.fixture(scope="module")
 def servers(tiny_files, tmp_path_factory):
-    """Two ComfyUI servers with the tiny SD1.x checkpoints, started together."""
+    """Two ComfyUI servers with the tiny SD1.x checkpoints, started together, with ``--fp16-unet`` (UNet weights
+    stored in fp16, computed in float32): 0.45 GB less each, so that both with this worker stay within the suite's
+    memory budget (7 GiB; tests/memory_budget.py). The in-process runs they are compared with set the same."""
     import torch
 
     started = []
@@ -55,7 +61,7 @@ def servers(tiny_files, tmp_path_factory):
             base = tmp_path_factory.mktemp(f"comfyui_{k}")
             comfy_servers.link_models(base, [("checkpoints", tiny_files["tiny_vanilla"]),
                                              ("checkpoints", tiny_files["tiny_personalized"])])
-            started.append(comfy_servers.Server(base, threads=torch.get_num_threads()))
+            started.append(comfy_servers.Server(base, threads=torch.get_num_threads(), flags=("--fp16-unet",)))
         for server in started:
             server.wait()
         yield started
@@ -77,8 +83,13 @@ def pixels(output: Path, job: dict) -> np.ndarray:
     return np.asarray(Image.open(output / path))
 
 
-def test_a_server_killed_mid_run_loses_nothing(servers, run_here, tiny_files, tmp_path, caplog, measured):
+def test_a_server_killed_mid_run_loses_nothing(servers, run_here, tiny_files, tmp_path, caplog, measured,
+                                              monkeypatch):
+    import comfy.cli_args
+
     from comfyui_layout_retouch.headless import cli
+
+    monkeypatch.setattr(comfy.cli_args.args, "fp16_unet", True)  # as the servers run (the fixture says why)
 
     alive, doomed = servers
     output = tmp_path / "servers"

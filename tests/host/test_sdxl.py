@@ -67,7 +67,7 @@ def test_detected_as_sdxl_with_the_familys_layers(comfy, tiny, tiny_xl, prompts)
 
     assert model_family(tiny_xl.vanilla) == model_family(tiny_xl.personalized) == "SDXL"
     assert tiny_xl.personalized.model.model_type == comfy.model_base.ModelType.EPS
-    assert tiny_xl.v_prediction.model.model_type == comfy.model_base.ModelType.V_PREDICTION
+    assert tiny_xl.load_v_prediction().model.model_type == comfy.model_base.ModelType.V_PREDICTION
     entry = prompts["reference"][0]
     assert entry[0].shape[-1] == 2048 and entry[1]["pooled_output"].shape[-1] == 1280  # CLIP-L + CLIP-G
     depths = transformer_depths(tiny_xl.personalized)

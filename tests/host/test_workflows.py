@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import comfy_host
 import pytest
 from workflow_prompts import (
     COMPACT,
@@ -21,6 +22,9 @@ from workflow_prompts import (
 
 from comfyui_layout_retouch.headless import executor, ui_format
 from comfyui_layout_retouch.nodes import labels
+
+# The workflows load checkpoints of their own: the session's tiny models are not held beside them.
+pytestmark = pytest.mark.usefixtures("session_models_released")
 
 
 def test_every_workflow_is_checked():
@@ -75,20 +79,14 @@ def test_nested_subgraphs_are_expanded(comfy):
 def server_executor(comfy):
     """One ComfyUI executor with the classic cache for the SD1.x and Flux workflows of this module, as a server
     keeps one: a loader whose inputs the next workflow shares is not run again (the runs are ordered by model
-    family). The SDXL workflows each get a fresh one: their checkpoints (full-size text encoders) held here beside
-    the session's tiny SDXL would crowd a CI worker's memory. Freed when the module ends."""
-    import ctypes
-    import gc
-
-    import comfy.model_management
+    family). The SDXL workflows each get a fresh one, with this one's cache emptied first: their checkpoints (full-
+    size text encoders) would crowd a CI worker's memory beside anything else. Freed when the module ends."""
     import execution
 
     shared = execution.PromptExecutor(executor._Server(), cache_type=False)
     yield shared
     shared.reset()  # (pytest keeps the fixture's value until the session ends: drop what its cache holds)
-    comfy.model_management.unload_all_models()
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the freed memory back to the system (glibc)
+    comfy_host.free_memory()
 
 
 def by_family(name: str) -> tuple:
@@ -96,9 +94,18 @@ def by_family(name: str) -> tuple:
 
 
 @pytest.mark.parametrize("name", sorted(EXECUTED_IN_PROCESS, key=by_family))
-def test_workflow_runs(comfy, tiny_files, tiny_sam, name, request, server_executor):
+def test_workflow_runs(comfy, tiny_files, tiny_sam, name, request, server_executor, monkeypatch):
     if "sdxl" in name:
         request.getfixturevalue("tiny_xl_files")
+        # Two SDXL checkpoints with full-size text encoders: loaded as a user's --fp16-unet --fp8_e4m3fn-text-enc
+        # loads them (3.4 GB, not 6.1 in float32 and fp16), beside nothing else of this module's.
+        server_executor.reset()
+        comfy_host.free_memory()
+        import comfy.cli_args
+
+        monkeypatch.setattr(comfy.cli_args.args, "fp16_unet", True)
+        monkeypatch.setattr(comfy.cli_args.args, "fp8_e4m3fn_text_enc", True)
+        request.addfinalizer(comfy_host.free_memory)
     if "flux" in name:
         request.getfixturevalue("tiny_flux_files")
         register_flux_stand_ins(comfy, request.getfixturevalue("tiny_flux"))
