@@ -7,6 +7,8 @@ import logging
 import uuid
 from typing import Any
 
+from .. import host_api
+
 logger = logging.getLogger(__name__)
 
 
@@ -42,13 +44,11 @@ def validate(prompt: dict[str, dict[str, Any]]) -> list[str]:
 def execute(prompt: dict[str, dict[str, Any]], executor=None) -> dict[str, Any]:
     """Validate and execute ``prompt``; return the UI outputs per node (as the history holds them).
 
-    Pass an ``execution.PromptExecutor`` to keep its caches between prompts.
+    Pass an ``execution.PromptExecutor`` (``host_api.prompt_executor``) to keep its caches between prompts.
     """
-    import execution
-
     outputs = validate(prompt)
     if executor is None:
-        executor = execution.PromptExecutor(_Server(), cache_type=False)
+        executor = host_api.prompt_executor(_Server())
     executor.execute(prompt, str(uuid.uuid4()), {}, outputs)
     if not executor.success:
         errors = [data for event, data in executor.status_messages if event == "execution_error"]

@@ -176,12 +176,12 @@ def run_batch(workflow: dict, jobs: list[Job], subject: Subject, output: Path, r
     ``batch``: up to this many jobs of one template run as one graph execution (see the module's docstring).
     """
     import comfy.utils
-    import execution
     import folder_paths
     from tqdm import tqdm
 
     import nodes
 
+    from .. import host_api
     from .executor import _Server
     from .ui_format import ui_to_prompt
 
@@ -194,7 +194,7 @@ def run_batch(workflow: dict, jobs: list[Job], subject: Subject, output: Path, r
     base = workflow if "nodes" not in workflow else ui_to_prompt(workflow, nodes.NODE_CLASS_MAPPINGS)
     manifest = load_manifest(output)
     manifest.update(workflow=workflow_name, subject=asdict(subject), reference=str(reference) if reference else None)
-    executor = execution.PromptExecutor(_Server(), cache_type=False)  # classic cache: models load once
+    executor = host_api.prompt_executor(_Server())  # classic cache: models load once
     done = []
     pending = [j for j in jobs if not _finished(manifest["jobs"].get(j.key), output)]
     logger.info("%d jobs, %d already done", len(jobs), len(jobs) - len(pending))

@@ -29,6 +29,7 @@ import re
 import comfy.sd1_clip
 import torch
 
+from .. import host_api
 from ..errors import Problem
 
 TEXT_WIDTH_BASES = {768: "SD1.x", 1024: "SD2.x", 1280: "SDXL's CLIP-G", 2048: "SDXL"}
@@ -46,6 +47,7 @@ class ModifierTokenizer:
     """
 
     modifier_embeddings: dict[str, torch.Tensor]
+    embedding_lookup_size: int  # what the host's lookup returns: 2 or 3 values (host_api)
 
     def mark_modifier_tokens(self, text: str) -> str:
         """``text`` with every modifier token written as a spaced ``embedding:<token>`` word."""
@@ -61,7 +63,8 @@ class ModifierTokenizer:
     def _try_get_embedding(self, embedding_name: str):
         words = embedding_name.split()
         if words and words[0] in self.modifier_embeddings:
-            return self.modifier_embeddings[words[0]], " ".join(words[1:])
+            return host_api.embedding_found(self.embedding_lookup_size, self.modifier_embeddings[words[0]], words[0],
+                                            " ".join(words[1:]))
         return super()._try_get_embedding(embedding_name)
 
 
@@ -122,6 +125,7 @@ def with_modifier_tokens(clip, embeddings: dict[str, torch.Tensor]):
                                    **{t: v.detach().to("cpu", torch.float32) for t, v in embeddings.items()}}
         if new.embedding_directory is None:
             new.embedding_directory = []
+        new.embedding_lookup_size = host_api.embedding_lookup_size(super(ModifierTokenizer, new)._try_get_embedding)
         if name is None:
             outer = new
         else:

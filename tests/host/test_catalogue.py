@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from workflow_prompts import convert, shrink, write_input_images
 
+from comfyui_layout_retouch import host_api
 from comfyui_layout_retouch.headless.executor import _Server
 
 STAGE1, STAGE2, FULL, CAPTURE, PICK = "stage 1", "stage 2", "full", "capture", "pick-and-draw"
@@ -791,7 +792,6 @@ def bases(comfy, tiny_files):
 @pytest.fixture(scope="module")
 def executor(comfy, tiny_files, tiny_sam, tmp_path_factory):
     """One executor for the whole catalogue, with the classic cache, as a server keeps one."""
-    import execution
     import folder_paths
 
     write_input_images(comfy)
@@ -804,7 +804,7 @@ def executor(comfy, tiny_files, tiny_sam, tmp_path_factory):
     loras = tmp_path_factory.mktemp("catalogue_loras")
     write_sdxl_lora(loras)
     folder_paths.add_model_folder_path("loras", str(loras))
-    yield execution.PromptExecutor(_Server(), cache_type=False)
+    yield host_api.prompt_executor(_Server())
     (not_sams / NOT_A_SAM).unlink()
 
 

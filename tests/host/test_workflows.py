@@ -20,6 +20,7 @@ from workflow_prompts import (
     write_input_images,
 )
 
+from comfyui_layout_retouch import host_api
 from comfyui_layout_retouch.headless import executor, ui_format
 from comfyui_layout_retouch.nodes import labels
 
@@ -81,9 +82,7 @@ def server_executor(comfy):
     keeps one: a loader whose inputs the next workflow shares is not run again (the runs are ordered by model
     family). The SDXL workflows each get a fresh one, with this one's cache emptied first: their checkpoints (full-
     size text encoders) would crowd a CI worker's memory beside anything else. Freed when the module ends."""
-    import execution
-
-    shared = execution.PromptExecutor(executor._Server(), cache_type=False)
+    shared = host_api.prompt_executor(executor._Server())
     yield shared
     shared.reset()  # (pytest keeps the fixture's value until the session ends: drop what its cache holds)
     comfy_host.free_memory()

@@ -15,7 +15,7 @@ PACK_NAME = "comfyui_layout_retouch"
 # Each top-level package or module of the pack and its layer; a layer imports only lower ones,
 # and packages of one layer import nothing of each other.
 LAYERS = {
-    "errors": 0, "host": 0, "records": 0,  # records and the host
+    "errors": 0, "host": 0, "host_api": 0, "records": 0,  # records and the host
     "attention": 1, "sampling": 1, "personalize": 1,  # algorithms
     "masks": 2,  # algorithms built on attention/ (the cross-attention mask)
     "guidance": 3,  # Pick-and-Draw's guidance, on attention/, sampling/ and masks/
