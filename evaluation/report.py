@@ -21,7 +21,7 @@ from .metrics import centre_spread, mean_of_means
 
 PER_IMAGE = ("i_dino", "i_clip", "t_clip", "image_reward")
 COLUMNS = (("i_dino", "I_DINO"), ("i_clip", "I_CLIP"), ("t_clip", "T_CLIP"), ("inception_score", "IS"),
-           ("centre_spread", "centre σ²"), ("image_reward", "ImageReward"))
+           ("centre_spread", "centre \N{GREEK SMALL LETTER SIGMA}²"), ("image_reward", "ImageReward"))
 AGGREGATION = ("per prompt: the mean over its images; per method: the mean over prompts of those means (IS: over "
                "the prompts with enough images; centre spread: over all the method's centres)")
 
@@ -69,8 +69,8 @@ def _cell(value: float | None, digits: int = 3) -> str:
 
 
 def table(report: Mapping[str, Any]) -> str:
-    """The main table: a row per method, a column per metric (↑: higher is better)."""
-    lines = ["| method | " + " | ".join(f"{label} ↑" for _, label in COLUMNS) + " | images |",
+    """The main table: a row per method, a column per metric (the upward arrow: higher is better)."""
+    lines = ["| method | " + " | ".join(f"{label} \N{UPWARDS ARROW}" for _, label in COLUMNS) + " | images |",
              "|---|" + "---:|" * (len(COLUMNS) + 1)]
     for name, method in report["methods"].items():
         means = method["means"]

@@ -29,6 +29,7 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id 
 fi
 
 ruff check .
+comfy-test lint .  # the Registry's harness, its static levels (syntax, javascript)
 # pytest (not python -m pytest, which would put the current folder, the pack's, on sys.path), on one worker
 # per core (pytest-xdist; a test file's tests stay on one worker, so its module fixtures are built once). A worker
 # that dies (the kernel's OOM killer) ends the run with its test failed, not replaced: a replaced worker has been

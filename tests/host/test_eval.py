@@ -109,7 +109,9 @@ def test_every_number_is_its_direct_computation(models, runs, tmp_path):
     assert json.loads((out / "eval.json").read_text())["methods"]["plain"]["means"] == \
         report["methods"]["plain"]["means"]
     table = (out / "eval.md").read_text()
-    assert "| method | I_DINO ↑ | I_CLIP ↑ | T_CLIP ↑ | IS ↑ | centre σ² ↑ | ImageReward ↑ | images |" in table
+    up, sigma = "\N{UPWARDS ARROW}", "\N{GREEK SMALL LETTER SIGMA}"  # (the source stays cp1252: comfy-test's lint)
+    assert (f"| method | I_DINO {up} | I_CLIP {up} | T_CLIP {up} | IS {up} | centre {sigma}² {up} | ImageReward {up} "
+            "| images |") in table
     plain = report["methods"]["plain"]["means"]
     assert f"| plain | {plain['i_dino']:.3f} | {plain['i_clip']:.3f} | {plain['t_clip']:.3f} |" in table
     assert report["pictures"]["contact_sheets"] == ["contact_00_a_in_the_snow.png", "contact_01_a_on_a_beach.png"]

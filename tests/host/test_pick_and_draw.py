@@ -408,10 +408,12 @@ def test_empty_subject_mask_is_named(comfy, tiny, graph):
     # ComfyUI loads the pack under its folder's path: its NodeInputError (a ValueError) is another class object.
     NodeInputError = ValueError  # noqa: N806
 
+    import comfy.ops as comfy_ops
+
     blind = tiny.personalized.clone()
     for name, module in tiny.personalized.model.diffusion_model.named_modules():
         if name.endswith("attn2.to_k"):
-            zero = torch.nn.Linear(module.in_features, module.out_features, bias=False)
+            zero = comfy_ops.disable_weight_init.Linear(module.in_features, module.out_features, bias=False)
             torch.nn.init.zeros_(zero.weight)
             blind.add_object_patch(f"diffusion_model.{name}", zero)
     with pytest.raises(NodeInputError, match=r"Reference Palette: input 'threshold': finds no subject: no pixel"):
