@@ -25,19 +25,38 @@ from .unet import UNET
 FAMILIES = (UNET, FLUX)
 
 
+SUPPORTED = "SD1.x, SD2.x, SDXL and Flux.1 (dev, schnell, their LoRAs)"
+
+
 @public
 class UnsupportedModel(ValueError):
-    """A diffusion model of no family the pack supports (e.g. SD3, Wan)."""
+    """A diffusion model of no family the pack supports (e.g. SD3, Chroma, Flux.2, Z-Image, Wan)."""
 
 
-def family_of_diffusion_model(diffusion_model):
-    if hasattr(diffusion_model, "double_blocks") and hasattr(diffusion_model, "single_blocks"):
+def is_flux1(diffusion_model) -> bool:
+    """Flux.1's transformer: double and single blocks, each modulated by its own layers from one ``vec``. Chroma
+    (modulations computed outside the blocks, passed as tuples) and Flux.2 (``global_modulation``: the blocks'
+    own modulation is None) share the block lists but not their calls."""
+    double, single = getattr(diffusion_model, "double_blocks", None), getattr(diffusion_model, "single_blocks", None)
+    if double is None or single is None or getattr(diffusion_model, "global_modulation", False):
+        return False
+    return all(getattr(b, "img_mod", None) is not None and getattr(b, "txt_mod", None) is not None for b in double) \
+        and all(getattr(b, "modulation", None) is not None for b in single)
+
+
+def family_of_diffusion_model(diffusion_model, name: str | None = None):
+    """The family of a diffusion model (``name``: what to call it in an error; default its class's name)."""
+    if is_flux1(diffusion_model):
         return FLUX
     if hasattr(diffusion_model, "input_blocks") and hasattr(diffusion_model, "output_blocks"):
         return UNET
-    raise UnsupportedModel(f"{type(diffusion_model).__name__} is neither a UNet (SD1.x, SD2.x, SDXL) nor Flux")
+    raise UnsupportedModel(f"the model is a {name or type(diffusion_model).__name__} model, a family this pack does not "
+                           f"support yet (it supports {SUPPORTED})")
 
 
 def family_of(model):
-    """The family of a ComfyUI ModelPatcher's diffusion model (raises :class:`UnsupportedModel`)."""
-    return family_of_diffusion_model(model.model.diffusion_model)
+    """The family of a ComfyUI ModelPatcher's diffusion model (raises :class:`UnsupportedModel`, naming the model
+    family as ComfyUI detected it: its model config's class, e.g. ``Flux2``, ``Chroma``, ``SD3``)."""
+    config = getattr(model.model, "model_config", None)
+    name = type(config).__name__ if config is not None else None
+    return family_of_diffusion_model(model.model.diffusion_model, name)

@@ -9,7 +9,7 @@ A layer is ``(block_name, block_id, index)``: a UNet's transformer block
 from __future__ import annotations
 
 from ..errors import Problem
-from .family import UnsupportedModel, family_of
+from .family import SUPPORTED, UnsupportedModel, family_of
 from .layer_set import ALL, AUTO, BLOCK_NAMES, DECODER, DIT_BLOCK_NAMES, MASACTRL_DECODER, LayerSet, parse_layers
 from .unet import (
     block_resolutions,
@@ -48,12 +48,21 @@ def auto_layers(model) -> LayerSet:
     return family_of(model).auto_layers(model)
 
 
+def model_problem(model) -> Problem | None:
+    """Why ``model`` is of no family the pack supports (naming its family), or None."""
+    try:
+        family_of(model)
+    except UnsupportedModel as error:
+        return (f"{error}.", f"use a model of these families: {SUPPORTED}.")
+    return None
+
+
 def layer_problem(model, layers: LayerSet) -> Problem | None:
     """Why a layer set selects no attention block of ``model`` (or the model is of no supported family), or None."""
     try:
         blocks = attention_blocks(model)
     except UnsupportedModel as error:
-        return (f"cannot be resolved: {error}.", "use an SD1.x, SD2.x, SDXL or Flux.1 model.")
+        return (f"{error}.", f"use a model of these families: {SUPPORTED}.")
     if not layers.keys_in(blocks):
         names = ", ".join(f"{n} {i}" for n, i in sorted(blocks))
         return ("selects no attention block of this model.", f"choose among: {names}; or 'all'.")

@@ -11,7 +11,7 @@ import comfy.samplers
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..attention.layers import AUTO, auto_layers, layer_problem, parse_layers
+from ..attention.layers import AUTO, auto_layers, layer_problem, model_problem, parse_layers
 from ..attention.prompts import conditioning_problem
 from ..errors import Problem, public
 from ..records import model_family
@@ -81,9 +81,11 @@ def record_layers_input():
                                    "together). " + AUTO_LAYERS)
 
 
-def layer_input(node: str, name: str, text: str, model):
+def layer_input(node: str, name: str, text: str, model, model_input: str = "model"):
     """The layer set written in a node's text input, checked against ``model``'s attention blocks;
-    ``auto``: the model family's default (:func:`attention.layers.auto_layers`)."""
+    ``auto``: the model family's default (:func:`attention.layers.auto_layers`). A model of a family the pack
+    does not support is refused first, at ``model_input``."""
+    raise_for(model_problem(model), node, model_input)
     if text.strip().lower() == AUTO:
         return auto_layers(model)
     try:

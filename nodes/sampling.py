@@ -127,7 +127,7 @@ class StepBlendedKSampler(io.ComfyNode):
             check_conditioning(node, name, conditioning, model)
         recorder = maps = None
         if record_attention:
-            layers = layer_input(node, "attention_layers", attention_layers, personalized_model)
+            layers = layer_input(node, "attention_layers", attention_layers, personalized_model, "personalized_model")
             maps = SubjectMapRecord(DEFAULT_RESOLUTION, map_key(personalized_model, personalized_positive),
                                     comfy.model_management.intermediate_device())
             recorder = partial(add_recording, layers=layers, paths=("layout",), maps=maps)
