@@ -8,6 +8,9 @@ Each adapter is tested against the pinned host's real call and against a stand-i
   ``cache_args`` and read ``cache_args["ram"]`` and ``["ram_inactive"]`` unguarded when a prompt runs.
 - :func:`embedding_lookup_size` / :func:`embedding_found`: ``SDTokenizer._try_get_embedding`` returned
   ``(embed, leftover)`` (0.3.64); newer releases return and unpack ``(embed, name, leftover)``.
+- :func:`dense_linear`: ``comfy.ops.cast_bias_weight`` dequantized fp8 weights to the input's dtype (0.3.64);
+  newer releases may return a ``QuantizedTensor`` (its storage quantized) where the dtypes already match, which
+  slicing would index in its quantized form.
 """
 
 from __future__ import annotations
@@ -36,6 +39,24 @@ def prompt_executor(server: Any, executor_class: type | None = None) -> Any:
     if "cache_args" in parameters:
         return executor_class(server, cache_type=classic, cache_args=dict(CLASSIC_CACHE_ARGS))
     return executor_class(server, cache_type=classic)
+
+
+def dense_linear(linear: Any, x: Any) -> tuple[Any, Any]:
+    """A ComfyUI linear layer's weight and bias as ``x``'s dtype and device, dense (dequantized where the host
+    returns them quantized) and with its patches applied, as the layer itself computes with them: tensors that can
+    be sliced by output column."""
+    import comfy.ops
+
+    weight, bias = comfy.ops.cast_bias_weight(linear, x)[:2]
+    return _dense(weight, x.dtype), None if bias is None else _dense(bias, x.dtype)
+
+
+def _dense(tensor: Any, dtype: Any) -> Any:
+    import torch
+
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter) and hasattr(tensor, "dequantize"):
+        tensor = tensor.dequantize()  # a QuantizedTensor (newer ComfyUI): its values, not its storage
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def embedding_lookup_size(lookup: Callable[[str], tuple]) -> int:

@@ -33,6 +33,7 @@ import math
 
 import torch
 
+from .. import host_api
 from ..records import KEYS, SELF_IN, SELF_OUT, VALUES, StepOfCall
 from .attend import ROWS_KEY, SOURCES_KEY
 from .layer_set import LayerSet
@@ -105,13 +106,11 @@ class JointProjection:
         return lambda layer, kind, x: self(layer, kind, x, pe_img)
 
     def __call__(self, layer, kind: str, x: torch.Tensor, pe_img: torch.Tensor) -> torch.Tensor:
-        import comfy.ops
-
         block = self.block(layer)
         linear, norm = (block.img_attn.qkv, block.img_attn.norm) if layer[0] == "double" else (block.linear1, block.norm)
         width = x.shape[-1]
         part = slice(width, 2 * width) if kind == KEYS else slice(2 * width, 3 * width)  # q, k, v; then the MLP's
-        weight, bias = comfy.ops.cast_bias_weight(linear, x)
+        weight, bias = host_api.dense_linear(linear, x)  # dense: fp8 or quantized weights are sliced by value
         out = torch.nn.functional.linear(x, weight[part], None if bias is None else bias[part])
         if kind == VALUES:
             return out

@@ -155,15 +155,17 @@ def flux_state_dict(config: dict, seed: int, device: torch.device | str = "cpu",
     return fill(flux, seed, device, dtype)
 
 
-def flux_patcher(config: dict, state_dict: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32):
+def flux_patcher(config: dict, state_dict: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,
+                 compute: torch.dtype | None = None):
     """A ComfyUI ModelPatcher of a Flux transformer built from ``config`` (any width), as
-    ``comfy.sd.load_diffusion_model_state_dict`` builds a detected one."""
+    ``comfy.sd.load_diffusion_model_state_dict`` builds a detected one: weights stored in ``dtype``, computed in
+    ``compute`` where given (ComfyUI's manual cast, as for fp8 e4m3fn weights, the most common Flux download)."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
 
     model_config = comfy.supported_models.Flux(dict(config))
-    model_config.set_inference_dtype(dtype, None)
+    model_config.set_inference_dtype(dtype, compute)
     device = next(iter(state_dict.values())).device  # built where its weights are (a full-size one: the GPU)
     model = model_config.get_model(state_dict, "", device=device)
     model.load_model_weights(state_dict, "")

@@ -112,18 +112,35 @@ def rel(a, b) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def test_swap_identity_on_every_block(comfy, tiny_flux, prompts, inversions, measured):
+@pytest.fixture(scope="module")
+def fp8_flux(comfy, tiny_flux, prompts):
+    """The personalized tiny Flux with its weights stored in fp8 e4m3fn and computed in float32 (ComfyUI's manual
+    cast), as the most common Flux download runs, and its layout inversion."""
+    from comfyui_layout_retouch.benchmark.random_models import FLUX_TINY, flux_patcher, flux_state_dict
+
+    model = flux_patcher(FLUX_TINY, flux_state_dict(FLUX_TINY, 2), dtype=torch.float8_e4m3fn, compute=torch.float32)
+    return model, invert(comfy, model, prompts["empty"], latent(4))
+
+
+@pytest.mark.parametrize("weights, bound", [("float32", 1e-5), ("fp8 e4m3fn", 1e-3)])
+def test_swap_identity_on_every_block(comfy, tiny_flux, prompts, inversions, measured, request, weights, bound):
     """Reference = layout = target (the sources re-denoised beside it, the paper's mode), every block, mask 0.5,
     keys at their own positions: the swap changes nothing but batch numerics; the run starts from the inverted
-    latent as a flow sampler's noise."""
-    inverted, traj = inversions["layout"]
-    model = tiny_flux.personalized
+    latent as a flow sampler's noise. With fp8 weights too (what the swap reads of them is dequantized)."""
+    if weights == "float32":
+        model, (inverted, traj) = tiny_flux.personalized, inversions["layout"]
+    else:
+        model, (inverted, traj) = request.getfixturevalue("fp8_flux")
+        assert next(model.model.diffusion_model.double_blocks[0].img_attn.qkv.parameters()).dtype == torch.float8_e4m3fn
     patched = swap(comfy, model, traj, traj, prompts, mask=torch.full((1, 64, 64), 0.5), positions="shared",
                    reference_prompt="personalized", mode="re-denoised (paper)")
     got = retouch(comfy, patched, prompts["personalized"], inverted)
     want = reconstruct(comfy, model, prompts["personalized"], traj)
-    measured(f"Flux swap identity (all blocks, mask 0.5): max relative difference {rel(got, want):.2e}")
-    assert rel(got, want) < 1e-5
+    measured(f"Flux swap identity ({weights} weights, all blocks, mask 0.5): max relative difference "
+             f"{rel(got, want):.2e}")
+    assert rel(got, want) < bound
+    if weights != "float32":
+        return
     shifted = retouch(comfy, swap(comfy, model, traj, traj, prompts, mask=torch.full((1, 64, 64), 0.5),
                                   reference_prompt="personalized", mode="re-denoised (paper)"), prompts["personalized"],
                       inverted)
@@ -282,6 +299,31 @@ def test_fast_mode_is_the_recorded_mode(comfy, tiny_flux, prompts, measured):
     assert rel(fast, recorded) < 1e-5
     without = retouch(comfy, swap(comfy, model, ref, lay, prompts, layers="double 0, single 1"), y, inverted)
     assert rel(fast, without) > 1e-3  # the mask's blend, read from the layout's record, acts
+
+
+def test_fast_mode_projects_fp8_weights_by_value(comfy, prompts, fp8_flux, measured):
+    """The fast mode projects the reference's keys and values from its record with the block's own weights
+    (host_api.dense_linear): on fp8 e4m3fn weights the image is the one of a float32 model holding the same
+    values, up to float32 rounding."""
+    from comfyui_layout_retouch.benchmark.random_models import FLUX_TINY, flux_patcher
+
+    fp8, _ = fp8_flux
+    twin = flux_patcher(FLUX_TINY, {k: v.to(torch.float32) for k, v in fp8.model.diffusion_model.state_dict().items()})
+    node = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
+    images = []
+    for model in (fp8, twin):
+        (inverted, lay), (_, ref) = (node.execute(model=model, positive=prompts[prompt], latent=latent(seed),
+                                                  steps=STEPS, scheduler=SCHEDULER, sampler_name=SAMPLER, cfg=CFG,
+                                                  record_attention=True, attention_layers="double 0, single 1",
+                                                  record_for=path).result
+                                     for prompt, seed, path in (("personalized", 4, "layout"),
+                                                                ("reference", 5, "reference")))
+        images.append(retouch(comfy, swap(comfy, model, ref, lay, prompts, layers="double 0, single 1",
+                                          mode="recorded, attention from the inversions (fast)"),
+                              prompts["reference"], inverted))
+    measured(f"Flux fast mode, fp8 e4m3fn weights vs float32 ones of the same values: max relative difference "
+             f"{rel(*images):.2e}")
+    assert torch.isfinite(images[0]).all() and rel(*images) < 1e-5
 
 
 def test_stage_1_records_the_layout_path(comfy, tiny_flux, prompts):

@@ -132,3 +132,54 @@ def test_the_real_executor_runs_a_prompt(comfy, tiny_files):
               "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}}
     outputs = executor.execute(prompt)
     assert list(outputs) == ["4"] and outputs["4"]["images"]
+
+
+class StandInQuantized(torch.Tensor):
+    """What newer ComfyUI's ``cast_bias_weight`` may return for a quantized layer (Comfy-Org/ComfyUI commit
+    0271a469fe29524fafe5872b737123d65a63e5fc, comfy/ops.py: ``post_cast`` dequantizes only where the dtypes differ):
+    a tensor whose storage is quantized (fp8 e4m3fn here, with a scale) and whose values come from ``dequantize``."""
+
+    scale: float
+
+    def dequantize(self) -> torch.Tensor:
+        return self.as_subclass(torch.Tensor).to(torch.float32) * self.scale
+
+
+def fp8_linear(seed: int = 0):
+    import comfy.ops
+
+    gen = torch.Generator().manual_seed(seed)
+    linear = comfy.ops.manual_cast.Linear(8, 12)
+    linear.weight = torch.nn.Parameter((torch.randn(12, 8, generator=gen) * 0.3).to(torch.float8_e4m3fn),
+                                       requires_grad=False)
+    linear.bias = torch.nn.Parameter(torch.randn(12, generator=gen).to(torch.float8_e4m3fn), requires_grad=False)
+    return linear
+
+
+def test_a_linear_layers_weights_dense_in_0_3_64s_shape(comfy):
+    """The real cast_bias_weight on fp8 e4m3fn weights (on the CPU): float32 values, sliceable by column, and what
+    the layer itself computes."""
+    linear, x = fp8_linear(), torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    weight, bias = host_api.dense_linear(linear, x)
+    assert weight.dtype == bias.dtype == torch.float32
+    assert torch.equal(weight, linear.weight.to(torch.float32)) and torch.equal(bias, linear.bias.to(torch.float32))
+    part = slice(4, 8)
+    assert torch.equal(torch.nn.functional.linear(x, weight[part], bias[part]), linear(x)[:, part])
+
+
+def test_a_linear_layers_weights_dense_in_the_newer_shape(comfy, monkeypatch):
+    """A cast that hands back the quantized weight itself: its values are dequantized before any slice."""
+    import comfy.ops
+
+    linear, x = fp8_linear(), torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    quantized = torch.Tensor._make_subclass(StandInQuantized, linear.weight.data)
+    quantized.scale = 0.5
+
+    def newer_cast(s, input=None, *args, **kwargs):
+        return quantized, s.bias.to(input.dtype)
+
+    monkeypatch.setattr(comfy.ops, "cast_bias_weight", newer_cast)
+    weight, bias = host_api.dense_linear(linear, x)
+    assert type(weight) is torch.Tensor and weight.dtype == torch.float32
+    assert torch.equal(weight, linear.weight.to(torch.float32) * 0.5)  # the values, not the fp8 storage's bytes
+    assert torch.equal(weight[4:8], (linear.weight.to(torch.float32) * 0.5)[4:8])
