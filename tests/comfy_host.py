@@ -223,7 +223,8 @@ class LoadedOnUse:
     def __getattr__(self, name: str):
         if name in type(self).MODELS:
             if self._models is None:
-                self._models = self.load()
+                with torch.inference_mode(False):  # as a session fixture loads them, outside a test's inference mode
+                    self._models = self.load()
             return self._models[name]
         raise AttributeError(name)
 

@@ -123,6 +123,17 @@ def session_models_released(comfy):
     comfy_host.free_memory()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _free_memory_after_each_module():
+    """What ComfyUI keeps loaded (its list of loaded models holds every model a module sampled with: on the CPU it
+    never needs the room) is dropped when a module ends, and the freed memory handed back: a worker runs many."""
+    yield
+    if "comfy.model_management" in sys.modules:
+        import comfy_host
+
+        comfy_host.free_memory()
+
+
 @pytest.fixture(autouse=True)
 def _inference_mode():
     """Run each test as ComfyUI runs nodes: under ``torch.inference_mode``."""

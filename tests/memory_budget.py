@@ -12,8 +12,9 @@ Where each figure comes from (Linux's ``/proc``; elsewhere nothing is measured a
   heavy module it would say nothing of the others);
 - the processes the worker starts (bench, the GPU check's dry run, ComfyUI servers, the runner's command
   line) and their own children: a thread reads their ``VmHWM`` (each one's own peak since it started) and
-  ``VmRSS`` every :data:`INTERVAL` seconds; ``getrusage(RUSAGE_CHILDREN)`` adds the peak of a child that
-  ended between two reads;
+  ``VmRSS`` every :data:`INTERVAL` seconds (a process that lives less than that may be missed). A child not yet
+  past ``exec`` (its command line still the worker's) is skipped: until then it reports the worker's memory
+  as its own, and so does ``getrusage(RUSAGE_CHILDREN)`` for every child ever started, which is not read;
 - the worker with its processes at one moment: the sum of their ``VmRSS`` at one read.
 
 Each worker attaches its figures to the test's teardown report, so they reach the controller under
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import threading
 import time
 from collections.abc import Iterator
@@ -96,11 +96,18 @@ def _label(pid: int) -> str:
     return " ".join(words)[:60]
 
 
+def _command_line(pid: int | str) -> bytes:
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 class Window:
     """What one process and those it starts held during one test."""
 
     def __init__(self) -> None:
-        self.children_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * KIB
+        self.own_command = _command_line("self")
         self.subprocess = 0
         self.subprocess_label = ""
         self.tree = 0
@@ -110,6 +117,8 @@ class Window:
         own = _status(pid, "VmRSS").get("VmRSS", 0)
         tree = own
         for child in _descendants(pid):
+            if _command_line(child) == self.own_command:  # forked, not yet exec'd: the worker's pages, shared
+                continue
             figures = _status(child, "VmRSS", "VmHWM")
             tree += figures.get("VmRSS", 0)
             if figures.get("VmHWM", 0) > self.subprocess:
@@ -119,9 +128,6 @@ class Window:
             self.tree = max(self.tree, tree)
 
     def close(self) -> dict:
-        ended = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * KIB
-        if ended > max(self.children_before, self.subprocess):  # a child that ended between two reads
-            self.subprocess, self.subprocess_label = ended, self.subprocess_label or "(ended child)"
         worker = _status("self", "VmHWM").get("VmHWM", 0)
         return {"worker": worker, "subprocess": self.subprocess, "subprocess_label": self.subprocess_label,
                 "tree": max(self.tree, worker)}

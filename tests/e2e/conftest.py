@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import comfy_host  # noqa: F401
+import comfy_host
 import pytest
 
 
@@ -26,7 +26,13 @@ def run_here(comfy, tiny_files, tiny_sam, monkeypatch):
         for name in cli.MODEL_FOLDERS if models is not None else ():
             folder_paths.add_model_folder_path(name, str(models / name), is_default=True)
 
+    def main(argv):
+        try:
+            return cli.main(argv)
+        finally:  # the run's executor is gone, but ComfyUI keeps the models it loaded: a worker would pile them up
+            comfy_host.free_memory()
+
     monkeypatch.setattr(cli, "start_host", start_host)
     output = folder_paths.get_output_directory()
-    yield cli.main
+    yield main
     folder_paths.set_output_directory(output)

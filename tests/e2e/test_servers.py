@@ -85,11 +85,11 @@ def pixels(output: Path, job: dict) -> np.ndarray:
 
 def test_a_server_killed_mid_run_loses_nothing(servers, run_here, tiny_files, tmp_path, caplog, measured,
                                               monkeypatch):
-    import comfy.cli_args
+    from comfy.cli_args import args
 
     from comfyui_layout_retouch.headless import cli
 
-    monkeypatch.setattr(comfy.cli_args.args, "fp16_unet", True)  # as the servers run (the fixture says why)
+    monkeypatch.setattr(args, "fp16_unet", True)  # as the servers run (the fixture says why)
 
     alive, doomed = servers
     output = tmp_path / "servers"

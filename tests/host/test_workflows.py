@@ -100,10 +100,10 @@ def test_workflow_runs(comfy, tiny_files, tiny_sam, name, request, server_execut
         # loads them (3.4 GB, not 6.1 in float32 and fp16), beside nothing else of this module's.
         server_executor.reset()
         comfy_host.free_memory()
-        import comfy.cli_args
+        from comfy.cli_args import args  # (not "import comfy...": the name comfy is the fixture here)
 
-        monkeypatch.setattr(comfy.cli_args.args, "fp16_unet", True)
-        monkeypatch.setattr(comfy.cli_args.args, "fp8_e4m3fn_text_enc", True)
+        monkeypatch.setattr(args, "fp16_unet", True)
+        monkeypatch.setattr(args, "fp8_e4m3fn_text_enc", True)
         request.addfinalizer(comfy_host.free_memory)
     if "flux" in name:
         request.getfixturevalue("tiny_flux_files")
