@@ -22,6 +22,10 @@ from test_swap import swap as swap_node
 
 from comfyui_layout_retouch.nodes import labels
 
+# The tiny SDXL (2.3 GB, loaded for this module) is not held beside the session's SD1.x models, which load again
+# when one of the tests here asks for them.
+pytestmark = pytest.mark.usefixtures("session_models_released")
+
 FAST = "recorded, attention from the inversions (fast)"
 PAPER = labels.REDENOISED
 CFG = 7.5
