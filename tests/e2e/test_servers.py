@@ -29,6 +29,7 @@ from PIL import Image
 pytestmark = pytest.mark.usefixtures("session_models_released")
 
 PACK_ROOT = Path(__file__).resolve().parents[2]
+FLAGS = ("--fp16-unet", "--fp8_e4m3fn-text-enc")  # the servers' weights' storage (the fixture servers says why)
 WORKFLOW = PACK_ROOT / "workflows" / "layout_retouch_stage1_layout.json"
 SMALL = ["Vanilla model (plain SD 1.5).ckpt_name=tiny_vanilla.safetensors",
          "Personalized model (DreamBooth).ckpt_name=tiny_personalized.safetensors",
@@ -50,9 +51,10 @@ def arguments(output: Path, urls: list[str], seeds: str = "3,4", prompts=("a {} 
 
 @pytest.fixture(scope="module")
 def servers(tiny_files, tmp_path_factory):
-    """Two ComfyUI servers with the tiny SD1.x checkpoints, started together, with ``--fp16-unet`` (UNet weights
-    stored in fp16, computed in float32): 0.45 GB less each, so that both with this worker stay within the suite's
-    memory budget (7 GiB; tests/memory_budget.py). The in-process runs they are compared with set the same."""
+    """Two ComfyUI servers with the tiny SD1.x checkpoints, started together, with ``--fp16-unet
+    --fp8_e4m3fn-text-enc`` (weights stored in fp16 and fp8, computed in float32): 0.7 GB less each, so that both
+    with this worker stay within the suite's memory budget (7 GiB; tests/memory_budget.py). The in-process runs
+    they are compared with set the same."""
     import torch
 
     started = []
@@ -61,7 +63,7 @@ def servers(tiny_files, tmp_path_factory):
             base = tmp_path_factory.mktemp(f"comfyui_{k}")
             comfy_servers.link_models(base, [("checkpoints", tiny_files["tiny_vanilla"]),
                                              ("checkpoints", tiny_files["tiny_personalized"])])
-            started.append(comfy_servers.Server(base, threads=torch.get_num_threads(), flags=("--fp16-unet",)))
+            started.append(comfy_servers.Server(base, threads=torch.get_num_threads(), flags=FLAGS))
         for server in started:
             server.wait()
         yield started
@@ -90,6 +92,7 @@ def test_a_server_killed_mid_run_loses_nothing(servers, run_here, tiny_files, tm
     from comfyui_layout_retouch.headless import cli
 
     monkeypatch.setattr(args, "fp16_unet", True)  # as the servers run (the fixture says why)
+    monkeypatch.setattr(args, "fp8_e4m3fn_text_enc", True)
 
     alive, doomed = servers
     output = tmp_path / "servers"
