@@ -1,62 +1,96 @@
-"""The boundary between model families: what differs between a UNet (SD1.x, SDXL) and a DiT (Flux).
+"""The contract of a model family: what the swap, the layer sets, the masks and the records ask of a model.
 
-A family answers the few questions the swap, the layer sets and the records ask of a model:
+A family is one module of ``attention/`` (``unet.py``, ``flux.py``, ...) holding one object that fulfils
+:class:`Family`; :mod:`.families` lists them, and the rest of the pack asks ``family_of(model)``, never a family
+module. What differs between families sits behind these members; everything else (rows, phases, records, the
+reference cache, the run's checks) is shared.
 
-- ``depths(model)``: its attention blocks ``(block_name, block_id)`` and how many attention layers each
-  holds (the patch keys are ``(block_name, block_id, index)``);
-- ``auto_layers(model)``: the ``"auto"`` layer set;
-- ``install_swap(clone, model, needs, spec, mask, positions)``: the swap's patches on a clone, through
-  the family's ComfyUI hooks (``attn1``/``attn2`` replacements on a UNet, ``dit`` block replacements
-  on Flux), chaining the patches other nodes put there;
-- ``joint``: whether text and image tokens attend together (what the swap reads from the sources
-  differs: :class:`.swap.SourceNeeds`);
-- ``tokens(x, context)``: a DiT call's token layout (None on a UNet);
-- ``projection(diffusion_model)``: how a record's kept attention input becomes keys and values.
-
-Everything else (rows, phases, records, the reference cache, the run's checks) is shared.
+A *family* here is an attention architecture (a UNet with separate self- and cross-attention; Flux's, Qwen-Image's
+or SD3's joint attention). Which checkpoint a model was made from (SD1.5 or SDXL, both UNets) is its *base model*
+(:func:`~..records.base_model`), what records are checked against.
 """
 
 from __future__ import annotations
 
-from ..errors import public
-from .dit import FLUX
-from .unet import UNET
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
-FAMILIES = (UNET, FLUX)
+import torch
 
+from ..errors import Problem, public
+from .layer_set import LayerSet
 
-SUPPORTED = "SD1.x, SD2.x, SDXL and Flux.1 (dev, schnell, their LoRAs)"
+# Where a DiT's reference keys sit (its RoPE positions): moved off the target's, or at their own (Stable Flow's).
+POSITIONS = ("shifted", "shared")
 
 
 @public
 class UnsupportedModel(ValueError):
-    """A diffusion model of no family the pack supports (e.g. SD3, Chroma, Flux.2, Z-Image, Wan)."""
+    """A diffusion model of no family the pack supports (e.g. Flux.2, Z-Image, Wan)."""
 
 
-def is_flux1(diffusion_model) -> bool:
-    """Flux.1's transformer: double and single blocks, each modulated by its own layers from one ``vec``. Chroma
-    (modulations computed outside the blocks, passed as tuples) and Flux.2 (``global_modulation``: the blocks'
-    own modulation is None) share the block lists but not their calls."""
-    double, single = getattr(diffusion_model, "double_blocks", None), getattr(diffusion_model, "single_blocks", None)
-    if double is None or single is None or getattr(diffusion_model, "global_modulation", False):
-        return False
-    return all(getattr(b, "img_mod", None) is not None and getattr(b, "txt_mod", None) is not None for b in double) \
-        and all(getattr(b, "modulation", None) is not None for b in single)
+@runtime_checkable
+class Family(Protocol):
+    """One model family. ``model`` is a ComfyUI ModelPatcher; ``diffusion_model`` its ``model.diffusion_model``.
 
+    Attributes:
+        name: what errors and reports call it (``"UNet"``, ``"Flux"``).
+        models: the base models it covers, for the list of supported models in errors.
+        record_kinds: per source path (``"layout"``, ``"reference"``), what a record keeps for the swap
+            (:mod:`~..records` kinds).
+        layout_reads: what the target reads from the layout path in the layout phase on a swapped layer: its
+            self-attention output (copied; a UNet) or its image keys and values (joint attention).
+        cross_attention: whether the model has separate cross-attention layers (the swap's layout phase copies
+            them; Pick-and-Draw's losses read them).
+    """
 
-def family_of_diffusion_model(diffusion_model, name: str | None = None):
-    """The family of a diffusion model (``name``: what to call it in an error; default its class's name)."""
-    if is_flux1(diffusion_model):
-        return FLUX
-    if hasattr(diffusion_model, "input_blocks") and hasattr(diffusion_model, "output_blocks"):
-        return UNET
-    raise UnsupportedModel(f"the model is a {name or type(diffusion_model).__name__} model, a family this pack does not "
-                           f"support yet (it supports {SUPPORTED})")
+    name: str
+    models: str
+    record_kinds: dict[str, tuple[str, ...]]
+    layout_reads: tuple[str, ...]
+    cross_attention: bool
 
+    def recognises(self, diffusion_model) -> bool:
+        """Whether ``diffusion_model`` is of this family (its blocks as the family's patches call them)."""
 
-def family_of(model):
-    """The family of a ComfyUI ModelPatcher's diffusion model (raises :class:`UnsupportedModel`, naming the model
-    family as ComfyUI detected it: its model config's class, e.g. ``Flux2``, ``Chroma``, ``SD3``)."""
-    config = getattr(model.model, "model_config", None)
-    name = type(config).__name__ if config is not None else None
-    return family_of_diffusion_model(model.model.diffusion_model, name)
+    def depths(self, model) -> dict[tuple[str, int], int]:
+        """Its attention blocks ``(block_name, block_id)`` and the attention layers each holds: the layer keys
+        are ``(block_name, block_id, index)``."""
+
+    def auto_layers(self, model) -> LayerSet:
+        """The ``"auto"`` layer set."""
+
+    def map_layers(self, model) -> LayerSet:
+        """Where the subject map is read."""
+
+    def layers_at(self, model, resolution: int) -> tuple[tuple[str, int, int], ...]:
+        """The layer keys whose image tokens are at latent size / ``resolution``, where the subject map and
+        Pick-and-Draw's features are read."""
+
+    def text_width(self, model) -> int | None:
+        """The width of the text embedding the model reads (None: not known)."""
+
+    def join_texts(self, texts: list[torch.Tensor], error_for: Callable[[str, Problem], Exception]) -> torch.Tensor:
+        """One call's rows' text embeddings ``[1, tokens, width]`` each, joined to ``[rows, tokens, width]``."""
+
+    def call_options(self, x: torch.Tensor, context: torch.Tensor) -> dict:
+        """What the family's patches read in a call's ``transformer_options`` (a DiT's token layout)."""
+
+    def projection(self, diffusion_model) -> Callable:
+        """``project(layer, kind, input)``: a recorded attention input's keys or values."""
+
+    def attention_shapes(self, diffusion_model, layers: LayerSet, latent: tuple[int, int]) -> dict[tuple, tuple]:
+        """Per layer key in ``layers``: ``(image tokens, width of the kept attention input, width of the
+        attention's output)`` at a latent of ``latent`` (height, width), from the model's shapes alone (a model
+        on the meta device will do): what records take."""
+
+    def install_swap(self, clone, model, needs, spec, mask, positions: str) -> None:
+        """The swap's patches on ``clone`` (a clone of ``model``), chaining the patches already there."""
+
+    def install_recording(self, clone, record, sampling_sigmas: torch.Tensor, layers: LayerSet,
+                          kinds: tuple[str, ...]) -> None:
+        """Patches on ``clone`` that record ``kinds`` on ``layers`` at the steps starting at ``sampling_sigmas``."""
+
+    def install_map_capture(self, clone, model, store, layers: LayerSet, steps, resolution: int | None,
+                            sampling_sigmas: torch.Tensor | None = None, self_kv: bool = False) -> None:
+        """Patches on ``clone`` that add the subject's cross-attention maps of ``layers`` to ``store``."""

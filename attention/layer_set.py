@@ -1,13 +1,13 @@
 """Naming attention layers the way ComfyUI's patch keys do: ``(block_name, block_id)``.
 
-UNet blocks are ``input``, ``middle`` and ``output``; a DiT's (Flux) are ``double`` and ``single``
-(its ``("double_block", i)`` and ``("single_block", i)`` keys). Which blocks a model has, and its
-``auto`` set, are its family's (:mod:`.family`).
+The block names are the model family's: a UNet's ``input``, ``middle`` and ``output``; a DiT's those of its
+``("double_block", i)`` and ``("single_block", i)`` keys, ``double`` and ``single``. Which blocks a model has,
+and its ``auto`` set, are its family's (:mod:`.family`); a name the model lacks selects nothing.
 
 A layer set is written as text, e.g. ``"output 6-11"``, ``"input 4-5, middle 0, output 3-11"`` or
 ``"double 0-1, single 6"``, ``"all"``, or ``"auto"``: the model family's default. On a UNet it is the
 decoder's attention blocks whose tokens are at 1/1 or 1/2 of the latent's size
-(:func:`.unet.auto_layers`; Flux's is in :mod:`.dit`):
+(:func:`.unet.auto_layers`; a DiT family's are its ``vital`` blocks):
 
 - SD1.x/SD2.x: ``"output 6-11"``, MasaCtrl's and DreamMatcher's ``start_layer = 10`` of 16
   attention blocks in call order (down 0-5, mid 6, up 7-15): the decoder at 32x32 and 64x64 for
@@ -25,14 +25,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-BLOCK_NAMES = ("input", "middle", "output")
-DIT_BLOCK_NAMES = ("double", "single")
 ALL = "all"
 AUTO = "auto"
 MASACTRL_DECODER = "output 6-11"
 DECODER = "output 0-11"  # every decoder block of SD1.x and SDXL; a resolution picks among them
 
-_PART = re.compile(r"^(input|middle|output|double|single)\s+(\d+)(?:\s*-\s*(\d+))?$")
+_PART = re.compile(r"^([a-z]+)\s+(\d+)(?:\s*-\s*(\d+))?$")
 
 
 @dataclass(frozen=True)

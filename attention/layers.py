@@ -1,29 +1,19 @@
 """Attention layers of any supported model, named as ComfyUI's patch keys: the layer sets
-(:mod:`.layer_set`) resolved against a model through its family (:mod:`.family`).
+(:mod:`.layer_set`) resolved against a model through its family (:mod:`.families`).
 
-A layer is ``(block_name, block_id, index)``: a UNet's transformer block
-``("output", 6, 0)``, a Flux block ``("double", 0, 0)``. The UNet-only walkers (resolutions, the
-``attn1`` module, projections) are :mod:`.unet`'s, re-exported here for Pick-and-Draw and the benchmark.
+A layer is ``(block_name, block_id, index)``: a UNet's transformer block ``("output", 6, 0)``, a Flux block
+``("double", 0, 0)``.
 """
 
 from __future__ import annotations
 
 from ..errors import Problem
-from .family import SUPPORTED, UnsupportedModel, family_of
-from .layer_set import ALL, AUTO, BLOCK_NAMES, DECODER, DIT_BLOCK_NAMES, MASACTRL_DECODER, LayerSet, parse_layers
-from .unet import (
-    block_resolutions,
-    layers_at,
-    patched_key,
-    projection,
-    replace_patch,
-    self_attention,
-    transformer_depths,
-)
+from .families import SUPPORTED, family_of
+from .family import UnsupportedModel
+from .layer_set import ALL, AUTO, DECODER, MASACTRL_DECODER, LayerSet, parse_layers
 
-__all__ = ["ALL", "AUTO", "BLOCK_NAMES", "DECODER", "DIT_BLOCK_NAMES", "MASACTRL_DECODER", "LayerSet", "attention_blocks",
-           "auto_layers", "block_resolutions", "layer_keys", "layer_problem", "layers_at", "map_layers", "parse_layers", "patched_key",
-           "projection", "replace_patch", "self_attention", "transformer_depths"]
+__all__ = ["ALL", "AUTO", "DECODER", "MASACTRL_DECODER", "LayerSet", "attention_blocks", "auto_layers", "layer_keys",
+           "layer_problem", "layers_at", "map_layers", "model_problem", "parse_layers", "text_width"]
 
 
 def attention_blocks(model) -> set[tuple[str, int]]:
@@ -38,7 +28,8 @@ def layer_keys(model, layers: LayerSet) -> tuple[tuple[str, int, int], ...]:
 
 
 def map_layers(model) -> LayerSet:
-    """Where the subject map is read: a UNet's decoder (a resolution picks among its blocks), Flux's double blocks."""
+    """Where the subject map is read: a UNet's decoder (a resolution picks among its blocks), a DiT's blocks whose
+    text and image tokens keep their own streams."""
     return family_of(model).map_layers(model)
 
 
@@ -46,6 +37,17 @@ def auto_layers(model) -> LayerSet:
     """``"auto"``: the model family's default layer set (SD1.x ``output 6-11``, SDXL ``output 3-5``,
     Flux Stable Flow's vital layers)."""
     return family_of(model).auto_layers(model)
+
+
+def layers_at(model, resolution: int) -> tuple[tuple[str, int, int], ...]:
+    """The layer keys whose image tokens are at latent size / ``resolution`` (SD1.x's decoder at 1/2:
+    ``output 6-8``)."""
+    return family_of(model).layers_at(model, resolution)
+
+
+def text_width(model) -> int | None:
+    """The width of the text embedding ``model`` reads (768 SD1.x, 2048 SDXL, 4096 Flux's T5), or None."""
+    return family_of(model).text_width(model)
 
 
 def model_problem(model) -> Problem | None:

@@ -6,7 +6,7 @@ import torch
 
 from ..errors import Problem
 from ..records import CROSS_OUT, KEYS, SELF_OUT, VALUES, InversionTrajectory, model_key
-from .family import family_of
+from .families import family_of
 from .layers import layer_keys
 from .prompts import PathPrompts
 from .session import (
@@ -39,7 +39,8 @@ def source_needs(model, spec: SwapSpec, mask: torch.Tensor | None) -> SourceNeed
     family = family_of(model)
     layout_keys = layer_keys(model, spec.layout_layers)
     self_keys = tuple(sorted({*layout_keys, *layer_keys(model, spec.reference_layers)}))
-    return SourceNeeds(spec, self_keys, () if family.joint else layout_keys, mask is not None, family.joint)
+    return SourceNeeds(spec, self_keys, layout_keys if family.cross_attention else (), mask is not None,
+                       family.layout_reads)
 
 
 KIND_NAMES = {SELF_OUT: "self-attention output", CROSS_OUT: "cross-attention output",
@@ -85,7 +86,7 @@ def swap_model(model, layout: InversionTrajectory, reference: InversionTrajector
     Args:
         layout, reference: the source paths' recorded inversions (or stage 1's trajectory).
         layout_prompts, reference_prompts: each path's prompts (:func:`.prompts.path_prompts`).
-        positions: a DiT's reference keys "shifted" off the target's RoPE positions or "shared" (:mod:`.dit`).
+        positions: a DiT's reference keys "shifted" off the target's RoPE positions or "shared" (:mod:`.joint`).
         mode, cache: how the sources run, and where the reference cache lives (off in the paper's mode).
         error_for: turns a problem with an input into the exception raised, here (a model that
             carries a swap already) or when a sampler runs the model (:class:`~.session.OuterSample`).

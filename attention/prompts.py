@@ -10,19 +10,20 @@ Per CFG half (positive, negative), a path has:
   ComfyUI's ``encode_model_conds`` makes them: SDXL's ADM vector ``y``; Flux's pooled text ``y`` and its
   ``guidance``; none on SD1.x.
 
-In a call, the rows' texts are joined to one token count (:func:`joined_text`).
+In a call, the model's family joins the rows' texts (``join_texts``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import Problem
-from ..records import InversionTrajectory, model_family
+from ..records import InversionTrajectory, base_model
+from .families import family_of
+from .family import UnsupportedModel
 
 Extras = dict[str, torch.Tensor]
 
@@ -58,15 +59,17 @@ class PathPrompts:
 
 
 def conditioning_problem(conditioning, model) -> Problem | None:
-    """Why ``model`` cannot read a CONDITIONING (empty, or text of another family's width: 768 for SD1.x, 1024
+    """Why ``model`` cannot read a CONDITIONING (empty, or text of another model's width: 768 for SD1.x, 1024
     for SD2.x, 2048 for SDXL, 4096 for Flux's T5), or None."""
     if not conditioning:
         return "is an empty CONDITIONING.", "connect a CLIP Text Encode output."
-    config = model.model.model_config.unet_config
-    width = config.get("context_dim", config.get("context_in_dim"))  # a UNet's cross-attention; Flux's T5 input
+    try:
+        width = family_of(model).text_width(model)
+    except UnsupportedModel:  # refused at its model input, by the node
+        width = None
     for entry in conditioning:
         if width is not None and entry[0].shape[-1] != width:
-            return (f"has text width {entry[0].shape[-1]} but the {model_family(model)} model reads {width}: the "
+            return (f"has text width {entry[0].shape[-1]} but the {base_model(model)} model reads {width}: the "
                     "prompt was encoded with another family's CLIP.",
                     "encode the prompt with the CLIP of the checkpoint that gives this model.")
     return None
@@ -137,17 +140,3 @@ def path_prompts(model, positive, negative, path: InversionTrajectory) -> PathPr
 
 def _same_text(text: torch.Tensor, fitted: torch.Tensor) -> bool:
     return text.shape == fitted.shape and torch.equal(text.to(fitted), fitted)
-
-
-def joined_text(texts: list[torch.Tensor], joint: bool, error_for: Callable[[str, Problem], Exception]) -> torch.Tensor:
-    """The rows' text embeddings of one call at one token count, as ComfyUI batches conditionings (repeated to
-    their lcm). Under joint attention repeated text tokens would weigh the text more, so there the counts must
-    agree."""
-    lengths = [t.shape[1] for t in texts]
-    if joint and len(set(lengths)) > 1:
-        raise error_for("model", (f"is sampled with prompts of {lengths[0]} text tokens but the sources' have "
-                                  f"{sorted(set(lengths[1:]))}; in joint attention every row needs as many.",
-                                  "encode all prompts with the same text encoder and the same length (shorter "
-                                  "prompts: T5 pads them to one length)."))
-    target = math.lcm(*lengths)
-    return torch.cat([t.repeat(1, target // t.shape[1], 1) for t in texts])

@@ -27,9 +27,8 @@ import torch
 from ..errors import Problem
 from ..records import AttentionRecord, InversionTrajectory, sigma_position
 from .attend import ROWS_KEY, SOURCES_KEY
-from .dit import TOKENS_KEY
-from .family import family_of_diffusion_model
-from .prompts import PathPrompts, joined_text
+from .families import family_of_diffusion_model
+from .prompts import PathPrompts
 from .rows import RowLayout
 from .sources import StepSources
 from .swap import SourceNeeds
@@ -225,15 +224,13 @@ def apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control
                 extra[name].append(value.expand(n[path], *value.shape[1:]))
     if latents:
         kwargs = {**kwargs, **{name: torch.cat(values) for name, values in extra.items()}}
-    context = joined_text(contexts, family.joint, run.error_for)
+    context = family.join_texts(contexts, run.error_for)
     options = dict(transformer_options)
     options[ROWS_KEY] = rows
     options[SOURCES_KEY] = StepSources(rows, {p: r for p, r in run.read.items() if p not in latents},
                                        {p: r for p, r in run.write.items() if p in latents},
                                        family.projection(executor.class_obj.diffusion_model))
-    tokens = family.tokens(x, context)
-    if tokens is not None:
-        options[TOKENS_KEY] = tokens
+    options.update(family.call_options(x, context))
     x_all = torch.cat(xs)
     t_all = t[:1].expand(x_all.shape[0])
     out = executor(x_all, t_all, None, context, None, options, **kwargs)

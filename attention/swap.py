@@ -1,6 +1,8 @@
 """Multi-source attention swap (L&R Sec. 3.2.2, Alg. 1; the swap itself after MasaCtrl).
 
-Per denoising step ``s`` and swapped layer, for the target rows of a UNet call:
+The swap's phases and what it reads from the sources (:class:`SwapSpec`, :class:`SourceNeeds`), for every family,
+and its math on separate self- and cross-attention (a UNet's; joint attention's is :mod:`.joint`'s). Per
+denoising step ``s`` and swapped layer, for the target rows of a call:
 
 - ``s < lambda2`` (layout phase): self- and cross-attention take the layout path's Q, K, V,
   so the target's attention output *is* the layout's: it is copied, not computed.
@@ -12,7 +14,7 @@ Per denoising step ``s`` and swapped layer, for the target rows of a UNet call:
 
 Source rows always attend to themselves. Attention runs through ComfyUI's
 ``optimized_attention`` (SDPA, xformers or sub-quadratic, as ComfyUI chose), or through the
-patch another node had put on the key (:class:`SwapAttention` says where that one runs). What the target
+patch another node had put on the key (the UNet's ``SwapAttention`` says where that one runs). What the target
 reads from a source path comes from that path's rows in the call, or from a record when the
 path has no rows in it (:class:`~.sources.StepSources`).
 """
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..records import CROSS_OUT, KEYS, SELF_OUT, VALUES, Layer, Need
-from .attend import ROWS_KEY, SOURCES_KEY, Attend, attend_as_before, host_attention
+from .attend import Attend
 from .layer_set import LayerSet
 from .rows import RowLayout
 from .sources import StepSources
@@ -56,7 +58,7 @@ def _plain(attend: Attend) -> Own:
     return lambda q, k, v, group: attend(q, k, v)
 
 
-def _layout_of_sources(out_sources: torch.Tensor | None, rows: RowLayout) -> torch.Tensor | None:
+def layout_of_sources(out_sources: torch.Tensor | None, rows: RowLayout) -> torch.Tensor | None:
     """The layout rows' outputs, half by half, from the source rows' outputs."""
     if out_sources is None or not rows.n_layout:
         return None
@@ -95,7 +97,7 @@ def swap_self_attention(q, k, v, rows: RowLayout, phase: Phase, attend: Attend, 
     out_sources = _sources_attend_themselves(q, k, v, rows, own)
     layout = None
     if phase is Phase.LAYOUT or mask is not None:
-        layout = sources.for_targets("layout", layer, SELF_OUT, _layout_of_sources(out_sources, rows), q)
+        layout = sources.for_targets("layout", layer, SELF_OUT, layout_of_sources(out_sources, rows), q)
     t = rows.target_index().to(q.device, non_blocking=True)
     if phase is Phase.LAYOUT:
         out_target = layout
@@ -120,7 +122,7 @@ def swap_cross_attention(q, k, v, rows: RowLayout, phase: Phase, attend: Attend,
     own = own or _plain(attend)
     sources = sources or StepSources(rows)
     out_sources = _sources_attend_themselves(q, k, v, rows, own)
-    layout = sources.for_targets("layout", layer, CROSS_OUT, _layout_of_sources(out_sources, rows), q)
+    layout = sources.for_targets("layout", layer, CROSS_OUT, layout_of_sources(out_sources, rows), q)
     return rows.assemble(layout, out_sources)
 
 
@@ -153,16 +155,14 @@ class SourceNeeds:
     self_layers: tuple[Layer, ...]
     cross_layers: tuple[Layer, ...]
     masked: bool
-    joint: bool = False  # a DiT's joint attention: the layout phase reads the layout's keys and values
+    layout_reads: tuple[str, ...] = (SELF_OUT,)  # what the layout phase reads of the layout (the family's)
 
     def of(self, path: str, step: int) -> frozenset[Need]:
         needs = set()
         for layer in self.self_layers:
             phase = self.spec.self_phase(layer[:2], step)
-            if path == "layout" and self.joint and phase is Phase.LAYOUT:
-                needs.update({(layer, KEYS), (layer, VALUES)})
-            elif path == "layout" and phase is Phase.LAYOUT:
-                needs.add((layer, SELF_OUT))
+            if path == "layout" and phase is Phase.LAYOUT:
+                needs.update((layer, kind) for kind in self.layout_reads)
             if path == "layout" and self.masked and self.spec.blends(layer[:2], step):
                 needs.add((layer, SELF_OUT))
             if path == "reference" and phase is Phase.REFERENCE:
@@ -171,52 +171,3 @@ class SourceNeeds:
             needs.update((layer, CROSS_OUT) for layer in self.cross_layers
                          if self.spec.cross_phase(layer[:2], step) is Phase.LAYOUT)
         return frozenset(needs)
-
-
-class SwapAttention:
-    """An ``attn1`` (self) or ``attn2`` (cross) replace patch; outside a retouch run it computes
-    what the key computed before it (ComfyUI's attention, or the patch it chains).
-
-    A patch that was already on the key (another pack's, e.g. IPAdapter's ``attn2`` patches, or
-    the pack's own Attention Capture, Self-Attention Guidance) is chained: wherever rows attend
-    to themselves (the target rows in their own phase, the source rows always), they attend
-    through it, called for the source rows, then for the target rows, each group one block per
-    CFG half as ComfyUI lays out a call, with ``ROWS_KEY`` set to that group's
-    :class:`RowLayout`. It does not run for the target rows where their output is the swap's:
-    copied from the layout (layout phase), or their queries on the references' keys and values
-    (reference phase of self-attention). The swap also wraps such patches on the keys it does
-    not swap (always the own phase there), so every patch sees the groups apart.
-    """
-
-    def __init__(self, kind: str, spec: SwapSpec, mask: torch.Tensor | None, chained=None) -> None:
-        self.kind = kind
-        self.spec = spec
-        self.mask = mask
-        self.chained = chained
-
-    def to(self, device_or_dtype):
-        if self.mask is not None:
-            self.mask = self.mask.to(device_or_dtype)
-        if hasattr(self.chained, "to"):
-            self.chained = self.chained.to(device_or_dtype)
-        return self
-
-    def __call__(self, q, k, v, extra_options):
-        rows: RowLayout | None = extra_options.get(ROWS_KEY)
-        if rows is None:
-            return attend_as_before(self.chained, q, k, v, extra_options)
-        attend = host_attention(extra_options["n_heads"], extra_options.get("attn_precision"))
-        own = None
-        if self.chained is not None:
-            own = lambda q, k, v, group: self.chained(q, k, v, {**extra_options, ROWS_KEY: group})  # noqa: E731
-        block = extra_options["block"]
-        layer, sources = (*block, extra_options.get("block_index", 0)), extra_options.get(SOURCES_KEY)
-        if self.kind == "cross":
-            return swap_cross_attention(q, k, v, rows, self.spec.cross_phase(block, rows.step), attend, layer, sources,
-                                        own)
-        mask = None
-        if self.mask is not None and self.spec.blends(block, rows.step):
-            h, w = extra_options["activations_shape"][-2:]
-            mask = mask_tokens(self.mask, rows, (h, w), q)
-        return swap_self_attention(q, k, v, rows, self.spec.self_phase(block, rows.step), attend, mask, layer,
-                                   sources, own)

@@ -22,7 +22,7 @@ class EmptyMask(ValueError):
 
 
 def build_palette(model, positive, trajectory: InversionTrajectory, positions: list[int], steps: dict[int, int],
-                  layers: tuple[Layer, ...], threshold: float, family: str) -> Palette:
+                  layers: tuple[Layer, ...], threshold: float, base_model: str) -> Palette:
     """The palette of ``trajectory``'s image(s) at ``steps`` and ``layers``.
 
     Args:
@@ -33,7 +33,7 @@ def build_palette(model, positive, trajectory: InversionTrajectory, positions: l
         steps: per step of the generation's schedule to read, the trajectory's step at the same sigma.
         layers: the layers to read (the decoder at 1/2 of the latent in the paper).
         threshold: ``tau`` of eq. 3 on the min-max normalised map.
-        family: the model family, kept to refuse a palette on another family.
+        base_model: the base model, kept to refuse a palette on another.
 
     Raises:
         EmptyMask: a step and layer whose mask holds no pixel (message names them).
@@ -60,7 +60,7 @@ def build_palette(model, positive, trajectory: InversionTrajectory, positions: l
     sigmas = trajectory.sampling_sigmas
     h, w = trajectory.latents.shape[-2:]
     return Palette(features=features, sigmas={s: float(sigmas[on_path]) for s, on_path in steps.items()},
-                   layers=tuple(layers), latent_size=(h, w), family=family)
+                   layers=tuple(layers), latent_size=(h, w), base_model=base_model)
 
 
 def steps_on_path(trajectory: InversionTrajectory, sigmas: torch.Tensor | None,

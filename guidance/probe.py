@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..attention.attend import attend_as_before
-from ..attention.capture import conditional_rows, cross_attention_probs
+from ..attention.maps import conditional_rows, cross_attention_probs
 from ..records import Layer
 
 BLOCK_ORDER = ("input", "middle", "output")

@@ -157,15 +157,15 @@ def describe_step(i: int, sigma: float, losses: list[dict[str, torch.Tensor]], c
             f"latent moved by {update:.3g} (relative)")
 
 
-def check_sources(palette: Palette | None, template: LayoutTemplate | None, family: str,
+def check_sources(palette: Palette | None, template: LayoutTemplate | None, base_model: str,
                   latent_size: tuple[int, int], report: Report) -> None:
-    """Refuse a palette or template made for another model family or latent size."""
+    """Refuse a palette or template made with another base model or for another latent size."""
     for name, made in (("palette", palette), ("template", template)):
         if made is None:
             continue
-        if made.family != family:
-            report(name, (f"was made with a {made.family} model, and this sampler runs a {family} model.",
-                          f"make the {name} with a model of the generation's family."))
+        if made.base_model != base_model:
+            report(name, (f"was made with a {made.base_model} model, and this sampler runs a {base_model} model.",
+                          f"make the {name} with the generation's base model."))
         if tuple(made.latent_size) != tuple(latent_size):
             (h, w), (gh, gw) = made.latent_size, latent_size
             report(name, (f"was made at {8 * w}x{8 * h} px (latent {w}x{h}), and this generation is {8 * gw}x{8 * gh}.",
@@ -173,7 +173,7 @@ def check_sources(palette: Palette | None, template: LayoutTemplate | None, fami
 
 
 def guided_sampler(base, guidance: Guidance, positions: list[int], palette: Palette | None,
-                   template: LayoutTemplate | None, family_of: Callable, report: Report):
+                   template: LayoutTemplate | None, base_model_of: Callable, report: Report):
     """A KSAMPLER that runs ``base`` (a KSAMPLER) with Pick-and-Draw's guidance.
 
     Args:
@@ -181,7 +181,7 @@ def guided_sampler(base, guidance: Guidance, positions: list[int], palette: Pale
         guidance: hyper-parameters and step ranges.
         positions: the subject's token positions in the generation's positive prompt.
         palette, template: the appearance palette and layout template, or None (that loss off).
-        family_of: ``ModelPatcher -> family name``, to check the sources against the model.
+        base_model_of: ``ModelPatcher -> base model name``, to check the sources against the model.
         report: raises a problem with an input as the user-facing error.
     """
     import comfy.model_management
@@ -202,7 +202,7 @@ def guided_sampler(base, guidance: Guidance, positions: list[int], palette: Pale
         if not plan:
             return run_base(x, 0, n_steps)
         guider = model_k.inner_model
-        check_sources(palette, template, family_of(guider.model_patcher), tuple(x.shape[-2:]), report)
+        check_sources(palette, template, base_model_of(guider.model_patcher), tuple(x.shape[-2:]), report)
         options = extra_args["model_options"]
         s_in = x.new_ones([x.shape[0]])
         i = 0

@@ -26,7 +26,7 @@ TEMPLATE_KEY = "lr_layout_template"
 
 
 def record_template(guider, noise, sampler, sigmas: torch.Tensor, latent: dict, positions: list[int],
-                    layers: tuple, last_step: int, family: str) -> LayoutTemplate:
+                    layers: tuple, last_step: int, base_model: str) -> LayoutTemplate:
     """Sample ``guider`` for steps ``0 .. last_step`` of ``sigmas`` and keep the subject's maps.
 
     Args:
@@ -38,7 +38,7 @@ def record_template(guider, noise, sampler, sigmas: torch.Tensor, latent: dict, 
         positions: the subject's token positions in the guider's positive prompt.
         layers: every cross-attention layer of the model.
         last_step: the last guided layout step.
-        family: the vanilla model's family.
+        base_model: the vanilla model's base model.
     """
     import comfy.model_management
     import comfy.model_patcher
@@ -85,4 +85,4 @@ def record_template(guider, noise, sampler, sigmas: torch.Tensor, latent: dict, 
                denoise_mask=latent.get("noise_mask"), callback=callback,
                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=noise.seed)
     return LayoutTemplate(maps=maps, sigmas={s: float(schedule[s]) for s in range(steps)}, latents=latents,
-                          family=family)
+                          base_model=base_model)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..attention.capture import AttentionStore, NothingRecorded, add_map_capture, averaged_steps, record_on_trajectory
+from ..attention.capture import add_map_capture, averaged_steps, record_on_trajectory
 from ..attention.layers import map_layers
+from ..attention.maps import AttentionStore, NothingRecorded
 from ..attention.tokens import subject_positions
 from ..records import InversionTrajectory, SubjectMapRecord, map_key
 from .adaptive import resize_mask

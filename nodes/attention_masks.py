@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from ..attention.capture import NothingRecorded, capture_model
+from ..attention.capture import capture_model
+from ..attention.maps import NothingRecorded
 from ..attention.tokens import subject_problem
 from ..masks.cross_attention import mask_from_store, mask_on_path
 from .inputs import NodeInputError, layer_input, raise_for

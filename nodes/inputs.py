@@ -14,7 +14,7 @@ from comfy_api.v0_0_2 import io
 from ..attention.layers import AUTO, auto_layers, layer_problem, model_problem, parse_layers
 from ..attention.prompts import conditioning_problem
 from ..errors import Problem, public
-from ..records import model_family
+from ..records import base_model
 
 
 @public
@@ -102,7 +102,7 @@ def check_same_family(node: str, name_a: str, model_a, name_b: str, model_b) -> 
     A DreamBooth checkpoint, a LoRA or a Textual Inversion on the same base pass; SD1.x with
     SDXL or SD2.x does not, since one noise and one latent cannot serve both.
     """
-    fam_a, fam_b = model_family(model_a), model_family(model_b)
+    fam_a, fam_b = base_model(model_a), base_model(model_b)
     ctx_a = model_a.model.model_config.unet_config.get("context_dim")
     ctx_b = model_b.model.model_config.unet_config.get("context_dim")
     sampling_a = model_a.get_model_object("model_sampling")
@@ -132,7 +132,7 @@ def check_latent(node: str, input_name: str, samples: torch.Tensor, model) -> No
                              "connect a latent with at least one image (batch_size >= 1).")
     channels = model.get_model_object("latent_format").latent_channels
     if samples.shape[1] != channels:
-        raise NodeInputError(node, input_name, f"has {samples.shape[1]} channels but the {model_family(model)} model "
+        raise NodeInputError(node, input_name, f"has {samples.shape[1]} channels but the {base_model(model)} model "
                              f"takes {channels}.", "encode the image with this model's VAE.")
     if min(samples.shape[2:]) < 1:
         raise NodeInputError(node, input_name, f"has no pixels (size {tuple(samples.shape[2:])}).",

@@ -4,7 +4,7 @@ nodes, the workflow builders (``tools/``), the benchmark and the tests, so a ren
 
 from __future__ import annotations
 
-from ..attention.dit import POSITIONS  # Flux's reference positions: ("shifted", "shared")
+from ..attention.family import POSITIONS  # a DiT's reference positions: ("shifted", "shared")
 
 # Multi-Source Attention Swap: source_paths and reference_cache.
 RECORDED = "recorded"

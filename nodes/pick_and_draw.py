@@ -15,7 +15,7 @@ from ..guidance.palette import EmptyMask, build_palette, steps_on_path
 from ..guidance.sampler import Guidance, guided_sampler
 from ..guidance.template import record_template
 from ..masks.cross_attention import DEFAULT_RESOLUTION
-from ..records import model_family
+from ..records import base_model
 from .inputs import NodeInputError, check_conditioning, layer_input, raise_for
 from .types import Inversion, LayoutTemplate, Palette
 
@@ -91,16 +91,16 @@ class ReferencePalette(io.ComfyNode):
                               step_range(node, "appearance_start", appearance_start, appearance_end))
         if isinstance(found, tuple):
             raise NodeInputError(node, found[0], *found[1])
-        if reference_inversion.family != model_family(model):
-            raise NodeInputError(node, "reference_inversion", f"was made with a {reference_inversion.family} model, "
-                                 f"and 'model' is {model_family(model)}.", "invert with the generation's model family.")
+        if reference_inversion.base_model != base_model(model):
+            raise NodeInputError(node, "reference_inversion", f"was made with a {reference_inversion.base_model} model, "
+                                 f"and 'model' is {base_model(model)}.", "invert with the generation's model family.")
         chosen = (layers_at(model, DEFAULT_RESOLUTION) if layers.strip().lower() == AUTO
                   else layer_keys(model, layer_input(node, "layers", layers, model)))
         positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
         check_conditioning(node, "clip", positive, model)
         try:
             palette = build_palette(model, positive, reference_inversion, positions, found, chosen, threshold,
-                                    model_family(model))
+                                    base_model(model))
         except EmptyMask as e:
             raise NodeInputError(node, "threshold", f"finds no subject: {e}.",
                                  "lower the threshold, or check the subject word and the reference prompt.") from None
@@ -140,7 +140,7 @@ class LayoutTemplateNode(io.ComfyNode):
         model = guider.model_patcher
         layers = layer_keys(model, parse_layers(ALL))
         return io.NodeOutput(record_template(guider, noise, sampler, sigmas, latent_image, positions, layers,
-                                             last_step, model_family(model)))
+                                             last_step, base_model(model)))
 
 
 class PickAndDrawSampler(io.ComfyNode):
@@ -192,4 +192,4 @@ class PickAndDrawSampler(io.ComfyNode):
             raise NodeInputError(node, input_name, *problem)
 
         return io.NodeOutput(guided_sampler(sampler, guidance, positions, palette, template,
-                                            model_family, report))
+                                            base_model, report))

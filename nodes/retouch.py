@@ -10,7 +10,7 @@ from ..attention.patching import record_problem, swap_model
 from ..attention.prompts import PromptProblem, path_prompts
 from ..attention.session import CacheMode, SourceMode
 from ..attention.swap import SwapSpec
-from ..records import model_family
+from ..records import base_model
 from . import labels
 from .inputs import (
     AUTO_LAYERS,
@@ -96,10 +96,10 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                 layout_positive, layout_negative, lambda2, mask_start, layout_layers, reference_layers,
                 source_paths, reference_cache, mask=None, reference_positions=labels.SHIFTED) -> io.NodeOutput:
         ref, lay = reference_inversion, layout_inversion
-        family = model_family(model)
+        made_with = base_model(model)
         for name, traj in (("reference_inversion", ref), ("layout_inversion", lay)):
-            if traj.family != family:
-                raise NodeInputError(NODE, name, f"was made with a {traj.family} model, not this {family} model.",
+            if traj.base_model != made_with:
+                raise NodeInputError(NODE, name, f"was made with a {traj.base_model} model, not this {made_with} model.",
                                      "invert with the same personalized model.")
         if not torch.equal(ref.sigmas, lay.sigmas):
             raise NodeInputError(NODE, "reference_inversion", f"walks {schedule_text(ref)} but layout_inversion walks "

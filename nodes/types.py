@@ -8,7 +8,7 @@ from comfy_api.v0_0_2 import io
 # sampler space, with its sigmas, its attention record and the reference cache.
 Inversion = io.Custom("LR_INVERSION")
 
-# Carries attention.capture.AttentionStore: cross-attention maps (and optional self-attention
+# Carries attention.maps.AttentionStore: cross-attention maps (and optional self-attention
 # K/V) recorded during a sampler run by the Attention Capture patch. For experimenters' own
 # nodes: ``maps``, ``counts``, ``sizes``, ``latent_size`` and ``kv`` (per (layer, step), the
 # conditional rows' self-attention keys and values) are its public fields.

@@ -54,9 +54,9 @@ from .attention import (
 from .guidance import LayoutTemplate, Palette
 from .keys import Same, keys_equal, map_key, model_key
 from .steps import StepOfCall, sigma_position
-from .trajectory import InversionTrajectory, model_family
+from .trajectory import InversionTrajectory, base_model
 
 __all__ = ["CROSS_OUT", "KEYS", "KINDS", "LAYOUT_KINDS", "PROJECTED", "REFERENCE_KINDS", "SELF_IN", "SELF_OUT",
            "SELF_VALUE_IN", "VALUES", "AttentionRecord", "InversionTrajectory", "KeyedRecord", "Layer", "LayoutTemplate",
            "Need", "Palette", "Same", "StepOfCall", "SubjectMapRecord", "keys_equal", "map_key", "model_key",
-           "model_family", "sigma_position"]
+           "base_model", "sigma_position"]

@@ -22,14 +22,14 @@ class Palette:
         sigmas: per step in ``features``: the sigma it was read at (the guidance finds its step by sigma).
         layers: the layers read, in call order.
         latent_size: the ``(H, W)`` of the reference's latent.
-        family: the model family that computed it (ComfyUI's model config name).
+        base_model: the base model that computed it (ComfyUI's model config name).
     """
 
     features: dict[tuple[int, Layer], torch.Tensor]
     sigmas: dict[int, float]
     layers: tuple[Layer, ...]
     latent_size: tuple[int, int]
-    family: str
+    base_model: str
 
     def step_at(self, sigma: float | torch.Tensor) -> int | None:
         """The palette's step read at ``sigma``, or None."""
@@ -51,13 +51,13 @@ class LayoutTemplate:
         maps: per ``(step, layer)``: the smoothed normalised subject map ``[B, h, w]`` (float32).
         sigmas: per step: the sigma it was taken at.
         latents: per step: the run's latent ``[B, C, H, W]`` in sampler space where it was taken.
-        family: the model family of the vanilla run.
+        base_model: the base model of the vanilla run.
     """
 
     maps: dict[tuple[int, Layer], torch.Tensor]
     sigmas: dict[int, float]
     latents: dict[int, torch.Tensor]
-    family: str
+    base_model: str
 
     def step_at(self, sigma: float | torch.Tensor) -> int | None:
         """The template's step taken at ``sigma``, or None."""

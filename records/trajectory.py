@@ -25,7 +25,7 @@ class InversionTrajectory:
             ``K`` is the schedule's length, which can exceed ``steps + 1`` (``ddim_uniform``).
         steps: the step count the schedule was made for.
         scheduler: the ComfyUI scheduler name.
-        family: the model family it was made with (ComfyUI's model config name, e.g. ``SD15``).
+        base_model: the base model it was made with (ComfyUI's model config name, e.g. ``SD15``).
         attention: what a swap reads from this path (:class:`AttentionRecord`), recorded by the
             inversion pass itself when asked (the swap's fast mode), per sampling step.
         maps: what stage 1 recorded for a Cross-Attention Mask on this path
@@ -41,7 +41,7 @@ class InversionTrajectory:
     sigmas: torch.Tensor
     steps: int
     scheduler: str
-    family: str
+    base_model: str
     attention: AttentionRecord | None = field(default=None, compare=False, repr=False)
     cache: KeyedRecord = field(default_factory=KeyedRecord, compare=False, repr=False)
     maps: SubjectMapRecord | None = field(default=None, compare=False, repr=False)
@@ -80,6 +80,7 @@ class InversionTrajectory:
         return self.latents[self.index_of(sigma)]
 
 
-def model_family(model) -> str:
-    """ComfyUI's name for the model's architecture, e.g. ``SD15``, ``SDXL``, ``Segmind_Vega``."""
+def base_model(model) -> str:
+    """The base model: ComfyUI's name for the model's configuration, e.g. ``SD15``, ``SDXL``, ``Segmind_Vega``,
+    ``Flux`` (what records are checked against; the attention architecture is its family, ``attention.families``)."""
     return type(model.model.model_config).__name__

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import Problem
-from ..records import AttentionRecord, InversionTrajectory, model_family
+from ..records import AttentionRecord, InversionTrajectory, base_model
 
 # Samplers that are Euler on eps with no injected noise: the ones this inversion inverts.
 # In ComfyUI "ddim" is Euler (comfy/samplers.py, sampler_object).
@@ -163,6 +163,6 @@ def ddim_invert(model, positive, negative, latent: dict[str, torch.Tensor], step
         attention.settle()
     trajectory = InversionTrajectory(
         latents=torch.stack(recorded), sigmas=sigmas_up.float(), steps=steps, scheduler=scheduler,
-        family=model_family(model), attention=attention,
+        base_model=base_model(model), attention=attention,
     )
     return samples, trajectory

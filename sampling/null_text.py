@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import Problem
-from ..records import InversionTrajectory, model_family
+from ..records import InversionTrajectory, base_model
 from .gradients import gradients_enabled, normal_tensor
 from .inversion import ddim_invert
 
@@ -227,7 +227,7 @@ def null_text_invert(model, positive, negative, latent: dict[str, torch.Tensor],
     guider.sample(torch.zeros_like(samples, device="cpu"), samples, comfy.samplers.KSAMPLER(sampler_function),
                   sigmas.to(model.load_device), disable_pbar=True, seed=0)
     trajectory = InversionTrajectory(latents=torch.stack(path[::-1]), sigmas=pivots.sigmas, steps=steps,
-                                     scheduler=scheduler, family=model_family(model),
+                                     scheduler=scheduler, base_model=base_model(model),
                                      null_text=torch.cat([e[:1] for e in embeddings]))
     null_negative = step_conditioning(negative, embeddings, sigmas, model.get_model_object("model_sampling"))
     return samples, trajectory, null_negative

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import Problem
-from ..records import AttentionRecord, InversionTrajectory, SubjectMapRecord, model_family
+from ..records import AttentionRecord, InversionTrajectory, SubjectMapRecord, base_model
 from .inversion import Recorder
 
 
@@ -223,7 +223,7 @@ def recorded_trajectory(model, settings: SamplerSettings, record: list[torch.Ten
     final = model.get_model_object("latent_format").process_in(samples.to(record[0]))
     latents = torch.stack([final, *reversed(record)])
     return InversionTrajectory(latents=latents, sigmas=sigmas.flip(0), steps=settings.steps,
-                               scheduler=settings.scheduler, family=model_family(model), attention=attention, maps=maps)
+                               scheduler=settings.scheduler, base_model=base_model(model), attention=attention, maps=maps)
 
 
 def layout_stage(vanilla_model, personalized_model, vanilla_conds: tuple[Any, Any], personalized_conds: tuple[Any, Any],

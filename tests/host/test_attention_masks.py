@@ -134,7 +134,7 @@ def test_capture_records_without_changing_the_result(comfy, tiny):
 
 
 def test_map_to_mask_before_any_run(comfy, tiny):
-    from comfyui_layout_retouch.attention.capture import AttentionStore
+    from comfyui_layout_retouch.attention.maps import AttentionStore
 
     to_mask = comfy.NODE_CLASS_MAPPINGS["LR_AttentionMapToMask"]
     with pytest.raises(ValueError, match=r"input 'store': holds no cross-attention"):

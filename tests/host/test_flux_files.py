@@ -23,10 +23,10 @@ def loaded(comfy, tiny_flux_files):
 
 def test_detected_as_flux_with_its_blocks_and_the_lora_as_patches(loaded):
     from comfyui_layout_retouch.attention.layers import attention_blocks, auto_layers
-    from comfyui_layout_retouch.records import model_family
+    from comfyui_layout_retouch.records import base_model
 
     vanilla, personalized = loaded["vanilla"], loaded["personalized"]
-    assert model_family(vanilla) == model_family(personalized) == "Flux"
+    assert base_model(vanilla) == base_model(personalized) == "Flux"
     assert vanilla.model.diffusion_model.hidden_size == 3072 and vanilla.model.diffusion_model.num_heads == 24
     assert attention_blocks(vanilla) == {("double", 0), ("single", 0)}
     assert auto_layers(vanilla).blocks == frozenset({("double", 0)})  # Stable Flow's vital layers it has

@@ -91,7 +91,7 @@ def test_trajectory(comfy, tiny, image_latent, empty):
     assert torch.equal(inverted["samples"], latent_format.process_out(traj.latents[-1]))
     steps_taken = (traj.latents[1:] - traj.latents[:-1]).flatten(1).abs().amax(dim=1)
     assert bool((steps_taken > 0).all())
-    assert traj.steps == steps and traj.scheduler == "ddim_uniform" and traj.family == "SD15"
+    assert traj.steps == steps and traj.scheduler == "ddim_uniform" and traj.base_model == "SD15"
     assert inverted["samples"].dtype == image_latent["samples"].dtype and not torch.isnan(traj.latents).any()
 
 

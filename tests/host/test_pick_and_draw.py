@@ -280,7 +280,7 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def own_path(comfy, tiny, g):
     """The generation's own unguided run (ddim) as a path of latents, as an inversion records one: the
     reference of a palette that holds exactly the generation's own features."""
-    from comfyui_layout_retouch.records import InversionTrajectory, model_family
+    from comfyui_layout_retouch.records import InversionTrajectory, base_model
 
     seen = []
     with torch.inference_mode():
@@ -290,7 +290,7 @@ def own_path(comfy, tiny, g):
         final = tiny.personalized.model.process_latent_in(out)
     assert len(seen) == STEPS
     return InversionTrajectory(latents=torch.stack([final, *seen[::-1]]), sigmas=g["sigmas"].flip(0), steps=STEPS,
-                               scheduler="ddim_uniform", family=model_family(tiny.personalized))
+                               scheduler="ddim_uniform", base_model=base_model(tiny.personalized))
 
 
 def nudged(source, eps: float, seed: int = 0):
@@ -389,13 +389,13 @@ def test_bad_input_is_named(comfy, tiny, graph):
     with pytest.raises(NodeInputError, match=r"input 'reference_inversion': has no latent at step 2 \(sigma"):
         palette(comfy, tiny, graph["inversion"], sigmas=other)
     # A palette of another family or size, a template of another family.
-    other = dataclasses.replace(graph["palette"], family="SDXL")
+    other = dataclasses.replace(graph["palette"], base_model="SDXL")
     with pytest.raises(NodeInputError, match=r"Pick-and-Draw Sampler: input 'palette': was made with a SDXL model"):
         sample(comfy, graph, pd_sampler(comfy, tiny, graph, palette=other))
     big = {"samples": torch.zeros(1, 4, 16, 16)}
     with pytest.raises(NodeInputError, match=r"input 'palette': was made at 64x64 px .* this generation is 128x128"):
         sample(comfy, graph, pd_sampler(comfy, tiny, graph, template=None), latent=big)
-    other = dataclasses.replace(graph["template"], family="SD21UNCLIP")
+    other = dataclasses.replace(graph["template"], base_model="SD21UNCLIP")
     with pytest.raises(NodeInputError, match=r"input 'template': was made with a SD21UNCLIP model"):
         sample(comfy, graph, pd_sampler(comfy, tiny, graph, template=other))
     # A template that stops before the sampler's last layout step.

@@ -60,21 +60,23 @@ def invert(comfy, model, positive, lat, steps=STEPS, record=False, negative=None
 def test_detected_as_sdxl_with_the_familys_layers(comfy, tiny, tiny_xl, prompts):
     import comfy.model_base
 
+    from comfyui_layout_retouch.attention.families import family_of
     from comfyui_layout_retouch.attention.layers import (
+        attention_blocks,
         auto_layers,
         layer_keys,
         layers_at,
         parse_layers,
-        transformer_depths,
     )
-    from comfyui_layout_retouch.records import model_family
+    from comfyui_layout_retouch.records import base_model
 
-    assert model_family(tiny_xl.vanilla) == model_family(tiny_xl.personalized) == "SDXL"
+    assert base_model(tiny_xl.vanilla) == base_model(tiny_xl.personalized) == "SDXL"
     assert tiny_xl.personalized.model.model_type == comfy.model_base.ModelType.EPS
     assert tiny_xl.load_v_prediction().model.model_type == comfy.model_base.ModelType.V_PREDICTION
     entry = prompts["reference"][0]
     assert entry[0].shape[-1] == 2048 and entry[1]["pooled_output"].shape[-1] == 1280  # CLIP-L + CLIP-G
-    depths = transformer_depths(tiny_xl.personalized)
+    depths = family_of(tiny_xl.personalized).depths(tiny_xl.personalized)
+    assert attention_blocks(tiny_xl.personalized) == set(depths)
     assert sum(depths.values()) == 70 and depths[("middle", 0)] == 10  # SDXL's 70 transformer blocks
     assert {b: d for b, d in depths.items() if b[0] == "output"} == {
         **{("output", i): 10 for i in range(3)}, **{("output", i): 2 for i in range(3, 6)}}

@@ -45,7 +45,7 @@ def sample(comfy, model, im, latent, cfg=CFG):
 
 def rows_per_step(comfy, model, im, latent, cfg=CFG):
     """Sample a probed clone; return the output and, per step, the (layout, reference) rows per half of its calls."""
-    from comfyui_layout_retouch.attention.swap import ROWS_KEY
+    from comfyui_layout_retouch.attention.attend import ROWS_KEY
 
     seen = {}
     probe = model.clone()

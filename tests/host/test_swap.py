@@ -79,7 +79,7 @@ class Recorder:
         self.inner, self.kind, self.log = inner, kind, log
 
     def __call__(self, q, k, v, extra):
-        from comfyui_layout_retouch.attention.swap import ROWS_KEY
+        from comfyui_layout_retouch.attention.attend import ROWS_KEY
 
         out = self.inner(q, k, v, extra)
         rows = extra.get(ROWS_KEY)

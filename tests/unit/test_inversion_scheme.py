@@ -91,7 +91,7 @@ def test_schedule_checks():
 def test_trajectory_lookup():
     sigmas = karras(4).flip(0).float()
     latents = torch.arange(5, dtype=torch.float32).view(5, 1, 1, 1, 1).expand(5, 1, 4, 2, 2)
-    traj = InversionTrajectory(latents=latents, sigmas=sigmas, steps=4, scheduler="karras", family="SD15")
+    traj = InversionTrajectory(latents=latents, sigmas=sigmas, steps=4, scheduler="karras", base_model="SD15")
     assert len(traj) == 5
     assert torch.equal(traj.sampling_sigmas, karras(4).float())
     assert traj.index_of(sigmas[3]) == 3
@@ -99,4 +99,4 @@ def test_trajectory_lookup():
     with pytest.raises(KeyError):
         traj.index_of(123.0)
     with pytest.raises(ValueError):
-        InversionTrajectory(latents=latents[:3], sigmas=sigmas, steps=4, scheduler="karras", family="SD15")
+        InversionTrajectory(latents=latents[:3], sigmas=sigmas, steps=4, scheduler="karras", base_model="SD15")

@@ -1,9 +1,9 @@
-"""The Flux family (a DiT with joint attention): its blocks, and the swap on their attention.
+"""Joint attention (a DiT whose blocks attend over the text and image tokens together, ``[txt | img]``): the swap,
+the subject map and the recording patches on its blocks, shared by the families that have it (through
+:class:`.joint.JointFamily`).
 
-Flux has no separate self- and cross-attention: every double and single block attends over the
-text tokens and the image tokens together, ``[txt | img]`` (ComfyUI's ``comfy/ldm/flux``). The
-swap's "self-attention" is the image-query to image-key part of it (METHOD.md, Flux), so in the
-swapped blocks, for the target rows of a call:
+Such a model has no separate self- and cross-attention. The swap's "self-attention" is the image-query to
+image-key part of it (METHOD.md, Flux), so in the swapped blocks, for the target rows of a call:
 
 - ``s < lambda2`` (layout phase): the image tokens' keys and values are the layout path's; the
   text tokens' are the target's own; the queries are the target's;
@@ -12,19 +12,19 @@ swapped blocks, for the target rows of a call:
 - ``s >= mask_start``: the image tokens' attention output is blended with the layout's,
   ``M * phi_t + (1 - M) * phi_o``; the text tokens' output is the target's.
 
-RoPE has already turned the keys positional when the attention backend sees them. With
-``positions = "shifted"`` (the default) the m-th reference's keys are rotated further by
-``(m + 1)`` image widths along the width axis, so no reference key sits at a target position:
-the target's queries then find the subject's appearance by content, not by place, and do not
-copy the reference photo's layout (Personalize-Anything reports that ghosting with shared
-positions). ``"shared"`` keeps each key at its own position, as Stable Flow injects keys and
-values. RoPE is a rotation per axis, so rotating a rotated key by an offset is the key at the
-shifted position, exactly.
+Where RoPE has already turned the keys positional when the attention backend sees them (Flux, Qwen-Image),
+``positions = "shifted"`` (the default) rotates the m-th reference's keys further by ``(m + 1)`` image widths
+along the width axis, so no reference key sits at a target position: the target's queries then find the
+subject's appearance by content, not by place, and do not copy the reference photo's layout
+(Personalize-Anything reports that ghosting with shared positions). ``"shared"`` keeps each key at its own
+position, as Stable Flow injects keys and values. RoPE is a rotation per axis, so rotating a rotated key by an
+offset is the key at the shifted position, exactly.
 
-The patch is a ComfyUI ``dit`` block replacement (``("double_block", i)``/``("single_block", i)``)
-that runs the block (or the patch that was on the key, chained) with an attention override in
-a copy of the call's ``transformer_options``; an override already there (another pack's) is the
-attention the swap calls (one slot: ComfyUI does not chain them).
+The patches are ComfyUI ``dit`` block replacements (``("double_block", i)``/``("single_block", i)``) that run
+the block (or the patch that was on the key, chained) with an attention override in a copy of the call's
+``transformer_options``; an override already there (another pack's) is the attention the patch calls (one slot:
+ComfyUI does not chain them). A family gives its blocks, its projection (how a block's image tokens become its
+attention input, keys and values: :class:`JointProjection`) and its RoPE.
 """
 
 from __future__ import annotations
@@ -33,30 +33,46 @@ import math
 
 import torch
 
-from .. import host_api
 from ..records import KEYS, SELF_IN, SELF_OUT, VALUES, StepOfCall
 from .attend import ROWS_KEY, SOURCES_KEY
-from .layer_set import LayerSet
+from .maps import conditional_rows
 from .rows import RowLayout
 from .sources import StepSources
-from .swap import Phase, _layout_of_sources, mask_tokens
+from .swap import Phase, layout_of_sources, mask_tokens
 
 TOKENS_KEY = "lr_swap_tokens"  # the call's (text tokens, image token rows, image token columns), set by the session
 PROJECTION_KEY = "lr_joint_projection"  # the called model's JointProjection, for the recording patches
 OVERRIDE = "optimized_attention_override"  # ComfyUI's attention override slot in transformer_options
-POSITIONS = ("shifted", "shared")
-# Stable Flow (Avrahami et al. 2025, Sec. 3.2): the "vital layers" of FLUX.1-dev for image-token
-# injection, numbered over the 19 double then 38 single blocks: 0, 1, 17, 18, 25, 28, 53, 54, 56.
-VITAL = frozenset({("double", i) for i in (0, 1, 17, 18)} | {("single", i) for i in (6, 9, 34, 35, 37)})
 
 
-def _tokens(x: torch.Tensor) -> torch.Tensor:
+def to_tokens(x: torch.Tensor) -> torch.Tensor:
     """``[n, heads, tokens, d]`` to the records' ``[n, tokens, heads * d]``."""
     return x.transpose(1, 2).flatten(2)
 
 
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+def to_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[n, tokens, heads * d]`` to ``[n, heads, tokens, d]``."""
     return x.unflatten(2, (heads, -1)).transpose(1, 2)
+
+
+def _in_heads(q, k, v, heads: int, kwargs: dict):
+    """The override's q, k, v as ``[n, heads, tokens, d]``, and whether they came flat (``[n, tokens, heads * d]``:
+    an attention called without ``skip_reshape``, as Qwen-Image's)."""
+    if kwargs.get("skip_reshape", False):
+        return q, k, v, False
+    return to_heads(q, heads), to_heads(k, heads), to_heads(v, heads), True
+
+
+def _attend(func, prior, heads: int, flat: bool, rest, kwargs):
+    """The block's attention ``(q, k, v) -> [n, tokens, heads * d]`` on ``[n, heads, tokens, d]`` inputs: the
+    override that was there (chained) or ComfyUI's, given the inputs in the layout its caller used."""
+    def attend(q, k, v):
+        if flat:
+            q, k, v = to_tokens(q), to_tokens(k), to_tokens(v)
+        if prior is not None:
+            return prior(func, q, k, v, heads, *rest, **kwargs)
+        return func(q, k, v, heads, *rest, **kwargs)
+    return attend
 
 
 def shift_rope(k: torch.Tensor, columns: int, theta: float, axes_dim: tuple[int, ...]) -> torch.Tensor:
@@ -68,54 +84,38 @@ def shift_rope(k: torch.Tensor, columns: int, theta: float, axes_dim: tuple[int,
     return apply_rope1(k, pe)
 
 
-def _rope(k: torch.Tensor, pe: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """RoPE on keys ``[n, heads, tokens, d]`` as ComfyUI's Flux ``attention`` applies it (``pe``: one row)."""
+def rope_keys(k: torch.Tensor, pe: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """RoPE on keys ``[n, heads, tokens, d]`` as ComfyUI's Flux ``attention`` applies it (``pe``: one row,
+    ``[1, 1, tokens, d / 2, 2, 2]``)."""
     shape = k.shape
     k = k.to(dtype=pe.dtype).reshape(*shape[:-1], -1, 1, 2)
     return (pe[..., 0] * k[..., 0] + pe[..., 1] * k[..., 1]).reshape(*shape).type_as(like)
 
 
 class JointProjection:
-    """A Flux block's image-token keys and values from one kept tensor: the block's normed and modulated image
+    """A joint block's image-token keys and values from one kept tensor: the block's normed and modulated image
     tokens, the input its attention projects (one tensor where keys and values are two, so a record takes half the
     RAM). Keys and values are projected when read, with the block's own weights (LoRA patches included, as
-    ComfyUI's ops cast them), the keys normed and at the call's RoPE positions, as the block makes them; only the
-    projection's key or value columns are computed."""
+    ComfyUI's ops cast them), the keys normed and at the call's RoPE positions, as the block makes them. A family
+    gives :meth:`input_of` and :meth:`__call__`; :meth:`at` takes a Flux-shaped RoPE embedding."""
 
     def __init__(self, diffusion_model) -> None:
         self.dm = diffusion_model
 
-    def block(self, layer):
-        return (self.dm.double_blocks if layer[0] == "double" else self.dm.single_blocks)[layer[1]]
-
-    def input_of(self, layer, img: torch.Tensor, vec: torch.Tensor, tokens: tuple[int, int, int]) -> torch.Tensor:
-        """The image tokens' attention input ``[n, h * w, width]`` of rows whose block arguments are ``img`` (a
-        double block's image stream; a single block's text and image tokens) and ``vec``, as the block computes it."""
-        block = self.block(layer)
-        if layer[0] == "double":
-            mod, _ = block.img_mod(vec)
-            return torch.addcmul(mod.shift, block.img_norm1(img), 1 + mod.scale)
-        n_txt, h, w = tokens
-        mod, _ = block.modulation(vec)
-        return torch.addcmul(mod.shift, block.pre_norm(img[:, n_txt:n_txt + h * w]), 1 + mod.scale)
+    def input_of(self, layer, args: dict, index: torch.Tensor | None, tokens: tuple[int, int, int]) -> torch.Tensor:
+        """The image tokens' attention input ``[n, h * w, width]`` of the rows ``index`` (None: all) of a block
+        called with ``args`` (the ``dit`` patch's), as the block computes it."""
+        raise NotImplementedError
 
     def at(self, pe: torch.Tensor, tokens: tuple[int, int, int]):
         """``project(layer, kind, input)`` for a call whose RoPE embedding (text, then image tokens) is ``pe``."""
         n_txt, h, w = tokens
-        pe_img = pe[:1, :, n_txt:n_txt + h * w]
+        pe_img = None if pe is None else pe[:1, :, n_txt:n_txt + h * w]
         return lambda layer, kind, x: self(layer, kind, x, pe_img)
 
-    def __call__(self, layer, kind: str, x: torch.Tensor, pe_img: torch.Tensor) -> torch.Tensor:
-        block = self.block(layer)
-        linear, norm = (block.img_attn.qkv, block.img_attn.norm) if layer[0] == "double" else (block.linear1, block.norm)
-        width = x.shape[-1]
-        part = slice(width, 2 * width) if kind == KEYS else slice(2 * width, 3 * width)  # q, k, v; then the MLP's
-        weight, bias = host_api.dense_linear(linear, x)  # dense: fp8 or quantized weights are sliced by value
-        out = torch.nn.functional.linear(x, weight[part], None if bias is None else bias[part])
-        if kind == VALUES:
-            return out
-        keys = norm.key_norm(_heads(out, block.num_heads)).to(out)
-        return _tokens(_rope(keys, pe_img, out))
+    def __call__(self, layer, kind: str, x: torch.Tensor, pe_img: torch.Tensor | None) -> torch.Tensor:
+        """Keys (``[n, tokens, heads * d]``, RoPE applied at ``pe_img``) or values of ``layer`` from its input."""
+        raise NotImplementedError
 
 
 def swap_joint_attention(q, k, v, rows: RowLayout, phase: Phase, attend, tokens: tuple[int, int, int],
@@ -147,7 +147,7 @@ def swap_joint_attention(q, k, v, rows: RowLayout, phase: Phase, attend, tokens:
         index = rows.layout_index() if path == "layout" else rows.reference_index()
         present = (rows.n_layout if path == "layout" else rows.n_reference) > 0
         index = index.to(q.device, non_blocking=True)
-        k_src, v_src = (_heads(sources.for_targets(path, layer, kind, _tokens(x[index][:, :, img]) if present else None,
+        k_src, v_src = (to_heads(sources.for_targets(path, layer, kind, to_tokens(x[index][:, :, img]) if present else None,
                                                    q_t, project, keep=False), heads) for kind, x in ((KEYS, k), (VALUES, v)))
         if path == "reference" and shift is not None:
             n = h * w
@@ -156,7 +156,7 @@ def swap_joint_attention(q, k, v, rows: RowLayout, phase: Phase, attend, tokens:
         v_t = torch.cat([v_t[:, :, :n_txt], v_src.to(v_t.dtype), v_t[:, :, img.stop:]], dim=2)
     out_target = attend(q_t, k_t, v_t)
     if mask is not None:
-        layout_rows = _layout_of_sources(out_sources, rows)
+        layout_rows = layout_of_sources(out_sources, rows)
         layout = sources.for_targets("layout", layer, SELF_OUT, None if layout_rows is None else layout_rows[:, img],
                                      out_target)
         out_target = out_target.clone()
@@ -168,7 +168,7 @@ class JointBlockSwap:
     """A ``dit`` block replacement: the block (or the patch that was on its key) run with the swap's
     attention override; outside a retouch run, the block as before."""
 
-    def __init__(self, block: tuple[str, int], spec, mask: torch.Tensor | None, chained, rope: tuple) -> None:
+    def __init__(self, block: tuple[str, int], spec, mask: torch.Tensor | None, chained, rope: tuple | None) -> None:
         self.block = block
         self.spec = spec
         self.mask = mask
@@ -199,8 +199,7 @@ class JointBlockSwap:
             if phase is Phase.REFERENCE and rows.n_reference and sources.writes("reference"):
                 # the reference cache keeps the reference rows' attention input, not their keys and values
                 index = rows.reference_index().to(args["img"].device, non_blocking=True)
-                sources.put("reference", layer, SELF_IN,
-                            sources.project.input_of(layer, args["img"][index], args["vec"][index], tokens))
+                sources.put("reference", layer, SELF_IN, sources.project.input_of(layer, args, index, tokens))
         mask = None
         if self.mask is not None and self.spec.blends(block, step):
             mask = self.mask
@@ -210,10 +209,8 @@ class JointBlockSwap:
             shift = lambda keys, m: shift_rope(keys, (m + 1) * tokens[2], theta, axes_dim)  # noqa: E731
 
         def override(func, q, k, v, heads, *rest, **kwargs):
-            def attend(q_, k_, v_):
-                if prior is not None:
-                    return prior(func, q_, k_, v_, heads, *rest, **kwargs)
-                return func(q_, k_, v_, heads, *rest, **kwargs)
+            q, k, v, flat = _in_heads(q, k, v, heads, kwargs)
+            attend = _attend(func, prior, heads, flat, rest, kwargs)
             blend = None if mask is None else mask_tokens(mask, rows, tokens[1:], q)
             return swap_joint_attention(q, k, v, rows, phase, attend, tokens, blend, layer, sources, shift, project)
 
@@ -249,8 +246,6 @@ class JointMapCapture:
         return self.chained(args, extra) if self.chained is not None else extra["original_block"](args)
 
     def __call__(self, args: dict, extra: dict) -> dict:
-        from .capture import conditional_rows
-
         options = args.get("transformer_options") or {}
         sigmas = options.get("sample_sigmas") if self.sigmas is None else self.sigmas
         step = None if sigmas is None or "sigmas" not in options else self.position(options["sigmas"], sigmas)
@@ -263,6 +258,7 @@ class JointMapCapture:
         def override(func, q, k, v, heads, *rest, **kwargs):
             out = prior(func, q, k, v, heads, *rest, **kwargs) if prior is not None else \
                 func(q, k, v, heads, *rest, **kwargs)
+            q, k, _, _ = _in_heads(q, k, k, heads, kwargs)
             rows = conditional_rows(options, q.shape[0]).to(q.device, non_blocking=True)
             if len(rows):
                 store.latent_size = (2 * h, 2 * w)
@@ -304,7 +300,7 @@ class JointRecord:
                 self.record.put(step, half, layer, kind, tensor[h * n:(h + 1) * n])
 
         if SELF_IN in self.kinds:
-            put(SELF_IN, options[PROJECTION_KEY].input_of(layer, args["img"], args["vec"], tokens))
+            put(SELF_IN, options[PROJECTION_KEY].input_of(layer, args, None, tokens))
         if SELF_OUT not in self.kinds:
             return self._run(args, extra)
         prior, (n_txt, h, w) = options.get(OVERRIDE), tokens
@@ -316,93 +312,3 @@ class JointRecord:
             return out
 
         return self._run({**args, "transformer_options": {**options, OVERRIDE: override}}, extra)
-
-
-def tokens_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
-    """APPLY_MODEL wrapper: the call's token layout and the model's :class:`JointProjection` in its
-    ``transformer_options`` (for :class:`JointMapCapture` and :class:`JointRecord`)."""
-    options = dict(transformer_options or {})
-    if c_crossattn is not None:
-        options.setdefault(TOKENS_KEY, FluxFamily.tokens(x, c_crossattn))
-    options.setdefault(PROJECTION_KEY, JointProjection(executor.class_obj.diffusion_model))
-    return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
-
-
-class FluxFamily:
-    """Flux.1 (dev, schnell) and its finetunes: 19 double and 38 single blocks in the full model."""
-
-    name = "Flux"
-    joint = True  # text and image tokens attend together: the swap's needs are keys and values (swap.SourceNeeds)
-    # What a source's record keeps for each path: the reference's keys and values, the layout's too (its layout
-    # phase) and its attention output (the mask blend); keys and values as the block's attention input.
-    record_kinds = {"reference": (SELF_IN,), "layout": (SELF_IN, SELF_OUT)}
-
-    @staticmethod
-    def depths(model) -> dict[tuple[str, int], int]:
-        dm = model.model.diffusion_model
-        return {**{("double", i): 1 for i in range(len(dm.double_blocks))},
-                **{("single", i): 1 for i in range(len(dm.single_blocks))}}
-
-    def auto_layers(self, model) -> LayerSet:
-        """``"auto"``: Stable Flow's vital layers that the model has (every block if it has none of them)."""
-        blocks = set(self.depths(model))
-        return LayerSet(frozenset(VITAL & blocks or blocks))
-
-    def install_swap(self, clone, model, needs, spec, mask, positions: str = POSITIONS[0]) -> None:
-        """Put a :class:`JointBlockSwap` on every swapped block and on every block another patch holds."""
-        taken = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-        params = model.model.diffusion_model.params
-        rope = (params.theta, tuple(params.axes_dim)) if positions == "shifted" else None
-        swapped = {layer[:2] for layer in needs.self_layers}
-        for block in self.depths(model):
-            key = (f"{block[0]}_block", block[1])
-            chained = taken.get(key)
-            if block in swapped or chained is not None:
-                clone.set_model_patch_replace(JointBlockSwap(block, spec, mask, chained, rope), "dit", *key)
-
-    def install_recording(self, clone, record, sampling_sigmas: torch.Tensor, layers: LayerSet,
-                          kinds: tuple[str, ...]) -> None:
-        """Put a :class:`JointRecord` on every block in ``layers`` (chaining the patch on its key)."""
-        import comfy.patcher_extension as ext
-
-        taken = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-        for block in sorted(layers.keys_in(set(self.depths(clone)))):
-            key = (f"{block[0]}_block", block[1])
-            clone.set_model_patch_replace(JointRecord(block, record, sampling_sigmas, taken.get(key), kinds), "dit",
-                                          *key)
-        ext.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, TOKENS_KEY, tokens_wrapper, clone.model_options,
-                                 is_model_options=True)
-
-    def map_layers(self, model) -> LayerSet:
-        """Where the subject map is read: every double block (text and image keep their own streams there)."""
-        return LayerSet(frozenset(b for b in self.depths(model) if b[0] == "double"))
-
-    def install_map_capture(self, clone, model, store, layers: LayerSet, steps, resolution: int | None,
-                            sampling_sigmas: torch.Tensor | None = None) -> None:
-        """Put a :class:`JointMapCapture` on the double blocks in ``layers``; every Flux image token sits at
-        latent size / 2 (2x2 patches), so a ``resolution`` other than 2 selects none."""
-        import comfy.patcher_extension as ext
-
-        if resolution not in (None, 2):
-            return
-        taken = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-        for block in sorted(layers.keys_in(set(self.depths(model)))):
-            if block[0] == "double":
-                key = ("double_block", block[1])
-                clone.set_model_patch_replace(JointMapCapture(block, store, steps, taken.get(key), sampling_sigmas),
-                                              "dit", *key)
-        ext.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, TOKENS_KEY, tokens_wrapper, clone.model_options,
-                                 is_model_options=True)
-
-    @staticmethod
-    def projection(diffusion_model) -> JointProjection:
-        return JointProjection(diffusion_model)
-
-    @staticmethod
-    def tokens(x: torch.Tensor, context: torch.Tensor) -> tuple[int, int, int]:
-        """``(text tokens, image token rows, columns)`` of a call on latent ``x`` (2x2 patches, padded)."""
-        h, w = x.shape[-2:]
-        return context.shape[1], (h + 1) // 2, (w + 1) // 2
-
-
-FLUX = FluxFamily()
