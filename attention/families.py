@@ -6,6 +6,7 @@ recognition (each family's ``recognises`` is strict enough that at most one answ
 
 from __future__ import annotations
 
+from .chroma import CHROMA
 from .family import Family, UnsupportedModel
 from .flux import FLUX
 from .unet import UNET
@@ -13,6 +14,7 @@ from .unet import UNET
 FAMILIES: tuple[Family, ...] = (
     UNET,
     FLUX,
+    CHROMA,
 )
 
 SUPPORTED = ", ".join(family.models for family in FAMILIES)

@@ -143,31 +143,51 @@ FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, patch_size=
 FLUX_TINY = dict(FLUX_DEV, hidden_size=64, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[4, 14, 14])
 
 
+CHROMA_TINY = dict(image_model="chroma", in_channels=64, out_channels=64, patch_size=2, context_in_dim=4096,
+                   hidden_size=64, mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[4, 14, 14],
+                   theta=10000, qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=128, n_layers=2)
+
+
+def model_config(config: dict):
+    """ComfyUI's model config for a diffusion model's config (``image_model`` and sizes, as its detection makes
+    one from a state dict), chosen by ComfyUI's own matching."""
+    import comfy.model_detection
+
+    found = comfy.model_detection.model_config_from_unet_config(dict(config))
+    if found is None:
+        raise ValueError(f"ComfyUI matches no model config to {config}")
+    return found
+
+
+def dit_state_dict(config: dict, seed: int, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A DiT's state dict (ComfyUI's key names) for ``config`` (any width), seeded, made on ``device``."""
+    with torch.device("meta"):
+        model = model_config(config).get_model({}, "", device="meta")
+    return fill(model.diffusion_model, seed, device, dtype)
+
+
 def flux_state_dict(config: dict, seed: int, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """A Flux transformer's state dict (ComfyUI's and BFL's key names), seeded, made on ``device``."""
-    import comfy.ldm.flux.model
-    import comfy.ops
-
-    params = {k: v for k, v in config.items() if k != "image_model"}
-    with torch.device("meta"):
-        flux = comfy.ldm.flux.model.Flux(**params, device="meta", operations=comfy.ops.disable_weight_init)
-    return fill(flux, seed, device, dtype)
+    return dit_state_dict(config, seed, device, dtype)
 
 
-def flux_patcher(config: dict, state_dict: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,
-                 compute: torch.dtype | None = None):
-    """A ComfyUI ModelPatcher of a Flux transformer built from ``config`` (any width), as
+def dit_patcher(config: dict, state_dict: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,
+                compute: torch.dtype | None = None):
+    """A ComfyUI ModelPatcher of a DiT built from ``config`` (any width), as
     ``comfy.sd.load_diffusion_model_state_dict`` builds a detected one: weights stored in ``dtype``, computed in
     ``compute`` where given (ComfyUI's manual cast, as for fp8 e4m3fn weights, the most common Flux download)."""
     import comfy.model_management
     import comfy.model_patcher
-    import comfy.supported_models
 
-    model_config = comfy.supported_models.Flux(dict(config))
-    model_config.set_inference_dtype(dtype, compute)
+    found = model_config(config)
+    found.set_inference_dtype(dtype, compute)
     device = next(iter(state_dict.values())).device  # built where its weights are (a full-size one: the GPU)
-    model = model_config.get_model(state_dict, "", device=device)
+    model = found.get_model(state_dict, "", device=device)
     model.load_model_weights(state_dict, "")
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
+
+
+flux_patcher = dit_patcher

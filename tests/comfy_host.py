@@ -296,21 +296,55 @@ class TinyXL(Tiny):
         return self.checkpoint("tiny_xl_vpred", output_vae=False, output_clip=False)[0]
 
 
-class TinyFlux:
-    """Two tiny Flux.1-dev transformers (64 wide, 2 double and 2 single blocks, 2 heads) built with ComfyUI's
-    own Flux classes (``benchmark.random_models.flux_patcher``): the vanilla and a "personalized" one. T5-XXL
-    cannot be tiny, so prompts are conditioning tensors of Flux's real shapes (T5 ``[1, 256, 4096]``, CLIP-L
-    pooled ``[1, 768]``) seeded by their text, with FluxGuidance's ``guidance``."""
+class TinyDiT:
+    """Two tiny transformers of one DiT family (64 wide, 2 heads, two blocks of each kind) built with ComfyUI's own
+    classes from the config its detection would make (``benchmark.random_models.dit_patcher``): the vanilla and a
+    "personalized" one. Their text encoders (T5-XXL, Qwen2.5-VL 7B) cannot be tiny, so prompts are conditioning
+    tensors of the family's real shapes seeded by their text, with the pooled text and guidance the family
+    reads."""
+
+    # name: (config, text width, pooled width or None, guidance or None, base model, the "auto" blocks it has,
+    #        two blocks of other kinds where it has them, its block count)
+    SPECS = {
+        "flux": ("FLUX_TINY", 4096, 768, 3.5, "Flux", {("double", 0), ("double", 1)}, ("double 0", "single 1"), 4),
+        "chroma": ("CHROMA_TINY", 4096, None, 0.0, "Chroma", {("double", 0), ("double", 1)}, ("double 0", "single 1"),
+                   4),
+    }
+
+    def __init__(self, name: str) -> None:
+        from comfyui_layout_retouch.benchmark import random_models
+
+        config, self.text_width, self.pooled, self.guidance, self.base_model, self.auto, self.two_blocks, \
+            self.blocks = self.SPECS[name]
+        self.name, self.config = name, getattr(random_models, config)
+        self.vanilla = random_models.dit_patcher(self.config, random_models.dit_state_dict(self.config, 1))
+        self.personalized = random_models.dit_patcher(self.config, random_models.dit_state_dict(self.config, 2))
+
+    def encode(self, text: str, tokens: int = 256):
+        import zlib
+
+        gen = torch.Generator().manual_seed(zlib.crc32(text.encode()))
+        text_tokens = torch.randn(1, tokens, self.text_width, generator=gen)
+        # A T5-only encoder's conditioning carries pooled_output None (ComfyUI's CLIP.encode_from_tokens_scheduled)
+        extra = {"pooled_output": None if self.pooled is None else torch.randn(1, self.pooled, generator=gen)}
+        if self.guidance is not None:
+            extra["guidance"] = self.guidance
+        return [[text_tokens, extra]]
+
+    @property
+    def dit_keys(self) -> dict[str, tuple[str, int]]:
+        """The ``dit`` patch key of each of :attr:`two_blocks`."""
+        return {text: (f"{text.split()[0]}_block", int(text.split()[1])) for text in self.two_blocks}
+
+
+class TinyFlux(TinyDiT):
+    """The tiny Flux.1-dev pair (2 double and 2 single blocks), prompts of Flux's real shapes (T5 ``[1, 256, 4096]``,
+    CLIP-L pooled ``[1, 768]``) with FluxGuidance's ``guidance``."""
 
     def __init__(self) -> None:
-        from comfyui_layout_retouch.benchmark.random_models import FLUX_TINY, flux_patcher, flux_state_dict
+        super().__init__("flux")
 
-        self.config = FLUX_TINY
-        self.vanilla = flux_patcher(FLUX_TINY, flux_state_dict(FLUX_TINY, 1))
-        self.personalized = flux_patcher(FLUX_TINY, flux_state_dict(FLUX_TINY, 2))
-
-    @staticmethod
-    def encode(text: str, guidance: float = 3.5, tokens: int = 256):
+    def encode(self, text: str, guidance: float = 3.5, tokens: int = 256):
         import zlib
 
         gen = torch.Generator().manual_seed(zlib.crc32(text.encode()))

@@ -1,9 +1,10 @@
-"""A DiT of a family the pack does not support yet (Flux.2, Chroma, Z-Image, ...) is refused in one line that names
-its family and what the pack supports: at the node's input, never from inside a block.
+"""A DiT of a family the pack does not support yet (Flux.2, Chroma Radiance, Z-Image, ...) is refused in one line
+that names its family and what the pack supports: at the node's input, never from inside a block.
 
-The stand-ins are the tiny Flux (ComfyUI's own Flux classes) changed the way those families differ from Flux.1:
+The stand-ins are tiny models of supported families (ComfyUI's own classes) changed the way those families differ:
 Flux.2 (ComfyUI 0.3.72's ``comfy/ldm/flux/model.py``: ``global_modulation``, the blocks' own modulation None),
-Chroma (its blocks from ComfyUI's ``comfy/ldm/chroma/layers.py``: modulations computed outside the blocks)."""
+a Flux.1 whose first double block is Chroma's (modulations computed outside the blocks, with no Chroma around
+them), Chroma Radiance (Chroma's blocks in pixel space: ``nerf_blocks``)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def as_flux2(diffusion_model) -> None:
         block.modulation = None
 
 
-def as_chroma(diffusion_model) -> None:
+def as_chroma_blocks(diffusion_model) -> None:
     import comfy.ops
     from comfy.ldm.chroma.layers import DoubleStreamBlock
 
@@ -47,12 +48,20 @@ def as_chroma(diffusion_model) -> None:
                                                          operations=comfy.ops.disable_weight_init)
 
 
-@pytest.mark.parametrize("name, change", [("Flux2", as_flux2), ("Chroma", as_chroma)])
-def test_the_family_is_named(comfy, tiny_flux, name, change):
-    model = stand_in(tiny_flux.vanilla, name, change)
+def as_radiance(diffusion_model) -> None:
+    diffusion_model.nerf_blocks = torch.nn.ModuleList()
+
+
+@pytest.mark.parametrize("name, made_from, change", [("Flux2", "flux", as_flux2), ("HalfChroma", "flux", as_chroma_blocks),
+                                                     ("ChromaRadiance", "chroma", as_radiance)])
+def test_the_family_is_named(comfy, tiny_flux, name, made_from, change):
+    import comfy_host
+
+    tiny = tiny_flux if made_from == "flux" else comfy_host.TinyDiT(made_from)
+    model = stand_in(tiny.vanilla, name, change)
     with pytest.raises(family.UnsupportedModel, match=f"the model is a {name} model, a family this pack does not"):
         families.family_of(model)
-    assert families.family_of(tiny_flux.vanilla).name == "Flux"  # the Flux.1 it was made from still is Flux
+    assert families.family_of(tiny.vanilla).name == tiny.base_model  # the model it was made from still is supported
 
 
 def test_a_node_refuses_it_at_its_input(comfy, tiny_flux):
