@@ -9,12 +9,14 @@ from __future__ import annotations
 from .chroma import CHROMA
 from .family import Family, UnsupportedModel
 from .flux import FLUX
+from .qwen_image import QWEN_IMAGE
 from .unet import UNET
 
 FAMILIES: tuple[Family, ...] = (
     UNET,
     FLUX,
     CHROMA,
+    QWEN_IMAGE,
 )
 
 SUPPORTED = ", ".join(family.models for family in FAMILIES)

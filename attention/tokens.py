@@ -5,14 +5,23 @@ the embedding for Textual Inversion ("embedding:my_cat"), or several words, whos
 summed (as DreamMatcher does). Token positions count the start token as 0 and run on across
 ComfyUI's 77-token chunks, matching the conditioning's token axis; on Flux they are T5's (no start
 token), the text tokens of its joint attention.
+
+A chat-template text encoder (Qwen-Image's Qwen2.5-VL) wraps the prompt in a template and its encoder drops the
+template's head from the conditioning (ComfyUI's ``QwenImageTEModel.encode_token_weights``: up to ``<|im_start|>user\n``),
+so the conditioning's tokens start with the prompt's. Its BPE tokens carry the space before a word (`` dog`` is
+not ``dog``), so the subject is found by its place in the prompt's text: its tokens are those the prompt gains from
+the text before the word to the text through it.
 """
 
 from __future__ import annotations
+
+import re
 
 from ..errors import Problem
 from ..records import keys_equal
 
 EMBEDDING = "embedding:"  # ComfyUI's prefix of an embedding in a prompt
+TEMPLATED = ("qwen25_7b",)  # tokenizers whose prompt sits in a chat template the encoder drops the head of
 
 
 def _chunks(tokens: dict) -> list:
@@ -28,6 +37,21 @@ def _word_tokens(clip, text: str) -> list:
     return [entry[0] for chunk in chunks for entry in chunk if entry[2] > 0]
 
 
+def _templated_positions(clip, prompt: str, words: list[str]) -> list[int]:
+    """The subject words' token positions after a chat template's dropped head (see the module docstring)."""
+    def count(text: str) -> int:
+        return sum(len(chunk) for chunk in _chunks(clip.tokenize(text)))
+
+    empty, positions = count(""), []
+    for word in words:
+        starts = [m.start() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", prompt)]
+        if not starts:
+            raise KeyError(word)
+        for start in starts:
+            positions.extend(range(count(prompt[:start].rstrip()) - empty, count(prompt[:start + len(word)]) - empty))
+    return positions
+
+
 def subject_positions(clip, prompt: str, subject: str) -> list[int]:
     """Positions in the prompt's token sequence of every token of every subject word.
 
@@ -35,6 +59,11 @@ def subject_positions(clip, prompt: str, subject: str) -> list[int]:
         KeyError: a subject word does not occur in the prompt (the message names it).
     """
     tokens = clip.tokenize(prompt, return_word_ids=True)
+    if any(key in tokens for key in TEMPLATED):
+        positions = _templated_positions(clip, prompt, subject.replace(",", " ").split())
+        if not positions:
+            raise KeyError(subject)
+        return sorted(set(positions))
     sequence = [entry[0] for chunk in _chunks(tokens) for entry in chunk]
     positions: list[int] = []
     for word in subject.replace(",", " ").split():

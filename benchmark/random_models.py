@@ -147,6 +147,9 @@ CHROMA_TINY = dict(image_model="chroma", in_channels=64, out_channels=64, patch_
                    hidden_size=64, mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[4, 14, 14],
                    theta=10000, qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=128, n_layers=2)
 
+QWEN_IMAGE_TINY = dict(image_model="qwen_image", in_channels=64, out_channels=16, num_layers=2, attention_head_dim=32,
+                       num_attention_heads=2, axes_dims_rope=[8, 12, 12])
+
 
 def model_config(config: dict):
     """ComfyUI's model config for a diffusion model's config (``image_model`` and sizes, as its detection makes

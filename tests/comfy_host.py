@@ -309,6 +309,8 @@ class TinyDiT:
         "flux": ("FLUX_TINY", 4096, 768, 3.5, "Flux", {("double", 0), ("double", 1)}, ("double 0", "single 1"), 4),
         "chroma": ("CHROMA_TINY", 4096, None, 0.0, "Chroma", {("double", 0), ("double", 1)}, ("double 0", "single 1"),
                    4),
+        "qwen_image": ("QWEN_IMAGE_TINY", 3584, None, None, "QwenImage", {("double", 0), ("double", 1)},
+                       ("double 0", "double 1"), 2),
     }
 
     def __init__(self, name: str) -> None:
@@ -365,13 +367,17 @@ def flux_files(tmp_path_factory) -> dict[str, Path]:
 
 
 class FluxTextStandIn:
-    """A Flux CLIP (DualCLIPLoader's output) for the tests: ComfyUI's own Flux tokenizer (CLIP-L and T5), and
-    prompts encoded as :meth:`TinyFlux.encode` makes them (T5-XXL cannot be tiny)."""
+    """A DiT's CLIP (the text loader's output) for the tests: ComfyUI's own tokenizer of the family (Flux's CLIP-L
+    and T5; T5 for Chroma; Qwen2.5-VL's chat template for Qwen-Image), and prompts encoded as the tiny model's
+    ``encode`` makes them (T5-XXL and Qwen2.5-VL cannot be tiny)."""
 
     def __init__(self, tiny_flux) -> None:
-        from comfy.text_encoders.flux import FluxTokenizer
+        if getattr(tiny_flux, "name", "flux") == "qwen_image":
+            from comfy.text_encoders.qwen_image import QwenImageTokenizer as Tokenizer
+        else:
+            from comfy.text_encoders.flux import FluxTokenizer as Tokenizer
 
-        self.tokenizer, self.tiny_flux, self.text = FluxTokenizer(), tiny_flux, None
+        self.tokenizer, self.tiny_flux, self.text = Tokenizer(), tiny_flux, None
 
     def tokenize(self, text: str, return_word_ids: bool = False, **kwargs):
         self.text = text

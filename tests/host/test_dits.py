@@ -87,7 +87,8 @@ def test_inversion_reaches_sigma_1_and_reconstructs_at_first_order(comfy, tiny_d
         inverted, traj = invert(comfy, model, cond, lat, steps)
         assert float(traj.sigmas[-1]) == 1.0 and torch.isfinite(inverted["samples"]).all()
         assert torch.equal(inverted["samples"], model.get_model_object("latent_format").process_out(traj.latents[-1]))
-        errors[steps] = float((reconstruct(comfy, model, cond, traj, steps) - lat["samples"]).abs().max())
+        out = reconstruct(comfy, model, cond, traj, steps)
+        errors[steps] = float((out.reshape(lat["samples"].shape) - lat["samples"]).abs().max())  # Qwen-Image: 5-D
     ratios = errors[8] / errors[16], errors[16] / errors[32]
     measured(f"{tiny_dit.base_model} inversion round trip, max error at 8/16/32 steps: {errors[8]:.3g}/{errors[16]:.3g}/"
              f"{errors[32]:.3g} (ratios {ratios[0]:.2f}, {ratios[1]:.2f})")
@@ -418,9 +419,10 @@ class TestBadInput:
                 scheduler=SCHEDULER, sampler_name="dpmpp_2m", cfg=CFG)
 
 
-def test_subject_map_reads_the_double_blocks_at_the_t5_tokens(comfy, tiny_dit, inversions):
-    """The Cross-Attention Mask on a DiT: the subject's T5 positions from ComfyUI's tokenizer, image-to-text joint
-    attention of both double blocks (the singles untouched), equal to the probabilities computed by hand."""
+def test_subject_map_reads_the_map_blocks_at_the_subject_tokens(comfy, tiny_dit, inversions):
+    """The Cross-Attention Mask on a DiT: the subject's positions from ComfyUI's own tokenizer (T5's; Qwen2.5-VL's
+    after its template), image-to-text joint attention of both double blocks (the singles untouched), equal to the
+    probabilities computed by hand."""
     import comfy_host
 
     from comfyui_layout_retouch.attention.tokens import subject_positions
@@ -428,10 +430,12 @@ def test_subject_map_reads_the_double_blocks_at_the_t5_tokens(comfy, tiny_dit, i
     clip = comfy_host.FluxTextStandIn(tiny_dit)
     prompt = "a sks dog on a beach"
     positions = subject_positions(clip, prompt, "dog")
-    t5 = [entry[0] for entry in clip.tokenize(prompt)["t5xxl"][0]]
-    dog = [entry[0] for entry in clip.tokenize("dog")["t5xxl"][0]]
-    dog = dog[:dog.index(1)]  # up to T5's end token (then padding)
-    assert [t5[i] for i in positions] == dog and positions[0] == t5.index(dog[0]) > 0  # T5's own positions
+    key, tokens = next((k, v) for k, v in clip.tokenize(prompt).items() if k in ("t5xxl", "qwen25_7b"))
+    sequence = [entry[0] for entry in tokens[0]]
+    if key == "qwen25_7b":  # the conditioning starts after the template's "<|im_start|>user\n" (ComfyUI's encoder)
+        sequence = sequence[[i for i, t in enumerate(sequence) if t == 151644][1] + 3:]
+    words = getattr(clip.tokenizer, key).tokenizer
+    assert words.decode([sequence[i] for i in positions]).strip() == "dog" and positions[0] > 0
     _, traj = inversions["layout"]
     node = comfy.NODE_CLASS_MAPPINGS["LR_CrossAttentionMask"]
     soft, binary = node.execute(model=tiny_dit.personalized, layout_inversion=traj, clip=clip, prompt=prompt,
@@ -464,7 +468,10 @@ def test_subject_map_reads_the_double_blocks_at_the_t5_tokens(comfy, tiny_dit, i
     record_on_trajectory(plain, tiny_dit.encode(prompt), traj, [1])
     assert len(seen) == tiny_dit.blocks  # every block (Flux: two double blocks, then two single blocks)
     by_hand = 0
+    heads = model.model.diffusion_model.transformer_blocks[0].attn.heads if tiny_dit.name == "qwen_image" else None
     for q, k in seen[:2]:
+        if q.ndim == 3:  # flat [n, tokens, heads * d] (Qwen-Image's call): as [n, heads, tokens, d]
+            q, k = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k))
         attention = torch.softmax(q.float() @ k.float().transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
         by_hand = by_hand + attention[:, :, 256:, :256].mean(1)
     assert torch.allclose(probs, by_hand, rtol=1e-5, atol=1e-7)
