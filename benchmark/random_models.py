@@ -146,7 +146,10 @@ FLUX_TINY = dict(FLUX_DEV, hidden_size=64, num_heads=2, depth=2, depth_single_bl
 CHROMA_TINY = dict(image_model="chroma", in_channels=64, out_channels=64, patch_size=2, context_in_dim=4096,
                    hidden_size=64, mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[4, 14, 14],
                    theta=10000, qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=128, n_layers=2)
+CHROMA_FULL = dict(CHROMA_TINY, hidden_size=3072, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56],
+                   out_dim=3072, hidden_dim=5120, n_layers=5)
 
+QWEN_IMAGE_FULL = dict(image_model="qwen_image", in_channels=64, out_channels=16, num_layers=60)  # 24 heads of 128
 QWEN_IMAGE_TINY = dict(image_model="qwen_image", in_channels=64, out_channels=16, num_layers=2, attention_head_dim=32,
                        num_attention_heads=2, axes_dims_rope=[8, 12, 12])
 

@@ -5,7 +5,7 @@ A record keeps, per step, CFG half and layer, tensors ``[tokens, width]`` in the
 self-attention's input (a reference: its keys and values are projected from it when read), its output and the
 cross-attention's output (a layout); on a DiT each block's image-token attention input (and a layout's output).
 ``sizes()`` gives each record of the shipped default at a UNet's native size and 50 steps; ``dit_sizes()`` a
-DiT's at its workflow's settings.
+DiT's at its workflow's settings (``benchmark.dits``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from ..attention.families import family_of_diffusion_model
 from ..records import CROSS_OUT, KEYS, KINDS, LAYOUT_KINDS, REFERENCE_KINDS, SELF_IN, SELF_OUT, SELF_VALUE_IN, VALUES
-from .random_models import FLUX_DEV, SD15_UNET, SDXL_UNET
+from .random_models import SD15_UNET, SDXL_UNET, model_config
 
 
 def _patcher(diffusion_model):
@@ -31,13 +31,10 @@ def meta_unet(config: dict):
         return UNetModel(**config, device="meta")
 
 
-def meta_flux(config: dict):
-    import comfy.ldm.flux.model
-    import comfy.ops
-
-    params = {k: v for k, v in config.items() if k != "image_model"}
+def meta_dit(config: dict):
+    """A DiT of ``config`` on the meta device, built as ComfyUI builds a detected one."""
     with torch.device("meta"):
-        return comfy.ldm.flux.model.Flux(**params, device="meta", operations=comfy.ops.disable_weight_init)
+        return model_config(config).get_model({}, "", device="meta").diffusion_model
 
 
 def record_bytes(diffusion_model, layers, latent_size: int, steps: int, halves: int, kinds: tuple[str, ...],
@@ -84,7 +81,6 @@ def sizes(steps: int = 50, lambda1: int = 5, lambda2: int = 10) -> dict[str, dic
 
 
 DIT_CACHE = "reference cache (each block's attention input from lambda2)"
-FLUX_CACHE = DIT_CACHE
 
 
 def dit_sizes(diffusion_model, steps: int, lambda2: int, size: int) -> dict[str, float]:
@@ -99,8 +95,3 @@ def dit_sizes(diffusion_model, steps: int, lambda2: int, size: int) -> dict[str,
             "keys and values from lambda2": 2 * per_step * (steps - lambda2),
             "reference inversion's record (fast mode)": per_step * steps,
             "layout inversion's record (fast mode)": 2 * per_step * steps}
-
-
-def flux_sizes(steps: int = 28, lambda2: int = 6, size: int = 1024) -> dict[str, float]:
-    """Flux.1-dev's records at ``size`` px with the Flux workflow's lambda2 (6 of 28)."""
-    return dit_sizes(meta_flux(FLUX_DEV), steps, lambda2, size)

@@ -123,9 +123,12 @@ def check_same_family(node: str, name_a: str, model_a, name_b: str, model_b) -> 
 
 
 def check_latent(node: str, input_name: str, samples: torch.Tensor, model) -> None:
-    """Raise unless ``samples`` is a non-empty ``[B, C, H, W]`` latent with the model's channels."""
-    if samples.ndim != 4:
-        raise NodeInputError(node, input_name, f"has shape {tuple(samples.shape)}, not [batch, channels, height, width].",
+    """Raise unless ``samples`` is a non-empty ``[B, C, H, W]`` latent with the model's channels (a video VAE's
+    ``[B, C, 1, H, W]`` where the model's latents have a time axis, as Qwen-Image's Wan 2.1 VAE gives them)."""
+    frames = model.get_model_object("latent_format").latent_dimensions == 3
+    if not (samples.ndim == 4 or (frames and samples.ndim == 5 and samples.shape[2] == 1)):
+        raise NodeInputError(node, input_name, f"has shape {tuple(samples.shape)}, not [batch, channels, height, width]"
+                             f"{' (or [batch, channels, 1, height, width])' if frames else ''}.",
                              "connect an image latent (VAE Encode or Empty Latent Image).")
     if samples.shape[0] == 0:
         raise NodeInputError(node, input_name, "holds an empty batch (0 latents).",
@@ -134,8 +137,8 @@ def check_latent(node: str, input_name: str, samples: torch.Tensor, model) -> No
     if samples.shape[1] != channels:
         raise NodeInputError(node, input_name, f"has {samples.shape[1]} channels but the {base_model(model)} model "
                              f"takes {channels}.", "encode the image with this model's VAE.")
-    if min(samples.shape[2:]) < 1:
-        raise NodeInputError(node, input_name, f"has no pixels (size {tuple(samples.shape[2:])}).",
+    if min(samples.shape[-2:]) < 1:
+        raise NodeInputError(node, input_name, f"has no pixels (size {tuple(samples.shape[-2:])}).",
                              "use an image of at least 8x8 pixels.")
 
 

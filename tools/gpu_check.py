@@ -98,10 +98,11 @@ def markdown(results: dict) -> str:
         for p in report["parts"]:
             rows = f"{p['unet_rows']} ({p['backward_rows']})" if p.get("backward_rows") else str(p["unet_rows"])
             lines.append(f"| {p['name']} | {p['seconds']:.2f} | {p['time_ratio']:.2f} | {rows} | {p['peak_mib']:.0f} |")
-        flux = report.get("flux_record_sizes_gib")
-        if flux:
-            lines += ["", f"Flux reference cache at 1024x1024, {flux['blocks']} auto blocks, {flux['steps']} steps, "
-                          f"bf16: {next(v for k, v in flux.items() if k.startswith('reference cache')):.2f} GiB."]
+        dit = report.get("dit_record_sizes_gib")
+        if dit:
+            lines += ["", f"{dit['model']} reference cache at {dit['size']}x{dit['size']}, {dit['blocks']} auto blocks, "
+                          f"{dit['steps']} steps, bf16: "
+                          f"{next(v for k, v in dit.items() if k.startswith('reference cache')):.2f} GiB."]
         sources = report.get("palette_sources")
         if sources:
             lines += ["", f"Palettes, DDIM vs null-text path: paths' latents differ by at most "

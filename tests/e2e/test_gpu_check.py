@@ -64,13 +64,13 @@ def test_the_gpu_check_runs_dry(comfy, tmp_path):
     assert rows["plain KSampler"] == 2  # cfg 1: one row per step
     assert rows["shipped default"] < rows["shipped default, reference cache off"] < rows[
         "shipped default, new reference"] < rows["full pipeline"]
-    assert "tiny random Flux.1-dev, 64 px, 2 steps" in table and "Flux reference cache" in table
+    assert "tiny random Flux.1-dev, 64 px, 2 steps" in table and "Flux.1-dev reference cache" in table
 
 
 def check_every_part(report: dict, table: str) -> None:
     """The SD1.x bench at 2 steps, every part: each one's UNet rows are what the method costs."""
-    from comfyui_layout_retouch.benchmark.run import HEADLINE, headline, throughput_table
-    from comfyui_layout_retouch.benchmark.run import table as part_table
+    from comfyui_layout_retouch.benchmark.report import HEADLINE, headline, throughput_table
+    from comfyui_layout_retouch.benchmark.report import table as part_table
 
     names = [p["name"] for p in report["parts"]]
     assert report["parts"][0]["time_ratio"] == 1.0 and report["parts"][0]["memory_ratio"] == 1.0

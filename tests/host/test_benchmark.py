@@ -1,24 +1,40 @@
-"""The Flux benchmark's smoke test: it measures every part on the CPU (no time is asserted). The SD1.x and SDXL
-benchmarks' are the GPU check's dry run (e2e/test_gpu_check.py), which runs them as the device does."""
+"""The DiT benchmarks' smoke test, once per DiT family (``benchmark.dits.DITS``): every part runs on the CPU (no
+time is asserted). The SD1.x and SDXL benchmarks' are the GPU check's dry run (e2e/test_gpu_check.py), which runs
+them as the device does."""
 
 from __future__ import annotations
 
+import pytest
 
-def test_benchmark_on_flux(comfy, tmp_path):
-    """``bench --family flux`` on the tiny Flux: every part runs, and each part's rows are what the method costs
-    (cfg 1: one row per step; lambda1 1, lambda2 2 of 10 steps)."""
-    from comfyui_layout_retouch.benchmark.record_sizes import FLUX_CACHE
-    from comfyui_layout_retouch.benchmark.run import FLUX_PARTS, main
+from comfyui_layout_retouch.benchmark.dits import DITS
 
-    report = main(size=64, steps=10, repeats=1, cpu=True, output=tmp_path / "bench.json", family="flux")
+
+@pytest.mark.parametrize("family", list(DITS))
+def test_benchmark_on_a_dit(comfy, tmp_path, family):
+    """``bench --family NAME`` on the tiny model: every part runs, and each part's rows are what the method costs
+    (lambda1 1, lambda2 2 of 10 steps; one row per step at cfg 1, two at a cfg above it); the records' sizes at
+    the family's native size."""
+    from comfyui_layout_retouch.benchmark.parts import DIT_PARTS
+    from comfyui_layout_retouch.benchmark.record_sizes import DIT_CACHE
+    from comfyui_layout_retouch.benchmark.run import main
+
+    spec = DITS[family]
+    report = main(size=64, steps=10, repeats=1, cpu=True, output=tmp_path / "bench.json", family=family)
     rows = {p["name"]: p["unet_rows"] for p in report["parts"]}
-    assert list(rows) == list(FLUX_PARTS) and report["setting"]["model"] == "tiny random Flux.1-dev"
-    assert report["setting"]["sampler"] == "euler/simple" and report["setting"]["cfg"] == 1.0
-    # stage 1 + retouch, and the sources' rows: the layout in steps 0-1, the reference in steps 2-9.
-    assert rows == {"plain KSampler": 10, "shipped default": 10 + 10 + 2,
-                    "shipped default, reference cache off": 10 + 10 + 2 + 8,
-                    "shipped default, new reference": 10 + 30, "full pipeline": 10 + 2 * 10 + 3 * 10}
-    sizes = report["flux_record_sizes_gib"]
-    # 9 blocks x 22 steps x 4096 tokens x 3072 x 2 bytes: within the 6 GB (5.59 GiB) a user's RAM should spare.
-    assert sizes["blocks"] == 9 and abs(sizes[FLUX_CACHE] - 9 * 22 * 4096 * 3072 * 2 / 2**30) < 1e-9
-    assert sizes[FLUX_CACHE] * 2**30 <= 6e9
+    assert list(rows) == list(DIT_PARTS) and report["setting"]["model"] == f"tiny random {spec.label}"
+    assert report["setting"]["sampler"] == "euler/simple" and report["setting"]["cfg"] == spec.cfg
+    halves = 1 if spec.cfg == 1.0 else 2
+    # stage 1 + retouch, and the sources' rows: the layout in steps 0-1, the reference in steps 2-9; an inversion
+    # at cfg 1 runs one row a step, the paper's graph re-denoises both sources beside the target.
+    assert rows == {"plain KSampler": 10 * halves, "shipped default": (10 + 10 + 2) * halves,
+                    "shipped default, reference cache off": (10 + 10 + 2 + 8) * halves,
+                    "shipped default, new reference": (10 + 10 + 2) * halves + 10 + 8 * halves,
+                    "full pipeline": 10 * halves + 2 * 10 + 3 * 10 * halves}
+    sizes = report["dit_record_sizes_gib"]
+    assert sizes["model"] == spec.label and sizes["size"] == spec.size and sizes["steps"] == spec.steps
+    tokens = (spec.size // 16) ** 2  # 8x VAE, 2x2 patches
+    width = spec.full.get("hidden_size", 24 * 128)  # Qwen-Image: 24 heads of 128
+    cached_steps = spec.steps - round(spec.steps / 5)
+    assert abs(sizes[DIT_CACHE] - sizes["blocks"] * cached_steps * tokens * width * 2 / 2**30) < 1e-9
+    if family == "flux":  # 9 blocks x 22 steps x 4096 tokens x 3072 x 2 bytes: within the 6 GB a user's RAM spares
+        assert sizes["blocks"] == 9 and sizes[DIT_CACHE] * 2**30 <= 6e9
