@@ -8,11 +8,11 @@ A layer is ``(block_name, block_id, index)``: a UNet's transformer block ``("out
 from __future__ import annotations
 
 from ..errors import Problem
-from .families import SUPPORTED, family_of
+from .families import FAMILIES, SUPPORTED, family_of
 from .family import UnsupportedModel
 from .layer_set import ALL, AUTO, DECODER, MASACTRL_DECODER, LayerSet, parse_layers
 
-__all__ = ["ALL", "AUTO", "DECODER", "MASACTRL_DECODER", "LayerSet", "attention_blocks", "auto_layers", "layer_keys",
+__all__ = ["ALL", "AUTO", "DECODER", "MASACTRL_DECODER", "LayerSet", "attention_blocks", "auto_layers", "cross_attention_problem", "layer_keys",
            "layer_problem", "layers_at", "map_layers", "model_problem", "parse_layers", "text_width"]
 
 
@@ -57,6 +57,19 @@ def model_problem(model) -> Problem | None:
     except UnsupportedModel as error:
         return (f"{error}.", f"use a model of these families: {SUPPORTED}.")
     return None
+
+
+def cross_attention_problem(model) -> Problem | None:
+    """Why Pick-and-Draw cannot guide ``model``: its losses read separate cross-attention layers (their maps and the
+    features entering them), which a joint-attention DiT has none of; or the model is of no supported family."""
+    problem = model_problem(model)
+    if problem is not None or family_of(model).cross_attention:
+        return problem
+    name = family_of(model).name
+    unets = ", ".join(f.models for f in FAMILIES if f.cross_attention)
+    return (f"is a {name} model, whose text and image tokens attend jointly: Pick-and-Draw's losses read a UNet's "
+            "cross-attention maps and the features entering them, which it has none of.",
+            f"use a model of {unets} with Pick-and-Draw ({name} runs Layout-and-Retouch).")
 
 
 def layer_problem(model, layers: LayerSet) -> Problem | None:

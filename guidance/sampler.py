@@ -173,7 +173,8 @@ def check_sources(palette: Palette | None, template: LayoutTemplate | None, base
 
 
 def guided_sampler(base, guidance: Guidance, positions: list[int], palette: Palette | None,
-                   template: LayoutTemplate | None, base_model_of: Callable, report: Report):
+                   template: LayoutTemplate | None, base_model_of: Callable, report: Report,
+                   model_problem: Callable | None = None):
     """A KSAMPLER that runs ``base`` (a KSAMPLER) with Pick-and-Draw's guidance.
 
     Args:
@@ -183,6 +184,8 @@ def guided_sampler(base, guidance: Guidance, positions: list[int], palette: Pale
         palette, template: the appearance palette and layout template, or None (that loss off).
         base_model_of: ``ModelPatcher -> base model name``, to check the sources against the model.
         report: raises a problem with an input as the user-facing error.
+        model_problem: ``ModelPatcher -> Problem | None``: why the guided model cannot be guided (reported at
+            ``sampler``), checked before the first guided step.
     """
     import comfy.model_management
     import comfy.samplers
@@ -202,6 +205,8 @@ def guided_sampler(base, guidance: Guidance, positions: list[int], palette: Pale
         if not plan:
             return run_base(x, 0, n_steps)
         guider = model_k.inner_model
+        if model_problem is not None and (problem := model_problem(guider.model_patcher)) is not None:
+            report("sampler", problem)
         check_sources(palette, template, base_model_of(guider.model_patcher), tuple(x.shape[-2:]), report)
         options = extra_args["model_options"]
         s_in = x.new_ones([x.shape[0]])

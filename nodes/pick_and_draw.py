@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from ..attention.layers import ALL, AUTO, layer_keys, layers_at, parse_layers
+from ..attention.layers import ALL, AUTO, cross_attention_problem, layer_keys, layers_at, parse_layers
 from ..attention.tokens import subject_positions, subject_problem
 from ..guidance.palette import EmptyMask, build_palette, steps_on_path
 from ..guidance.sampler import Guidance, guided_sampler
@@ -86,6 +86,7 @@ class ReferencePalette(io.ComfyNode):
     def execute(cls, model, reference_inversion, clip, prompt, subject, appearance_start, appearance_end, layers,
                 threshold, sigmas=None) -> io.NodeOutput:
         node = PALETTE
+        raise_for(cross_attention_problem(model), node, "model")
         positions = positions_for(node, clip, prompt, subject)
         found = steps_on_path(reference_inversion, sigmas,
                               step_range(node, "appearance_start", appearance_start, appearance_end))
@@ -134,10 +135,11 @@ class LayoutTemplateNode(io.ComfyNode):
     @classmethod
     def execute(cls, noise, guider, sampler, sigmas, latent_image, clip, prompt, subject, last_step) -> io.NodeOutput:
         node = TEMPLATE
+        model = guider.model_patcher
+        raise_for(cross_attention_problem(model), node, "guider")
         positions = positions_for(node, clip, prompt, subject)
         if len(sigmas) < 2:
             raise NodeInputError(node, "sigmas", "holds no step.", "connect a scheduler's SIGMAS with steps >= 1.")
-        model = guider.model_patcher
         layers = layer_keys(model, parse_layers(ALL))
         return io.NodeOutput(record_template(guider, noise, sampler, sigmas, latent_image, positions, layers,
                                              last_step, base_model(model)))
@@ -192,4 +194,4 @@ class PickAndDrawSampler(io.ComfyNode):
             raise NodeInputError(node, input_name, *problem)
 
         return io.NodeOutput(guided_sampler(sampler, guidance, positions, palette, template,
-                                            base_model, report))
+                                            base_model, report, cross_attention_problem))

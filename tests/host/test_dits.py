@@ -412,6 +412,22 @@ class TestBadInput:
             assert torch.equal(retouch(comfy, patched, kontext, inverted),
                                retouch(comfy, patched, prompts["reference"], inverted))
 
+    def test_pick_and_draw_is_refused(self, comfy, tiny_dit, prompts, inversions):
+        """Pick-and-Draw's losses read a UNet's cross-attention: its nodes refuse a DiT at their model input."""
+        _, ref = inversions["reference"]
+        refusal = (rf"input '{{}}': is a [\w.-]+ model, whose text and image tokens attend jointly.*Fix: use a model "
+                   r"of SD1.x, SD2.x, SDXL with Pick-and-Draw")
+        with pytest.raises(ValueError, match="Reference Palette: " + refusal.format("model")):
+            comfy.NODE_CLASS_MAPPINGS["LR_ReferencePalette"].execute(
+                model=tiny_dit.personalized, reference_inversion=ref, clip=None, prompt="a photo of sks vase",
+                subject="vase", appearance_start=2, appearance_end=3, layers="auto", threshold=0.1)
+        guider = comfy.NODE_CLASS_MAPPINGS["CFGGuider"]().get_guider(tiny_dit.personalized, prompts["vanilla"],
+                                                                     prompts["vanilla"], CFG)[0]
+        with pytest.raises(ValueError, match="Layout Template: " + refusal.format("guider")):
+            comfy.NODE_CLASS_MAPPINGS["LR_LayoutTemplate"].execute(
+                noise=None, guider=guider, sampler=None, sigmas=torch.ones(3), latent_image=latent(), clip=None,
+                prompt="a vase", subject="vase", last_step=1)
+
     def test_a_schedule_the_inversion_cannot_retrace(self, comfy, tiny_dit, prompts):
         with pytest.raises(ValueError, match=r"DDIM Inversion: input 'sampler_name'.*cannot be inverted"):
             comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"].execute(
