@@ -415,7 +415,7 @@ class TestBadInput:
     def test_pick_and_draw_is_refused(self, comfy, tiny_dit, prompts, inversions):
         """Pick-and-Draw's losses read a UNet's cross-attention: its nodes refuse a DiT at their model input."""
         _, ref = inversions["reference"]
-        refusal = (rf"input '{{}}': is a [\w.-]+ model, whose text and image tokens attend jointly.*Fix: use a model "
+        refusal = (r"input '{}': is a [\w.-]+ model, whose text and image tokens attend jointly.*Fix: use a model "
                    r"of SD1.x, SD2.x, SDXL with Pick-and-Draw")
         with pytest.raises(ValueError, match="Reference Palette: " + refusal.format("model")):
             comfy.NODE_CLASS_MAPPINGS["LR_ReferencePalette"].execute(
