@@ -83,15 +83,16 @@ def sizes(steps: int = 50, lambda1: int = 5, lambda2: int = 10) -> dict[str, dic
 DIT_CACHE = "reference cache (each block's attention input from lambda2)"
 
 
-def dit_sizes(diffusion_model, steps: int, lambda2: int, size: int) -> dict[str, float]:
-    """GiB of a DiT's records at ``size`` px with the ``auto`` blocks, bf16, cfg 1 (one row per step): the reference
-    cache as the swap keeps it (each block's image-token attention input from lambda2 on; keys and values
-    projected when read), what keys and values would take, and the fast mode's inversion records (every step): a
-    reference's (the input) and a layout's (the input and the attention output)."""
+def dit_sizes(diffusion_model, steps: int, lambda2: int, size: int, halves: int = 1) -> dict[str, float]:
+    """GiB of a DiT's records at ``size`` px with the ``auto`` blocks, bf16, ``halves`` CFG halves a step (1 at cfg 1,
+    as Flux runs; 2 with a negative prompt): the reference cache as the swap keeps it (each block's image-token
+    attention input from lambda2 on; keys and values projected when read), what keys and values would take, and
+    the fast mode's inversion records (every step, one half: an inversion runs at cfg 1): a reference's (the input)
+    and a layout's (the input and the attention output)."""
     keys, latent = auto_keys(diffusion_model), size // 8  # 8x VAEs
     per_step = record_bytes(diffusion_model, keys, latent, 1, 1, (SELF_IN,)) / 2**30
-    return {"blocks": len(keys), "steps": steps, "lambda2": lambda2,
-            DIT_CACHE: per_step * (steps - lambda2),
-            "keys and values from lambda2": 2 * per_step * (steps - lambda2),
+    return {"blocks": len(keys), "steps": steps, "lambda2": lambda2, "halves": halves,
+            DIT_CACHE: per_step * halves * (steps - lambda2),
+            "keys and values from lambda2": 2 * per_step * halves * (steps - lambda2),
             "reference inversion's record (fast mode)": per_step * steps,
             "layout inversion's record (fast mode)": 2 * per_step * steps}

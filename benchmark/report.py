@@ -83,9 +83,9 @@ def palette_table(report: dict) -> str:
 
 def dit_sizes_line(report: dict) -> str:
     sizes = report["dit_record_sizes_gib"]
-    shown = {k: v for k, v in sizes.items() if k not in ("model", "size", "blocks", "steps", "lambda2")}
+    shown = {k: v for k, v in sizes.items() if k not in ("model", "size", "blocks", "steps", "lambda2", "halves")}
     return (f"{sizes['model']} at {sizes['size']}x{sizes['size']}, {sizes['blocks']} auto blocks, {sizes['steps']} "
-            f"steps, lambda2 {sizes['lambda2']}, bf16, GiB: " + "; ".join(f"{name} {gib:.2f}" for name, gib in shown.items()))
+            f"steps, lambda2 {sizes['lambda2']}, {sizes['halves']} CFG half(s), bf16, GiB: " + "; ".join(f"{name} {gib:.2f}" for name, gib in shown.items()))
 
 
 def report_text(report: dict) -> str:

@@ -40,7 +40,8 @@ def run(size: int, steps: int, repeats: int, cpu: bool, family: str = "sd1", par
         lambda2 = round(spec.steps / 5)
         measured = measured_parts.measure_dit_parts(p, repeats)
         extra = {"dit_record_sizes_gib": {"model": spec.label, "size": spec.size,
-                                          **dit_sizes(meta_dit(spec.full), spec.steps, lambda2, spec.size)}}
+                                          **dit_sizes(meta_dit(spec.full), spec.steps, lambda2, spec.size,
+                                                     1 if spec.cfg == 1.0 else 2)}}
     elif family == "sdxl" or parts == "headline":
         measured = measured_parts.measure_core_parts(p, repeats, pick_and_draw=parts == "headline")
         extra = {"palette_sources": measured_parts.palette_sources(p)} if parts == "headline" else {}

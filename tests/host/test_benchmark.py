@@ -35,6 +35,7 @@ def test_benchmark_on_a_dit(comfy, tmp_path, family):
     tokens = (spec.size // 16) ** 2  # 8x VAE, 2x2 patches
     width = spec.full.get("hidden_size", 24 * 128)  # Qwen-Image: 24 heads of 128
     cached_steps = spec.steps - round(spec.steps / 5)
-    assert abs(sizes[DIT_CACHE] - sizes["blocks"] * cached_steps * tokens * width * 2 / 2**30) < 1e-9
+    assert sizes["halves"] == halves
+    assert abs(sizes[DIT_CACHE] - sizes["blocks"] * halves * cached_steps * tokens * width * 2 / 2**30) < 1e-9
     if family == "flux":  # 9 blocks x 22 steps x 4096 tokens x 3072 x 2 bytes: within the 6 GB a user's RAM spares
         assert sizes["blocks"] == 9 and sizes[DIT_CACHE] * 2**30 <= 6e9
