@@ -153,6 +153,14 @@ QWEN_IMAGE_FULL = dict(image_model="qwen_image", in_channels=64, out_channels=16
 QWEN_IMAGE_TINY = dict(image_model="qwen_image", in_channels=64, out_channels=16, num_layers=2, attention_head_dim=32,
                        num_attention_heads=2, axes_dims_rope=[8, 12, 12])
 
+# SD3/SD3.5 (MMDiT), as ComfyUI's detection reads a file: the width is 64 * depth with heads of 64, so 2 blocks are
+# 128 wide with 2 heads; the last block's text stream ends before its MLP. RMS-normed q and k (SD3.5's ln_k), and
+# block 0 with SD3.5 Medium's second, image-only attention (x_block.attn2).
+SD3_TINY = dict(in_channels=16, out_channels=16, patch_size=2, depth=2, input_size=None, adm_in_channels=2048,
+                context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
+                num_patches=64, pos_embed_max_size=8, qk_norm="rms", pos_embed_scaling_factor=None,
+                x_block_self_attn_layers=[0])
+
 
 def model_config(config: dict):
     """ComfyUI's model config for a diffusion model's config (``image_model`` and sizes, as its detection makes

@@ -29,6 +29,11 @@ from .record_sizes import sizes as record_sizes
 FAMILIES = (*UNETS, *DITS)  # bench --family
 
 
+def native_size(family: str) -> int:
+    """The family's native image size: SD1.x 512, SDXL 1024, a DiT its row's."""
+    return DITS[family].size if family in DITS else 512 if family == "sd1" else 1024
+
+
 def run(size: int, steps: int, repeats: int, cpu: bool, family: str = "sd1", parts: str = "all") -> dict:
     """Measure every part (SD1.x; SDXL, a DiT or ``parts="headline"``: the headline's); return the report (parts with
     ratios, the fast mode's fidelity and the throughput for SD1.x's every part, the palettes' comparison where

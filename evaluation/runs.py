@@ -1,6 +1,6 @@
 """What an evaluation reads: runner output folders (one per method) and the reference photos, checked.
 
-A runner output folder holds ``manifest.json`` (``headless/runner.py`` writes it): ``workflow``,
+A runner output folder holds ``manifest.json`` (``headless/jobs.py`` writes it): ``workflow``,
 ``subject`` (``personalized``, ``vanilla``: the class name, ``word``) and ``jobs``, each with its
 ``template``, ``seed``, the ``texts`` it set and the ``images`` it saved (paths relative to the
 folder, in the workflow's node order). One job gives one evaluated image: by default the last it

@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..benchmark import FAMILIES as BENCH_FAMILIES
 from ..host import PACK_ROOT, describe_search, find_comfyui
 
 logger = logging.getLogger(__name__)
@@ -108,21 +109,36 @@ def servers(args) -> list[str]:
     return urls
 
 
-def run_servers(args, workflow: dict, jobs: list, subject, urls: list[str]) -> int:
-    """``run --server``: the jobs through the servers' HTTP API; a server that cannot take them stops the run."""
-    from .servers import ServerError, run_on_servers
+def run_jobs(args, workflow: dict, jobs: list, subject) -> int:
+    """``run``: the jobs in this process, or through the servers' HTTP API (``--server``). Exit status 0 when every
+    job ran; 1 when one failed (the manifest says why) or the workflow cannot take ``--batch`` (refused before any
+    job); 2 when a server cannot take the jobs (refused before any job)."""
+    from .client import ServerError
+    from .jobs import BatchError
 
+    urls = servers(args)
     try:
-        records = run_on_servers(workflow, jobs, subject, args.output.resolve(), urls, args.reference,
-                                 args.workflow.name, batch=args.batch, in_flight=args.in_flight)
+        if urls:
+            from .servers import run_on_servers
+
+            plan = run_on_servers(workflow, jobs, subject, args.output.resolve(), urls, args.reference,
+                                  args.workflow.name, batch=args.batch, in_flight=args.in_flight)
+        else:
+            start_host(args.cpu, args.models)
+            from .local import run_local
+
+            plan = run_local(workflow, jobs, subject, args.output.resolve(), args.reference, args.workflow.name,
+                             batch=args.batch)
+    except BatchError as error:
+        print(f"run: {error}", file=sys.stderr)  # noqa: T201  (the command's own message)
+        return 1
     except ServerError as error:
-        print(f"run: --server: {error}", file=sys.stderr)  # noqa: T201  (the command's own message)
+        print(f"run: --server: {error}", file=sys.stderr)  # noqa: T201
         return 2
-    manifest = json.loads((args.output / "manifest.json").read_text())
-    failed = [j for j in manifest["jobs"].values() if j.get("error")]
-    logger.info("ran %d of %d jobs on %d servers, %d failed; manifest: %s", len(records), len(jobs), len(urls),
-                len(failed), args.output / "manifest.json")
-    return 1 if failed else 0
+    where = f" on {len(urls)} servers" if urls else ""
+    logger.info("ran %d of %d jobs%s, %d failed; manifest: %s", len(plan.records), len(jobs), where, len(plan.failed),
+                args.output / "manifest.json")
+    return 1 if plan.failed else 0
 
 
 def parse_set(items: list[str]) -> tuple[tuple[str, str, object], ...]:
@@ -235,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     bench.add_argument("--repeats", type=int, default=None, help="runs per part, median kept (default 3 GPU, 1 CPU)")
     bench.add_argument("--cpu", action="store_true", help="run on the CPU with the tiny model")
-    bench.add_argument("--family", choices=["sd1", "sdxl", "flux"], default="sd1", help="sd1 (every part), sdxl (the "
-                       "headline's Layout-and-Retouch rows; default size 1024 on a GPU) or flux (Layout-and-Retouch "
-                       "on Flux.1-dev: plain, shipped default, new reference, the paper's graph; 1024 on a GPU)")
+    bench.add_argument("--family", choices=BENCH_FAMILIES, default="sd1", help="sd1 (every part), sdxl (the "
+                       "headline's Layout-and-Retouch rows) or a DiT family: flux, chroma, qwen_image (Layout-and-"
+                       "Retouch: plain, shipped default, new reference, the paper's graph); on a GPU at the family's "
+                       "native size by default")
     bench.add_argument("--parts", choices=["all", "headline"], default="all", help="all (SD1.x: every part; SDXL: "
                        "the headline's Layout-and-Retouch rows) or headline (the headline's rows with "
                        "Pick-and-Draw's, for either family)")
@@ -261,14 +278,14 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from ..benchmark.run import main as bench_main
+        from ..benchmark.run import native_size
 
         gpu = torch.cuda.is_available() and not args.cpu
-        native = 512 if args.family == "sd1" else 1024
-        bench_main(args.size or (native if gpu else 64), args.steps, args.repeats or (3 if gpu else 1), args.cpu,
-                   args.output, args.family, args.parts)
+        bench_main(args.size or (native_size(args.family) if gpu else 64), args.steps, args.repeats or (3 if gpu else 1),
+                   args.cpu, args.output, args.family, args.parts)
         return 0
 
-    from .runner import BatchError, Job, Subject, run_batch
+    from .jobs import Job, Subject
 
     if args.batch < 1:
         raise SystemExit(f"--batch {args.batch}: give 1 (no batching) or more seeds per batch")
@@ -285,13 +302,4 @@ def main(argv: list[str] | None = None) -> int:
     subject = Subject(args.subject, args.class_name or last, args.subject_word or last)
     overrides = parse_set(args.set)
     jobs = [Job(t, s, overrides) for t in templates for s in seeds(args.seeds)]
-    if urls := servers(args):
-        return run_servers(args, workflow, jobs, subject, urls)
-    start_host(args.cpu, args.models)
-    try:
-        records = run_batch(workflow, jobs, subject, args.output.resolve(), args.reference, args.workflow.name,
-                            batch=args.batch)
-    except BatchError as error:
-        raise SystemExit(str(error)) from None
-    logger.info("ran %d of %d jobs; manifest: %s", len(records), len(jobs), args.output / "manifest.json")
-    return 0
+    return run_jobs(args, workflow, jobs, subject)

@@ -31,6 +31,12 @@ class _Server:
         pass
 
 
+def prompt_executor():
+    """ComfyUI's ``execution.PromptExecutor`` for this process (no server): pass it to :func:`execute` to keep its
+    caches (the loaded models) between prompts."""
+    return host_api.prompt_executor(_Server())
+
+
 def validate(prompt: dict[str, dict[str, Any]]) -> list[str]:
     """Validate with ComfyUI's ``execution.validate_prompt``; return the output node ids to run."""
     import execution
@@ -44,11 +50,11 @@ def validate(prompt: dict[str, dict[str, Any]]) -> list[str]:
 def execute(prompt: dict[str, dict[str, Any]], executor=None) -> dict[str, Any]:
     """Validate and execute ``prompt``; return the UI outputs per node (as the history holds them).
 
-    Pass an ``execution.PromptExecutor`` (``host_api.prompt_executor``) to keep its caches between prompts.
+    Pass an executor (:func:`prompt_executor`) to keep its caches between prompts.
     """
     outputs = validate(prompt)
     if executor is None:
-        executor = host_api.prompt_executor(_Server())
+        executor = prompt_executor()
     executor.execute(prompt, str(uuid.uuid4()), {}, outputs)
     if not executor.success:
         errors = [data for event, data in executor.status_messages if event == "execution_error"]

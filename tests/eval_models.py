@@ -85,7 +85,7 @@ def write_pictures(folder: Path, count: int, seed: int, size: tuple[int, int] = 
 
 def write_run(folder: Path, templates: list[str], seeds: list[int], seed: int, size: tuple[int, int] = (64, 64),
               workflow: str = "layout_retouch_full_dreambooth.json", same_image: bool = False) -> Path:
-    """A runner output folder as ``headless/runner.py`` writes it: per job a folder named by its key with
+    """A runner output folder as ``headless/jobs.py`` writes it: per job a folder named by its key with
     ``layout_00001_.png`` and ``final_00001_.png`` (the full workflows' two SaveImage nodes), and the
     manifest. ``same_image``: every job's final image is one picture."""
     import hashlib

@@ -120,6 +120,32 @@ def test_batch_images_equal_their_single_runs(run_here, tiny_files, tmp_path, wo
     measured(f"runner --batch 2, {workflow}: max |batched - single| = {worst}/255 over {2 * saved} images")
 
 
+def test_a_failed_job_is_in_the_manifest_and_exits_1(run_here, tiny_files, tmp_path):
+    """In this process as over servers (issue 35): a job ComfyUI refuses fails with its message in the manifest,
+    the run goes on to the next job, and exits 1."""
+    output = tmp_path / "out"
+    assert run_here(arguments(models_of(tiny_files), output, prompts=("a {} on a beach",),
+                              small=[*SMALL[1:], "Vanilla model (plain SD 1.5).ckpt_name=no_such_model.ckpt"])) == 1
+    jobs = json.loads((output / "manifest.json").read_text())["jobs"]
+    assert len(jobs) == 2  # both tried
+    for job in jobs.values():
+        assert job["images"] == [] and "ComfyUI rejected the prompt" in job["error"] and "no_such_model.ckpt" in \
+            job["error"]
+
+
+def test_a_batch_the_graph_cannot_take_is_refused_before_any_job(run_here, tiny_files, tmp_path, capsys):
+    """Noise added by the retouch sampler would make a batch's images differ from their single runs: refused before
+    anything runs, as over servers (tests/unit/test_headless_faults.py), exit 1, the manifest says why."""
+    output = tmp_path / "out"
+    args = arguments(models_of(tiny_files), output, "layout_retouch_full_dreambooth.json", ("a {} on a beach",),
+                     "5,6", ("--batch", "2"), SMALL + RETOUCH_SMALL + ["KSamplerAdvanced.add_noise=enable"])
+    assert run_here(args) == 1
+    assert "run: --batch: node 'KSampler (Advanced)" in capsys.readouterr().err
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["jobs"] == {} and "draws one noise for the whole batch" in manifest["refused"]
+    assert [p.name for p in output.iterdir()] == ["manifest.json"]
+
+
 @pytest.mark.install
 def test_the_run_command_as_the_readme_writes_it(comfy, tiny_files, tmp_path):
     """``python <pack> run --method plain ...`` in a fresh interpreter: it finds the host, loads ComfyUI and

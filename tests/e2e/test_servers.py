@@ -5,7 +5,9 @@ One of them is killed mid-run (4 jobs): every job still completes, each once in 
 the images equal the in-process runner's pixel for pixel; a resumed run makes nothing twice. A server that refuses
 prompts fails its jobs with its message and stops no other; a server that cannot take the run (not answering, a
 login in front of it, no pack) stops it before any job, in one line naming it. (Stub servers stand in for the
-last three: a small HTTP server answering as such a server would.)
+last three: a small HTTP server answering as such a server would.) The faults of a server slot (malformed answers, a
+failing ``/view``, an image that cannot be written, a batch the graph cannot take) are tested with stand-in servers
+alone, in tests/unit/test_headless_faults.py.
 """
 
 from __future__ import annotations

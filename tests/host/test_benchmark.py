@@ -39,3 +39,11 @@ def test_benchmark_on_a_dit(comfy, tmp_path, family):
     assert abs(sizes[DIT_CACHE] - sizes["blocks"] * halves * cached_steps * tokens * width * 2 / 2**30) < 1e-9
     if family == "flux":  # 9 blocks x 22 steps x 4096 tokens x 3072 x 2 bytes: within the 6 GB a user's RAM spares
         assert sizes["blocks"] == 9 and sizes[DIT_CACHE] * 2**30 <= 6e9
+
+
+def test_the_command_offers_every_family():
+    """``bench --family`` offers each pipeline's family (named apart, for a command line that imports no torch)."""
+    from comfyui_layout_retouch import benchmark
+    from comfyui_layout_retouch.benchmark.run import FAMILIES
+
+    assert benchmark.FAMILIES == FAMILIES

@@ -21,7 +21,7 @@ def test_batch_below_one_is_refused():
 
 
 def test_batches_keep_one_template_and_overrides():
-    from comfyui_layout_retouch.headless.runner import Job, batches
+    from comfyui_layout_retouch.headless.jobs import Job, batches
 
     jobs = [Job("a", s) for s in (0, 1, 2)] + [Job("b", 0), Job("b", 1, (("KSampler", "cfg", 5),))]
     assert [[(j.template, j.seed) for j in group] for group in batches(jobs, 2)] == [
@@ -35,7 +35,7 @@ def prompt_with(*nodes: tuple[str, dict]) -> dict:
 
 
 def test_apply_batch_sets_the_batch_and_per_image_seeds():
-    from comfyui_layout_retouch.headless.runner import apply_batch
+    from comfyui_layout_retouch.headless.jobs import apply_batch
 
     prompt = prompt_with(("EmptyLatentImage", {"batch_size": 1, "width": 64}),
                          ("LR_StepBlendedKSampler", {"seed": 3}),
@@ -51,7 +51,7 @@ def test_apply_batch_sets_the_batch_and_per_image_seeds():
     [("LR_StepBlendedKSampler", {"seed": 3})],  # no latent source to batch
 ])
 def test_apply_batch_refuses_what_would_not_equal_single_runs(nodes):
-    from comfyui_layout_retouch.headless.runner import BatchError, apply_batch
+    from comfyui_layout_retouch.headless.jobs import BatchError, apply_batch
 
     prompt = prompt_with(*([("EmptyLatentImage", {"batch_size": 1})] if nodes[0][0] == "KSampler" else []), *nodes)
     with pytest.raises(BatchError, match="--batch"):
