@@ -10,6 +10,7 @@ from .chroma import CHROMA
 from .family import Family, UnsupportedModel
 from .flux import FLUX
 from .qwen_image import QWEN_IMAGE
+from .sd3 import SD3
 from .unet import UNET
 
 FAMILIES: tuple[Family, ...] = (
@@ -17,6 +18,7 @@ FAMILIES: tuple[Family, ...] = (
     FLUX,
     CHROMA,
     QWEN_IMAGE,
+    SD3,
 )
 
 SUPPORTED = ", ".join(family.models for family in FAMILIES)

@@ -23,7 +23,8 @@ offset is the key at the shifted position, exactly.
 The patches are ComfyUI ``dit`` block replacements (``("double_block", i)``/``("single_block", i)``) that run
 the block (or the patch that was on the key, chained) with an attention override in a copy of the call's
 ``transformer_options``; an override already there (another pack's) is the attention the patch calls (one slot:
-ComfyUI does not chain them). A family gives its blocks, its projection (how a block's image tokens become its
+ComfyUI does not chain them); a block's attention call over its image tokens alone (SD3.5 Medium's second one) is
+passed through (:func:`is_joint`). A family gives its blocks, its projection (how a block's image tokens become its
 attention input, keys and values: :class:`JointProjection`) and its RoPE.
 """
 
@@ -51,8 +52,8 @@ def to_tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """``[n, tokens, heads * d]`` to ``[n, heads, tokens, d]``."""
-    return x.unflatten(2, (heads, -1)).transpose(1, 2)
+    """``[n, tokens, heads * d]`` (or ``[n, tokens, heads, d]``: SD3's values) to ``[n, heads, tokens, d]``."""
+    return (x if x.ndim == 4 else x.unflatten(2, (heads, -1))).transpose(1, 2)
 
 
 def _in_heads(q, k, v, heads: int, kwargs: dict):
@@ -61,6 +62,21 @@ def _in_heads(q, k, v, heads: int, kwargs: dict):
     if kwargs.get("skip_reshape", False):
         return q, k, v, False
     return to_heads(q, heads), to_heads(k, heads), to_heads(v, heads), True
+
+
+def is_joint(q: torch.Tensor, tokens: tuple[int, int, int], kwargs: dict) -> bool:
+    """Whether a block's attention call is its joint attention (at least the ``n_txt + h * w`` text and image
+    tokens), not an attention of the image tokens alone (SD3.5 Medium's ``x_block.attn2``: :mod:`.sd3`), which the
+    patches pass through untouched."""
+    n_txt, h, w = tokens
+    return q.shape[2 if kwargs.get("skip_reshape", False) else 1] >= n_txt + h * w
+
+
+def _through(func, prior, q, k, v, heads: int, rest, kwargs):
+    """An attention call as it came: the override that was there (chained) or ComfyUI's."""
+    if prior is not None:
+        return prior(func, q, k, v, heads, *rest, **kwargs)
+    return func(q, k, v, heads, *rest, **kwargs)
 
 
 def _attend(func, prior, heads: int, flat: bool, rest, kwargs):
@@ -195,7 +211,7 @@ class JointBlockSwap:
         phase = self.spec.self_phase(block, step)
         layer, project = (*block, 0), None
         if sources is not None and isinstance(sources.project, JointProjection):
-            project = sources.project.at(args["pe"], tokens)
+            project = sources.project.at(args.get("pe"), tokens)  # no "pe": keys without RoPE (SD3)
             if phase is Phase.REFERENCE and rows.n_reference and sources.writes("reference"):
                 # the reference cache keeps the reference rows' attention input, not their keys and values
                 index = rows.reference_index().to(args["img"].device, non_blocking=True)
@@ -209,6 +225,8 @@ class JointBlockSwap:
             shift = lambda keys, m: shift_rope(keys, (m + 1) * tokens[2], theta, axes_dim)  # noqa: E731
 
         def override(func, q, k, v, heads, *rest, **kwargs):
+            if not is_joint(q, tokens, kwargs):
+                return _through(func, prior, q, k, v, heads, rest, kwargs)
             q, k, v, flat = _in_heads(q, k, v, heads, kwargs)
             attend = _attend(func, prior, heads, flat, rest, kwargs)
             blend = None if mask is None else mask_tokens(mask, rows, tokens[1:], q)
@@ -256,8 +274,9 @@ class JointMapCapture:
         n_txt, h, w = tokens
 
         def override(func, q, k, v, heads, *rest, **kwargs):
-            out = prior(func, q, k, v, heads, *rest, **kwargs) if prior is not None else \
-                func(q, k, v, heads, *rest, **kwargs)
+            out = _through(func, prior, q, k, v, heads, rest, kwargs)
+            if not is_joint(q, tokens, kwargs):
+                return out
             q, k, _, _ = _in_heads(q, k, k, heads, kwargs)
             rows = conditional_rows(options, q.shape[0]).to(q.device, non_blocking=True)
             if len(rows):
@@ -306,9 +325,9 @@ class JointRecord:
         prior, (n_txt, h, w) = options.get(OVERRIDE), tokens
 
         def override(func, q, k, v, heads, *rest, **kwargs):
-            out = prior(func, q, k, v, heads, *rest, **kwargs) if prior is not None else \
-                func(q, k, v, heads, *rest, **kwargs)
-            put(SELF_OUT, out[:, n_txt:n_txt + h * w])
+            out = _through(func, prior, q, k, v, heads, rest, kwargs)
+            if is_joint(q, tokens, kwargs):
+                put(SELF_OUT, out[:, n_txt:n_txt + h * w])
             return out
 
         return self._run({**args, "transformer_options": {**options, OVERRIDE: override}}, extra)

@@ -6,6 +6,9 @@ summed (as DreamMatcher does). Token positions count the start token as 0 and ru
 ComfyUI's 77-token chunks, matching the conditioning's token axis; on Flux they are T5's (no start
 token), the text tokens of its joint attention.
 
+SD3's conditioning puts CLIP-L and CLIP-G's tokens (77 a chunk) before T5's (ComfyUI's ``SD3ClipModel``), so
+there T5's positions count on after them, where those encoders are loaded.
+
 A chat-template text encoder (Qwen-Image's Qwen2.5-VL) wraps the prompt in a template and its encoder drops the
 template's head from the conditioning (ComfyUI's ``QwenImageTEModel.encode_token_weights``: up to ``<|im_start|>user\n``),
 so the conditioning's tokens start with the prompt's. Its BPE tokens carry the space before a word (`` dog`` is
@@ -52,6 +55,17 @@ def _templated_positions(clip, prompt: str, words: list[str]) -> list[int]:
     return positions
 
 
+def _offset(clip, tokens: dict) -> int:
+    """Where T5's tokens start in the conditioning: after CLIP-L/G's on SD3 (its tokenizer gives ``g`` and ``t5xxl``;
+    Flux's gives no ``g``), unless the loaded text encoder holds neither CLIP."""
+    if "t5xxl" not in tokens or "g" not in tokens:
+        return 0
+    model = getattr(clip, "cond_stage_model", None)
+    if model is not None and getattr(model, "clip_l", None) is None and getattr(model, "clip_g", None) is None:
+        return 0
+    return sum(len(chunk) for chunk in tokens["g"])
+
+
 def subject_positions(clip, prompt: str, subject: str) -> list[int]:
     """Positions in the prompt's token sequence of every token of every subject word.
 
@@ -76,7 +90,8 @@ def subject_positions(clip, prompt: str, subject: str) -> list[int]:
             positions.extend(range(i, i + len(needle)))
     if not positions:
         raise KeyError(subject)
-    return sorted(set(positions))
+    offset = _offset(clip, tokens)
+    return sorted({offset + p for p in positions})
 
 
 def subject_problem(clip, prompt: str, subject: str) -> Problem | None:

@@ -68,10 +68,10 @@ def check_conditioning(node: str, name: str, conditioning, model) -> None:
     raise_for(conditioning_problem(conditioning, model), node, name)
 
 
-AUTO_LAYERS = ("'auto' (the default): the model family's decoder at 1/1 and "
+AUTO_LAYERS = ("'auto' (the default): the model family's: a UNet's decoder at 1/1 and "
                "1/2 of the latent: SD1.x 'output 6-11' (MasaCtrl), SDXL 'output 3-5' (Visual Style Prompting); Flux "
-               "Stable Flow's vital layers (double 0, 1, 17, 18; single 6, 9, 34, 35, 37). Or e.g. 'output 6-11', "
-               "'double 0-18', or 'all'.")
+               "and Chroma Stable Flow's vital layers (double 0, 1, 17, 18; single 6, 9, 34, 35, 37); Qwen-Image and "
+               "SD3 those layers at the same relative depth. Or e.g. 'output 6-11', 'double 0-18', or 'all'.")
 
 
 def record_layers_input():

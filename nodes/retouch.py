@@ -80,7 +80,8 @@ class MultiSourceAttentionSwap(io.ComfyNode):
                 io.Mask.Input("mask", optional=True, tooltip="Where the target keeps its own self-attention (1) or "
                               "takes the layout's (0), from mask_start on. No mask: no blend."),
                 io.Combo.Input("reference_positions", options=list(labels.POSITIONS), default=labels.SHIFTED, optional=True,
-                               tooltip="Flux only (its keys carry RoPE positions; a UNet's carry none). shifted: each "
+                               tooltip="DiTs with RoPE (Flux, Chroma, Qwen-Image; a UNet's and SD3's keys carry none to "
+                                       "move). shifted: each "
                                        "reference's keys sit beside the image, off the target's positions, so the "
                                        "target takes the subject's look without the photo's layout. shared: at the "
                                        "target's own positions (Stable Flow's injection), which pulls the reference's "

@@ -311,6 +311,7 @@ class TinyDiT:
                    4),
         "qwen_image": ("QWEN_IMAGE_TINY", 3584, None, None, "QwenImage", {("double", 0), ("double", 1)},
                        ("double 0", "double 1"), 2),
+        "sd3": ("SD3_TINY", 4096, 2048, None, "SD3", {("double", 0), ("double", 1)}, ("double 0", "double 1"), 2),
     }
 
     def __init__(self, name: str) -> None:

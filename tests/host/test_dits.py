@@ -240,18 +240,17 @@ def test_swap_phases_read_the_sources(comfy, tiny_dit, prompts, inversions):
 
 
 def counting(model):
-    """A clone of ``model`` that appends each diffusion-model call's row count to the returned list."""
-    import comfy.patcher_extension as ext
-
+    """A clone of ``model`` that appends each diffusion-model call's row count to the returned list, as its first
+    block sees them: a ``dit`` patch on ``("double_block", 0)``, which every DiT family has and the swap chains
+    (SD3's MMDiT runs no DIFFUSION_MODEL wrappers)."""
     rows = []
 
-    def count(executor, x, *args, **kwargs):
-        rows.append(x.shape[0])
-        return executor(x, *args, **kwargs)
+    def count(args, extra):
+        rows.append(args["img"].shape[0])
+        return extra["original_block"](args)
 
     counted = model.clone()
-    ext.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "test_rows", count, counted.model_options,
-                             is_model_options=True)
+    counted.set_model_patch_replace(count, "dit", "double_block", 0)
     return counted, rows
 
 
@@ -277,7 +276,7 @@ def test_reference_cache_hit_and_miss(comfy, tiny_dit, prompts, inversions):
     dm = model.model.diffusion_model
     blocks = tiny_dit.blocks  # the swap's layers: "all"
     assert {key[3] for key in kept} == {SELF_IN} and len(kept) == blocks * (STEPS - 2)
-    width = tiny_dit.config["hidden_size"] if "hidden_size" in tiny_dit.config else dm.inner_dim
+    width = getattr(dm, "hidden_size", None) or dm.inner_dim  # Flux's, Chroma's, SD3's; Qwen-Image's
     assert all(t.shape == (1, 16, width) for t in kept.values())  # 4 x 4 image tokens
     rows.clear()
     retouch(comfy, swap(comfy, counted, ref, lay, prompts, lambda2=2, cache="offloaded to RAM",
@@ -482,11 +481,14 @@ def test_subject_map_reads_the_map_blocks_at_the_subject_tokens(comfy, tiny_dit,
     plain = model.clone()
     plain.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = keep
     record_on_trajectory(plain, tiny_dit.encode(prompt), traj, [1])
-    assert len(seen) == tiny_dit.blocks  # every block (Flux: two double blocks, then two single blocks)
+    dm = model.model.diffusion_model
+    joint = [(q, k) for q, k in seen if q.shape[-2] == 256 + 16]  # text and image tokens (SD3.5's attn2: image only)
+    assert len(joint) == tiny_dit.blocks  # every block (Flux: two double blocks, then two single blocks)
+    assert len(seen) == tiny_dit.blocks + len(getattr(dm, "x_block_self_attn_layers", None) or ())
     by_hand = 0
-    heads = model.model.diffusion_model.transformer_blocks[0].attn.heads if tiny_dit.name == "qwen_image" else None
-    for q, k in seen[:2]:
-        if q.ndim == 3:  # flat [n, tokens, heads * d] (Qwen-Image's call): as [n, heads, tokens, d]
+    heads = dm.transformer_blocks[0].attn.heads if tiny_dit.name == "qwen_image" else getattr(dm, "num_heads", None)
+    for q, k in joint[:2]:
+        if q.ndim == 3:  # flat [n, tokens, heads * d] (Qwen-Image's and SD3's call): as [n, heads, tokens, d]
             q, k = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k))
         attention = torch.softmax(q.float() @ k.float().transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
         by_hand = by_hand + attention[:, :, 256:, :256].mean(1)
