@@ -2,7 +2,7 @@
 
 Shared by ``host/test_workflows.py`` (the shipped workflows run in-process), ``e2e/test_browser.py`` (every
 one loads in the real frontend; :data:`EXECUTED_IN_BROWSER` run there, through the server, and not again
-in-process) and ``host/test_catalogue.py`` (issue 14's misuse catalogue edits these prompts).
+in-process) and ``host/test_misuse_through_the_executor.py`` (its cases edit these prompts).
 """
 
 from __future__ import annotations

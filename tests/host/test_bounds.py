@@ -38,7 +38,7 @@ EXPERIMENTS = {
 }
 
 
-def prompts(comfy) -> list[dict]:
+def api_prompts(comfy) -> list[dict]:
     return [copy.deepcopy(EXPERIMENTS)] + [shrink(convert(comfy, name)) for name in SHIPPED]
 
 
@@ -72,7 +72,7 @@ def test_every_bounded_input_just_outside_is_refused(comfy, tiny_files, tiny_sam
     from workflow_prompts import write_input_images
 
     write_input_images(comfy)
-    graphs = prompts(comfy)
+    graphs = api_prompts(comfy)
     checked, vague = [], []
     for node_type, name, value in cases(comfy):
         graph = next((g for g in graphs if any(n["class_type"] == node_type for n in g.values())), None)
@@ -106,7 +106,7 @@ def test_each_validate_inputs_takes_one_input(comfy):
 def test_the_issues_cases_are_refused_at_validation(comfy, tiny_files, tiny_sam, node_type, name, value, words):
     """Once accepted (run as 0, a ZeroDivisionError, run as 1.0): now refused in one line naming the input, by
     ComfyUI's own bound check where the node's ``validate_inputs`` does not take the input, else by the node."""
-    prompt = copy.deepcopy(prompts(comfy)[1])
+    prompt = copy.deepcopy(api_prompts(comfy)[1])
     node_id = next(i for i, n in prompt.items() if n["class_type"] == node_type)
     prompt[node_id]["inputs"][name] = value
     if name == "steps":

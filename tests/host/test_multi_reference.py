@@ -11,7 +11,7 @@ FAST = "recorded, attention from the inversions (fast)"
 
 
 @pytest.fixture(scope="module")
-def paths(comfy, tiny):
+def inverted(comfy, tiny):
     """The layout and references A and B inverted alone, and the batches [A, B], [B, A], [A, A]."""
     gen = torch.Generator().manual_seed(7)
     images = torch.rand(3, 64, 64, 3, generator=gen)
@@ -30,23 +30,23 @@ def paths(comfy, tiny):
     return {**out, "y": tiny.encode("a photo of sks vase"), "neg": tiny.encode("blurry"), "empty": empty}
 
 
-def retouch(comfy, tiny, paths, refs: str, mode="recorded", cache="off", source_prompt="y"):
+def retouch(comfy, tiny, inverted, refs: str, mode="recorded", cache="off", source_prompt="y"):
     """The retouch with references ``refs``; the sources' prompts are the target's, or (for the fast
     mode's equality) the inversions' own empty prompt in both halves."""
-    lay_inv, lay_traj = paths["layout"]
-    y = paths[source_prompt]
-    neg = paths["empty"] if source_prompt == "empty" else paths["neg"]
+    lay_inv, lay_traj = inverted["layout"]
+    y = inverted[source_prompt]
+    neg = inverted["empty"] if source_prompt == "empty" else inverted["neg"]
     node = comfy.NODE_CLASS_MAPPINGS["LR_MultiSourceAttentionSwap"]
-    patched = node.execute(model=tiny.personalized, reference_inversion=paths[refs][1], layout_inversion=lay_traj,
+    patched = node.execute(model=tiny.personalized, reference_inversion=inverted[refs][1], layout_inversion=lay_traj,
                            reference_positive=y, reference_negative=neg, layout_positive=y, layout_negative=neg,
                            lambda2=2, mask_start=4, layout_layers="output 6-11", reference_layers="output 6-11",
                            source_paths=mode, reference_cache=cache, mask=torch.full((1, 64, 64), 0.5)).result[0]
-    return sample(comfy, patched, paths["y"], paths["neg"], lay_inv)
+    return sample(comfy, patched, inverted["y"], inverted["neg"], lay_inv)
 
 
 @pytest.fixture(scope="module")
-def results(comfy, tiny, paths):
-    return {refs: retouch(comfy, tiny, paths, refs) for refs in ("A", "B", "AB", "BA", "AA")}
+def results(comfy, tiny, inverted):
+    return {refs: retouch(comfy, tiny, inverted, refs) for refs in ("A", "B", "AB", "BA", "AA")}
 
 
 def test_every_reference_is_read(results, measured):
@@ -71,24 +71,24 @@ def test_a_duplicated_reference_equals_one(results, measured):
     assert diff < 1e-5
 
 
-def test_fast_mode_and_cache_with_two_references(comfy, tiny, paths, results, measured):
+def test_fast_mode_and_cache_with_two_references(comfy, tiny, inverted, results, measured):
     """Fast mode reads what the inversion of the batch recorded (at its own prompt); the cache is filled, then read."""
-    fast = retouch(comfy, tiny, paths, "AB", mode=FAST)
-    recorded = retouch(comfy, tiny, paths, "AB", source_prompt="empty")
-    first = retouch(comfy, tiny, paths, "AB", cache="offloaded to RAM")
-    reused = retouch(comfy, tiny, paths, "AB", cache="offloaded to RAM")
-    other_order = retouch(comfy, tiny, paths, "BA", cache="offloaded to RAM")
-    cache = paths["AB"][1].cache
+    fast = retouch(comfy, tiny, inverted, "AB", mode=FAST)
+    recorded = retouch(comfy, tiny, inverted, "AB", source_prompt="empty")
+    first = retouch(comfy, tiny, inverted, "AB", cache="offloaded to RAM")
+    reused = retouch(comfy, tiny, inverted, "AB", cache="offloaded to RAM")
+    other_order = retouch(comfy, tiny, inverted, "BA", cache="offloaded to RAM")
+    cache = inverted["AB"][1].cache
     measured(f"multi-reference: fast vs recorded {rel(fast, recorded):.2e}; cache filled "
              f"{rel(first, results['AB']):.2e}, reused {rel(reused, results['AB']):.2e}; [B, A] with its own cache "
              f"{rel(other_order, results['AB']):.2e}")
     assert rel(fast, recorded) < 1e-5
     assert torch.equal(first, results["AB"]) and rel(reused, results["AB"]) < 1e-5
     assert rel(other_order, results["AB"]) < 1e-5
-    assert paths["BA"][1].cache is not cache  # each batch, in its order, keeps its own cache
+    assert inverted["BA"][1].cache is not cache  # each batch, in its order, keeps its own cache
 
 
-def test_paper_mode_with_two_references(comfy, tiny, paths, results):
-    got = retouch(comfy, tiny, paths, "AB", mode="re-denoised (paper)")
+def test_paper_mode_with_two_references(comfy, tiny, inverted, results):
+    got = retouch(comfy, tiny, inverted, "AB", mode="re-denoised (paper)")
     assert got.shape == results["AB"].shape and torch.isfinite(got).all()
-    assert rel(got, retouch(comfy, tiny, paths, "BA", mode="re-denoised (paper)")) < 1e-5
+    assert rel(got, retouch(comfy, tiny, inverted, "BA", mode="re-denoised (paper)")) < 1e-5

@@ -44,7 +44,7 @@ def image_latent(tiny):
 
 
 @pytest.fixture(scope="module")
-def prompts(tiny):
+def prompt_pair(tiny):
     return tiny.encode("a photo of a red vase"), tiny.encode("")
 
 
@@ -64,18 +64,18 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def run(request, tiny, image_latent, prompts):
+def run(request, tiny, image_latent, prompt_pair):
     """The node's outputs on one model, run as ComfyUI's executor runs nodes (inference mode)."""
     if request.param.startswith("tiny"):
         return request.param, *request.getfixturevalue("tiny_run")
     model = cond_model(tiny.personalized)
     with torch.inference_mode():
-        return request.param, model, null_text(model, *prompts, image_latent, **FIT)
+        return request.param, model, null_text(model, *prompt_pair, image_latent, **FIT)
 
 
-def test_reconstruction_beats_ddim_inversion(comfy, run, image_latent, prompts, measured):
+def test_reconstruction_beats_ddim_inversion(comfy, run, image_latent, prompt_pair, measured):
     name, model, (inverted, trajectory, null_negative) = run
-    positive, negative = prompts
+    positive, negative = prompt_pair
     ddim_inverted, _ = DDIMInversion.execute(model=model, positive=positive, latent=image_latent, steps=STEPS,
                                              scheduler="ddim_uniform", sampler_name="ddim", cfg=1.0).result
     assert torch.equal(inverted["samples"], ddim_inverted["samples"])  # the same pivots' top
@@ -86,9 +86,9 @@ def test_reconstruction_beats_ddim_inversion(comfy, run, image_latent, prompts, 
     assert null_error < 0.1 * ddim_error, (null_error, ddim_error)
 
 
-def test_stock_sampler_retraces_the_inversion(comfy, run, prompts):
+def test_stock_sampler_retraces_the_inversion(comfy, run, prompt_pair):
     _, model, (inverted, trajectory, null_negative) = run
-    positive = prompts[0]
+    positive = prompt_pair[0]
     latent_format = model.get_model_object("latent_format")
     assert len(null_negative) == len(trajectory) - 1
     final = redraw(comfy, model, positive, null_negative, inverted)
@@ -112,33 +112,33 @@ def test_each_step_selects_its_own_embedding(run):
     assert not torch.equal(null_negative[0][0], null_negative[-1][0])  # the embeddings were fitted
 
 
-def test_callers_model_unchanged_and_no_weight_gradients(tiny, image_latent, prompts):
+def test_callers_model_unchanged_and_no_weight_gradients(tiny, image_latent, prompt_pair):
     model = cond_model(tiny.personalized)
     weights = {k: v.clone() for k, v in model.model.state_dict().items()}
     options = repr(model.model_options)
-    null_text(model, *prompts, image_latent, steps=2, iterations=2)
+    null_text(model, *prompt_pair, image_latent, steps=2, iterations=2)
     assert options == repr(model.model_options) and not model.patches and not model.object_patches
     after = model.model.state_dict()
     assert all(torch.equal(weights[k], after[k]) for k in weights)
     assert all(p.grad is None for p in model.model.parameters())
 
 
-def test_inference_tensor_weights(comfy, image_latent, prompts):
+def test_inference_tensor_weights(comfy, image_latent, prompt_pair):
     """As in ComfyUI, where the executor's inference mode makes the loaded weights inference tensors."""
     with torch.inference_mode():
         model = comfy.CheckpointLoaderSimple().load_checkpoint("tiny_personalized.safetensors")[0]
         assert all(p.is_inference() for p in model.model.parameters())
-        inverted, trajectory, null_negative = null_text(model, *prompts, image_latent, steps=2, iterations=2)
+        inverted, trajectory, null_negative = null_text(model, *prompt_pair, image_latent, steps=2, iterations=2)
     assert not torch.isnan(trajectory.latents).any()
-    assert not torch.equal(null_negative[0][0], prompts[1][0][0])
+    assert not torch.equal(null_negative[0][0], prompt_pair[1][0][0])
     assert all(p.grad is None for p in model.model.parameters())
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tiny, image_latent, prompts):
+def tiny_run(tiny, image_latent, prompt_pair):
     """The node's outputs on the tiny UNet itself (the swap acts on its attention layers)."""
     with torch.inference_mode():
-        return tiny.personalized, null_text(tiny.personalized, *prompts, image_latent, **FIT)
+        return tiny.personalized, null_text(tiny.personalized, *prompt_pair, image_latent, **FIT)
 
 
 def retouch(comfy, model, trajectory, positive, negative, layout_negative=None):
@@ -152,14 +152,14 @@ def retouch(comfy, model, trajectory, positive, negative, layout_negative=None):
                         mask=torch.full((1, 64, 64), 0.5)).result[0]
 
 
-def test_the_swap_reads_a_null_text_reference_with_its_own_negative_per_step(comfy, tiny_run, prompts, measured):
+def test_the_swap_reads_a_null_text_reference_with_its_own_negative_per_step(comfy, tiny_run, prompt_pair, measured):
     """Null-text inversion as the retouch's source path: CFG sampling with ``null_negative`` walks the
     path exactly, so with ``null_negative`` as the sources' negative the source rows are the target's
     own rows at every step and the swap changes nothing; with the plain negative (one embedding for
     every step) the sources' unconditional half is another prompt's, and the result moves: so the swap refuses
     the plain negative with a Null-Text Inversion's path (measured here on the path stripped of its mark)."""
     model, (inverted, trajectory, null_negative) = tiny_run
-    positive, negative = prompts
+    positive, negative = prompt_pair
     with pytest.raises(ValueError, match=r"Multi-Source Attention Swap: input 'reference_negative': is a single "
                                          r"prompt, but .* Null-Text Inversion.*Fix: connect the Null-Text "
                                          r"Inversion's null_negative output here"):
@@ -177,29 +177,29 @@ def test_the_swap_reads_a_null_text_reference_with_its_own_negative_per_step(com
 
 
 class TestBadInput:
-    def test_cfg_one(self, tiny, image_latent, prompts):
+    def test_cfg_one(self, tiny, image_latent, prompt_pair):
         with pytest.raises(ValueError, match=r"Null-Text Inversion: input 'cfg': is 1.0.*Fix: set cfg"):
-            null_text(tiny.personalized, *prompts, image_latent, cfg=1.0)
+            null_text(tiny.personalized, *prompt_pair, image_latent, cfg=1.0)
 
-    def test_sampler_that_cannot_be_inverted(self, tiny, image_latent, prompts):
+    def test_sampler_that_cannot_be_inverted(self, tiny, image_latent, prompt_pair):
         assert "euler_ancestral" in NullTextInversion.validate_inputs(sampler_name="euler_ancestral")
         with pytest.raises(ValueError, match=r"Null-Text Inversion: input 'sampler_name': 'euler_ancestral'"):
-            null_text(tiny.personalized, *prompts, image_latent, sampler_name="euler_ancestral")
+            null_text(tiny.personalized, *prompt_pair, image_latent, sampler_name="euler_ancestral")
 
-    def test_combined_negative(self, tiny, image_latent, prompts):
-        positive, negative = prompts
+    def test_combined_negative(self, tiny, image_latent, prompt_pair):
+        positive, negative = prompt_pair
         with pytest.raises(ValueError, match=r"Null-Text Inversion: input 'negative': has 2 entries"):
             null_text(tiny.personalized, positive, negative + tiny.encode("blurry"), image_latent)
 
-    def test_swap_negative_with_combined_prompts(self, comfy, tiny_run, prompts, tiny):
+    def test_swap_negative_with_combined_prompts(self, comfy, tiny_run, prompt_pair, tiny):
         model, (_, trajectory, null_negative) = tiny_run
-        positive, negative = prompts
+        positive, negative = prompt_pair
         with pytest.raises(ValueError, match=r"Multi-Source Attention Swap: input 'reference_negative': has 2 "
                                              r"entries, of which 2 apply at step 0 .*Fix: connect a single"):
             retouch(comfy, model, trajectory, positive, negative + tiny.encode("blurry"), null_negative)
         with pytest.raises(ValueError, match=r"input 'reference_negative': has 6 entries, of which 0 apply at step 0"):
             retouch(comfy, model, trajectory, positive, null_negative[1:], null_negative)
 
-    def test_sdxl_latent_on_sd1_model(self, tiny, prompts):
+    def test_sdxl_latent_on_sd1_model(self, tiny, prompt_pair):
         with pytest.raises(ValueError, match=r"Null-Text Inversion: input 'latent': has 16 channels"):
-            null_text(tiny.personalized, *prompts, {"samples": torch.ones(1, 16, 8, 8)})
+            null_text(tiny.personalized, *prompt_pair, {"samples": torch.ones(1, 16, 8, 8)})

@@ -1,4 +1,5 @@
-"""Issue 14's misuse catalogue: each case sent through ComfyUI's real executor, as a server sends it.
+"""Misuse as a server meets it: each case sent through ComfyUI's real executor (the nodes' own checks, called
+directly: test_misuse_at_the_nodes.py).
 
 A case edits an API prompt built from a shipped workflow (shrunk to the tiny models: 64x64 px,
 6 steps) or a small graph built here, and goes through ``execution.validate_prompt`` and then one

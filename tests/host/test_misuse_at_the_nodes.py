@@ -1,7 +1,6 @@
-"""Misuse caught with node, input and fix (issue 14's catalogue; it grows with every case and node).
-
-Each case goes through what ComfyUI calls: a node's ``validate_inputs`` where the facts are known
-before the run, else its ``execute``.
+"""Misuse caught at the node, with node, input and fix: each case calls what ComfyUI calls, a node's
+``validate_inputs`` where the facts are known before the run, else its ``execute`` (it grows with every case and
+node). The same refusals as a server meets them, through ComfyUI's executor: test_misuse_through_the_executor.py.
 """
 
 from __future__ import annotations
