@@ -59,7 +59,8 @@ class DiT:
 DITS = {
     "flux": DiT("Flux.1-dev", rm.FLUX_DEV, rm.FLUX_TINY, 4096, 512, 768, 3.5, 1024, 28, 1.0),
     "chroma": DiT("Chroma1-HD", rm.CHROMA_FULL, rm.CHROMA_TINY, 4096, 512, None, 0.0, 1024, 40, 4.0),
-    "qwen_image": DiT("Qwen-Image", rm.QWEN_IMAGE_FULL, rm.QWEN_IMAGE_TINY, 3584, 64, None, None, 1328, 50, 4.0),
+    "qwen_image": DiT("Qwen-Image", rm.QWEN_IMAGE_FULL, rm.QWEN_IMAGE_TINY, 3584, 64, None, None, 1328, 30, 2.5),
+    "sd3": DiT("SD3.5 Large", rm.SD35_LARGE, rm.SD3_TINY, 4096, 154, 2048, None, 1024, 28, 4.5),
 }
 
 

@@ -68,18 +68,17 @@ class Pipeline:
         self.rows = [0, 0]  # forward rows, differentiated rows
 
     def count_rows(self) -> None:
-        """Count latent rows through the UNet with a keyed DIFFUSION_MODEL wrapper on the benchmark's
-        own models (clones, the swap's included, carry it): the work of each part, whatever the hardware."""
-        import comfy.patcher_extension as ext
-
-        def count(executor, x, *args, **kwargs):
+        """Count latent rows through the diffusion model with a forward pre-hook on the benchmark's own models (every
+        call of the module, whoever makes it: the swap's rows included; also a DiT whose forward runs no ComfyUI
+        wrapper, as SD3's): the work of each part, whatever the hardware."""
+        def count(module, args, kwargs):
+            x = args[0] if args else kwargs["x"]
             self.rows[0] += x.shape[0]
             self.rows[1] += x.shape[0] if torch.is_grad_enabled() else 0  # samplers run without autograd
-            return executor(x, *args, **kwargs)
 
-        for model in (self.vanilla, self.personalized):
-            ext.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "lr_benchmark_rows", count,
-                                     model.model_options, is_model_options=True)
+        for module in {id(m.model.diffusion_model): m.model.diffusion_model
+                       for m in (self.vanilla, self.personalized)}.values():
+            module.register_forward_pre_hook(count, with_kwargs=True)
 
     def warm_up(self) -> None:
         """Load the models with a plain generation; on a GPU a second one, once its clocks are up."""

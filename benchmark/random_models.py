@@ -160,6 +160,9 @@ SD3_TINY = dict(in_channels=16, out_channels=16, patch_size=2, depth=2, input_si
                 context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
                 num_patches=64, pos_embed_max_size=8, qk_norm="rms", pos_embed_scaling_factor=None,
                 x_block_self_attn_layers=[0])
+SD35_LARGE = dict(SD3_TINY, depth=38, context_embedder_config={"target": "torch.nn.Linear",
+                                                               "params": {"in_features": 4096, "out_features": 2432}},
+                  num_patches=36864, pos_embed_max_size=192, x_block_self_attn_layers=[])  # 2432 wide, 38 heads
 
 
 def model_config(config: dict):

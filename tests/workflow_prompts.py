@@ -40,11 +40,113 @@ EXPECTED_IMAGES = {  # per workflow run on the tiny models: (saved images, previ
     "pick_and_draw_plain_sd.json": (1, 0),
     "layout_retouch_flux_stage1.json": (1, 0),
     "layout_retouch_full_flux_lora.json": (2, 3),
+    "layout_retouch_full_chroma_lora.json": (2, 3),
+    "layout_retouch_full_qwen_image_lora.json": (2, 3),
+    "layout_retouch_full_sd3_lora.json": (2, 3),
 }
 # Flux's runs: the 64-wide tiny Flux and a Flux CLIP stand-in (T5-XXL cannot be tiny) in place of UNETLoader
 # and DualCLIPLoader (both load for real in validation and in host/test_flux_files.py), the stock LoRA loader,
 # VAE loader, text encoding and FluxGuidance as shipped.
 FLUX_STAND_INS = {"UNETLoader": "LRTest_TinyFluxModel", "DualCLIPLoader": "LRTest_FluxTextEncoders"}
+
+
+# The other DiT families' runs: the family's tiny model (comfy_host.TinyDiT) and a text stand-in with its own
+# tokenizer in place of UNETLoader and the text loader; Qwen-Image's Wan 2.1 VAE at its real size (ComfyUI's
+# VAE class from a random state dict of the real format); a LoRA over the tiny model through the stock loader.
+DIT_WORKFLOWS = {"chroma": "layout_retouch_full_chroma_lora.json", "qwen_image": "layout_retouch_full_qwen_image_lora.json",
+                 "sd3": "layout_retouch_full_sd3_lora.json"}
+TEXT_LOADERS = ("CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader")
+
+
+def dit_builder():
+    """tools/build_dit_workflows.py, whose table the DiT workflows' settings are checked against."""
+    import importlib
+    import sys
+
+    tools = str(WORKFLOWS.parent / "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    return importlib.import_module("build_dit_workflows")
+
+
+def dit_family(name: str) -> str | None:
+    """The DiT family a shipped workflow runs (None: SD1.x, SDXL or Flux's)."""
+    return next((family for family, workflow in DIT_WORKFLOWS.items() if workflow == name), None)
+
+
+def write_dit_lora(path: Path, state_dict: dict, seed: int, rank: int = 4) -> None:
+    """A LoRA over a DiT's attention projections (every 2-D weight of an attention or ``qkv``/``linear1``), keyed
+    ``diffusion_model.<module>.lora_up/lora_down.weight`` as ComfyUI's LoRA loader maps any model's keys."""
+    import safetensors.torch
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    lora = {}
+    for key, tensor in state_dict.items():
+        if tensor.ndim == 2 and key.endswith(".weight") and ("attn" in key or "linear1" in key):
+            base = "diffusion_model." + key[: -len(".weight")]
+            lora[f"{base}.lora_down.weight"] = torch.randn(rank, tensor.shape[1], generator=gen) * 0.05
+            lora[f"{base}.lora_up.weight"] = torch.randn(tensor.shape[0], rank, generator=gen) * 0.05
+            lora[f"{base}.alpha"] = torch.tensor(float(rank))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(lora, str(path))
+
+
+def wan_vae():
+    """Qwen-Image's VAE (Wan 2.1's, 16 channels, a time axis) through ComfyUI's own VAE class, random weights of its
+    real shapes in fp16."""
+    import comfy.ldm.wan.vae
+    import comfy.sd
+    import torch
+
+    from comfyui_layout_retouch.benchmark.random_models import fill
+
+    with torch.device("meta"):
+        meta = comfy.ldm.wan.vae.WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                        temperal_downsample=[False, True, True], dropout=0.0)
+    return comfy.sd.VAE(sd=fill(meta, 9, store=torch.float16))
+
+
+def register_dit_stand_ins(comfy, tiny_dit, loras: Path) -> None:
+    """Test nodes for ``tiny_dit``'s family in place of its loaders (class names ``LRTest_<family>_<Loader>``: one a
+    family, or ComfyUI's cache would hand one family's model to the next), and its LoRA
+    ``tiny_<family>_lora.safetensors`` written into ``loras`` (a registered folder)."""
+    import comfy_host
+
+    write_dit_lora(loras / f"tiny_{tiny_dit.name}_lora.safetensors", tiny_dit.vanilla.model.diffusion_model.state_dict(), 5)
+    vae = wan_vae() if tiny_dit.name == "qwen_image" else None
+
+    def node(value):
+        class StandIn:
+            RETURN_TYPES, FUNCTION, CATEGORY = (type(value).__name__.upper(),), "load", "testing"
+
+            @classmethod
+            def INPUT_TYPES(cls):  # noqa: N802  (ComfyUI's V1 node interface)
+                return {"required": {}}
+
+            def load(self):
+                return (value,)
+        return StandIn
+
+    model, text = node(tiny_dit.vanilla), node(comfy_host.FluxTextStandIn(tiny_dit))
+    model.RETURN_TYPES, text.RETURN_TYPES = ("MODEL",), ("CLIP",)
+    prefix = f"LRTest_{tiny_dit.name}_"
+    comfy.NODE_CLASS_MAPPINGS.update({f"{prefix}UNETLoader": model, **{f"{prefix}{k}": text for k in TEXT_LOADERS}})
+    if vae is not None:
+        comfy.NODE_CLASS_MAPPINGS[f"{prefix}VAELoader"] = node(vae)
+        comfy.NODE_CLASS_MAPPINGS[f"{prefix}VAELoader"].RETURN_TYPES = ("VAE",)
+
+
+def dit_stand_ins(prompt: dict, family: str) -> None:
+    """``prompt``'s loaders swapped for :func:`register_dit_stand_ins`' nodes and files."""
+    for node in prompt.values():
+        kind = node["class_type"]
+        if kind == "UNETLoader" or kind in TEXT_LOADERS or (kind == "VAELoader" and family == "qwen_image"):
+            node["class_type"], node["inputs"] = f"LRTest_{family}_{kind}", {}
+        elif kind == "VAELoader":
+            node["inputs"]["vae_name"] = "tiny_flux_vae.safetensors"  # Flux's VAE: Chroma's, and 16 channels as SD3's
+        elif kind == "LoraLoaderModelOnly":
+            node["inputs"]["lora_name"] = f"tiny_{family}_lora.safetensors"
 
 
 def register_flux_stand_ins(comfy, tiny_flux) -> None:
@@ -96,7 +198,7 @@ def knobs_folded(prompt: dict) -> dict:
             for node_id, node in prompt.items() if node_id not in values}
 
 
-def shrink(prompt: dict, steps: int = 6) -> dict:
+def shrink(prompt: dict, steps: int = 6, family: str | None = None) -> dict:
     """Swap in the tiny models, a small size and few steps, as a user would edit the graph."""
     sizes = {"EmptyLatentImage": {"width": 64, "height": 64}, "ImageScale": {"width": 64, "height": 64}}
     settings = {"LR_MultiSourceAttentionSwap": {"lambda2": 2, "mask_start": 4},
@@ -112,6 +214,9 @@ def shrink(prompt: dict, steps: int = 6) -> dict:
     flux = {"VAELoader": {"vae_name": "tiny_flux_vae.safetensors"},
             "LoraLoaderModelOnly": {"lora_name": "tiny_flux_lora_narrow.safetensors"},
             "EmptySD3LatentImage": {"width": 64, "height": 64}}
+    if family is not None:
+        dit_stand_ins(prompt, family)
+        flux = {"EmptySD3LatentImage": flux["EmptySD3LatentImage"]}
     for node in prompt.values():
         if node["class_type"] in FLUX_STAND_INS:
             node["class_type"], node["inputs"] = FLUX_STAND_INS[node["class_type"]], {}

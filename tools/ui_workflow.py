@@ -59,3 +59,35 @@ class WF:
         with open(path, "w") as f:
             json.dump(d, f, indent=1)
             f.write("\n")
+
+
+def mask_section(w: WF, pos, model, layout_inversion, clip, prompt_node, word_node, layout_image, title: str,
+                 prompt: str, word: str = "vase"):
+    """The stage-2 masks: M^c (Cross-Attention Mask on the layout's path, its prompt and subject from the given
+    primitives), M^SAM (SAM from that mask on the layout image), M (Adaptive Mask), each previewed. ``model``,
+    ``layout_inversion`` and ``clip`` are (node, slot); the others nodes. Returns the Adaptive Mask node."""
+    x, y = pos
+    mc = w.node("LR_CrossAttentionMask", (x, y), [prompt, word, labels.HALF, 10, 0.1],
+                inputs=[("model", "MODEL"), ("layout_inversion", "LR_INVERSION"), ("clip", "CLIP")],
+                outputs=[("soft_map", "MASK"), ("mask", "MASK")], title=title,
+                size=(360, 250), widget_inputs=[("prompt", "STRING"), ("subject", "STRING")])
+    w.link(*model, mc, "model"); w.link(*layout_inversion, mc, "layout_inversion"); w.link(*clip, mc, "clip")
+    w.link(prompt_node, 0, mc, "prompt"); w.link(word_node, 0, mc, "subject")
+    sam = w.node("LR_SAMLoader", (x, y + 300), ["sam_vit_h_4b8939.pth"], outputs=[("sam", "LR_SAM")], size=(360, 60))
+    seg = w.node("LR_SAMSegment", (x, y + 410), ["", "", 0.01], inputs=[("image", "IMAGE"), ("sam", "LR_SAM"),
+                 ("prompt_mask", "MASK")], outputs=[("mask", "MASK")], title="SAM Segment from Mask (M^SAM)",
+                 size=(360, 170))
+    w.link(layout_image, 0, seg, "image"); w.link(sam, 0, seg, "sam"); w.link(mc, 1, seg, "prompt_mask")
+    ada = w.node("LR_AdaptiveMask", (x + 420, y), [0.5, 0.01, 0.5, 1.0, True],
+                 inputs=[("cross_attention_mask", "MASK"), ("sam_mask", "MASK")],
+                 outputs=[("mask", "MASK"), ("union", "MASK"), ("distance", "MASK"), ("components", "MASK")],
+                 size=(340, 250))
+    w.link(mc, 1, ada, "cross_attention_mask"); w.link(seg, 0, ada, "sam_mask")
+    for (name, dy), (src, slot) in zip((("M^c (cross-attention)", 300), ("M^SAM", 610), ("M (adaptive)", 920)),
+                                       ((mc, 1), (seg, 0), (ada, 0)), strict=True):
+        m2i = w.node("MaskToImage", (x + 420, y + dy), [], inputs=[("mask", "MASK")], outputs=[("IMAGE", "IMAGE")],
+                     size=(200, 50))
+        prev = w.node("PreviewImage", (x + 640, y + dy), [], inputs=[("images", "IMAGE")], title=f"Preview: {name}",
+                      size=(220, 270))
+        w.link(src, slot, m2i, "mask"); w.link(m2i, 0, prev, "images")
+    return ada

@@ -51,6 +51,10 @@ SHRINK_JS = """(tiny) => {
     if (node.type === "VAELoader") set(node, "vae_name", "tiny_flux_vae.safetensors");
     if (node.type === "DualCLIPLoader") {
       set(node, "clip_name1", "placeholder_clip_l.safetensors"); set(node, "clip_name2", "placeholder_t5xxl.safetensors"); }
+    if (node.type === "CLIPLoader") set(node, "clip_name", "placeholder_t5xxl.safetensors");  // Chroma's, Qwen-Image's
+    if (node.type === "TripleCLIPLoader") {  // SD3's (validated, not loaded: the names must exist)
+      set(node, "clip_name1", "placeholder_clip_l.safetensors"); set(node, "clip_name2", "placeholder_clip_l.safetensors");
+      set(node, "clip_name3", "placeholder_t5xxl.safetensors"); }
     if (node.type === "EmptySD3LatentImage") { set(node, "width", 64); set(node, "height", 64); }
     if (node.type === "LR_SAMLoader") set(node, "sam_name", tiny.sam);
     if (node.type === "EmptyLatentImage" || node.type === "ImageScale") { set(node, "width", 64); set(node, "height", 64); }

@@ -14,8 +14,9 @@ def test_benchmark_on_a_dit(comfy, tmp_path, family):
     """``bench --family NAME`` on the tiny model: every part runs, and each part's rows are what the method costs
     (lambda1 1, lambda2 2 of 10 steps; one row per step at cfg 1, two at a cfg above it); the records' sizes at
     the family's native size."""
+    from comfyui_layout_retouch.attention.families import family_of_diffusion_model
     from comfyui_layout_retouch.benchmark.parts import DIT_PARTS
-    from comfyui_layout_retouch.benchmark.record_sizes import DIT_CACHE
+    from comfyui_layout_retouch.benchmark.record_sizes import DIT_CACHE, meta_dit
     from comfyui_layout_retouch.benchmark.run import main
 
     spec = DITS[family]
@@ -33,7 +34,8 @@ def test_benchmark_on_a_dit(comfy, tmp_path, family):
     sizes = report["dit_record_sizes_gib"]
     assert sizes["model"] == spec.label and sizes["size"] == spec.size and sizes["steps"] == spec.steps
     tokens = (spec.size // 16) ** 2  # 8x VAE, 2x2 patches
-    width = spec.full.get("hidden_size", 24 * 128)  # Qwen-Image: 24 heads of 128
+    full = meta_dit(spec.full)
+    width = family_of_diffusion_model(full).width(full)  # the blocks' hidden width (Flux 3072, SD3.5 Large 2432)
     cached_steps = spec.steps - round(spec.steps / 5)
     assert sizes["halves"] == halves
     assert abs(sizes[DIT_CACHE] - sizes["blocks"] * halves * cached_steps * tokens * width * 2 / 2**30) < 1e-9

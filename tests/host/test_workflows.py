@@ -12,9 +12,12 @@ from workflow_prompts import (
     RUN_AS,
     SHIPPED,
     convert,
+    dit_builder,
+    dit_family,
     images_of,
     knobs_folded,
     load,
+    register_dit_stand_ins,
     register_flux_stand_ins,
     shrink,
     write_input_images,
@@ -88,8 +91,16 @@ def server_executor(comfy):
     comfy_host.free_memory()
 
 
+@pytest.fixture(scope="module")
+def dit_loras(comfy, tmp_path_factory):
+    """A registered LoRA folder for the DiT families' tiny LoRAs (workflow_prompts.register_dit_stand_ins)."""
+    root = tmp_path_factory.mktemp("dit_models")
+    comfy_host.register(root, ("loras",))
+    return root / "loras"
+
+
 def by_family(name: str) -> tuple:
-    return ("flux" in name, "sdxl" in name, "stage2" in name, name)
+    return (dit_family(name) or "", "flux" in name, "sdxl" in name, "stage2" in name, name)
 
 
 @pytest.mark.parametrize("name", sorted(EXECUTED_IN_PROCESS, key=by_family))
@@ -105,11 +116,15 @@ def test_workflow_runs(comfy, tiny_files, tiny_sam, name, request, server_execut
         monkeypatch.setattr(args, "fp16_unet", True)
         monkeypatch.setattr(args, "fp8_e4m3fn_text_enc", True)
         request.addfinalizer(comfy_host.free_memory)
-    if "flux" in name:
+    family = dit_family(name)
+    if "flux" in name or family:
         request.getfixturevalue("tiny_flux_files")
+    if "flux" in name:
         register_flux_stand_ins(comfy, request.getfixturevalue("tiny_flux"))
+    if family:
+        register_dit_stand_ins(comfy, comfy_host.TinyDiT(family), request.getfixturevalue("dit_loras"))
     write_input_images(comfy)
-    prompt = shrink(convert(comfy, name))
+    prompt = shrink(convert(comfy, name), family=family)
     outputs = executor.execute(prompt, None if "sdxl" in name else server_executor)
     saved, previews = images_of(comfy, outputs, "output"), images_of(comfy, outputs, "temp")
     assert (len(saved), len(previews)) == EXPECTED_IMAGES[name]
@@ -125,8 +140,8 @@ def test_workflow_has_papers_defaults(comfy, name):
     by_kind = {}
     for node in prompt.values():
         by_kind.setdefault(node["class_type"], []).append(node["inputs"])
-    if "flux" in name:
-        return flux_defaults(by_kind)
+    if "flux" in name or dit_family(name):
+        return dit_defaults(by_kind, name)
     for blend in by_kind.get("LR_StepBlendedKSampler", []):
         assert (blend["steps"], blend["lambda1"], blend["scheduler"], blend["cfg"]) == (50, 5, "ddim_uniform", 7.5)
     for swap in by_kind.get("LR_MultiSourceAttentionSwap", []):
@@ -165,37 +180,49 @@ def test_workflow_has_papers_defaults(comfy, name):
         assert guider["cfg"] == 7.5
 
 
-def flux_defaults(by_kind: dict) -> None:
-    """Flux.1-dev's settings (euler, simple, 28 steps, cfg 1 with FluxGuidance 3.5, 1024 px) and the paper's
-    5, 10 and 30 of 50 steps scaled to 28 (3, 6, 17); the reference cache on (4.6 GiB: README, Flux)."""
+def dit_defaults(by_kind: dict, name: str) -> None:
+    """A DiT family's settings as its row in tools/build_dit_workflows.py has them (Flux.1-dev: euler, simple, 28
+    steps, cfg 1 with FluxGuidance 3.5, 1024 px), the paper's 5, 10 and 30 of 50 steps scaled to its steps (Flux:
+    3, 6, 17), and the reference cache on for Flux (4.6 GiB), off where two CFG halves a step would double it."""
+    f = dit_builder().FAMILIES[dit_family(name) or "flux"]
+    lambda1, lambda2, mask_start = f.lambdas
+    if f.stem == "flux":
+        assert (f.steps, f.cfg, f.size, f.guidance, f.lambdas) == (28, 1.0, 1024, 3.5, (3, 6, 17))
     for blend in by_kind["LR_StepBlendedKSampler"]:
         assert (blend["steps"], blend["lambda1"], blend["sampler_name"], blend["scheduler"], blend["cfg"],
-                blend["record_attention"]) == (28, 3, "euler", "simple", 1.0, False)
-    for guidance in by_kind["FluxGuidance"]:
-        assert guidance["guidance"] == 3.5
+                blend["record_attention"]) == (f.steps, lambda1, "euler", "simple", f.cfg, False)
+    for guidance in by_kind.get("FluxGuidance", []):
+        assert guidance["guidance"] == f.guidance
+    assert ("FluxGuidance" in by_kind) == (f.guidance is not None)
     for latent in by_kind["EmptySD3LatentImage"]:
-        assert latent["width"] == latent["height"] == 1024
+        assert latent["width"] == latent["height"] == f.size
     for swap in by_kind.get("LR_MultiSourceAttentionSwap", []):
         assert (swap["lambda2"], swap["mask_start"], swap["layout_layers"], swap["reference_layers"], swap["source_paths"],
-                swap["reference_cache"], swap["reference_positions"]) == (6, 17, "auto", "auto", labels.RECORDED,
-                                                                           labels.CACHE_RAM, labels.SHIFTED)
+                swap["reference_cache"], swap["reference_positions"]) == (
+            lambda2, mask_start, "auto", "auto", labels.RECORDED, labels.CACHE_RAM if f.cfg == 1.0 else labels.CACHE_OFF,
+            labels.SHIFTED)
     for sampler in by_kind.get("KSamplerAdvanced", []):
         assert (sampler["add_noise"], sampler["steps"], sampler["sampler_name"], sampler["scheduler"],
-                sampler["cfg"]) == ("disable", 28, "euler", "simple", 1.0)
+                sampler["cfg"]) == ("disable", f.steps, "euler", "simple", f.cfg)
     for inversion in by_kind.get("LR_DDIMInversion", []):
         assert (inversion["steps"], inversion["sampler_name"], inversion["scheduler"], inversion["cfg"],
-                inversion["record_attention"]) == (28, "euler", "simple", 1.0, False)
+                inversion["record_attention"]) == (f.steps, "euler", "simple", 1.0, False)
 
 
-def test_flux_workflow_is_wired_as_flux_runs(comfy):
-    """Flux's loaders (UNETLoader, DualCLIPLoader of type flux, VAELoader, the LoRA on the UNet), FluxGuidance on
-    every prompt, stage 1's trajectory as the layout path and its start latent as the retouch's start."""
-    prompt = convert(comfy, "layout_retouch_full_flux_lora.json")
+@pytest.mark.parametrize("family, text_loader, clip_type", [("flux", "DualCLIPLoader", "flux"),
+                                                             ("chroma", "CLIPLoader", "chroma"),
+                                                             ("qwen_image", "CLIPLoader", "qwen_image"),
+                                                             ("sd3", "TripleCLIPLoader", None)])
+def test_dit_workflow_is_wired_as_the_family_runs(comfy, family, text_loader, clip_type):
+    """The family's stock loaders (UNETLoader, its text loader and type, VAELoader, the LoRA on the UNet), Flux's
+    FluxGuidance on every prompt, stage 1's trajectory as the layout path and its start latent as the retouch's
+    start."""
+    prompt = convert(comfy, f"layout_retouch_full_{family}_lora.json")
     kinds = [n["class_type"] for n in prompt.values()]
-    assert {"UNETLoader", "DualCLIPLoader", "VAELoader", "LoraLoaderModelOnly"} <= set(kinds)
+    assert {"UNETLoader", text_loader, "VAELoader", "LoraLoaderModelOnly"} <= set(kinds)
     assert "CheckpointLoaderSimple" not in kinds
-    (clip,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "DualCLIPLoader"]
-    assert clip["type"] == "flux"
+    (clip,) = [n["inputs"] for n in prompt.values() if n["class_type"] == text_loader]
+    assert clip.get("type") == clip_type
     (blend_id,) = [i for i, n in prompt.items() if n["class_type"] == "LR_StepBlendedKSampler"]
     (swap,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "LR_MultiSourceAttentionSwap"]
     (retouch,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "KSamplerAdvanced"]
@@ -203,7 +230,7 @@ def test_flux_workflow_is_wired_as_flux_runs(comfy):
     assert swap["model"] == [lora, 0] and prompt[blend_id]["inputs"]["personalized_model"] == [lora, 0]
     assert swap["layout_inversion"] == [blend_id, 1] and retouch["latent_image"] == [blend_id, 2]
     for name in ("reference_positive", "layout_positive"):
-        assert prompt[swap[name][0]]["class_type"] == "FluxGuidance"
+        assert prompt[swap[name][0]]["class_type"] == ("FluxGuidance" if family == "flux" else "CLIPTextEncode")
 
 
 def test_full_workflow_shares_prompt_texts(comfy):
@@ -214,7 +241,7 @@ def test_full_workflow_shares_prompt_texts(comfy):
     assert source["_meta"]["title"].startswith("Personalized prompt")
 
 
-FULL = [name for name in SHIPPED if name.startswith("layout_retouch_full_") and "flux" not in name]
+FULL = [name for name in SHIPPED if name.startswith("layout_retouch_full_") and "flux" not in name and not dit_family(name)]
 
 
 @pytest.mark.parametrize("name", FULL)
