@@ -5,7 +5,7 @@ Run: python tools/build_full_workflows.py workflows/
 import sys
 from pathlib import Path
 
-from ui_workflow import WF, labels
+from ui_workflow import WF, labels, mask_section
 
 M, C, V = ("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")
 COND = [("CONDITIONING", "CONDITIONING")]
@@ -99,29 +99,8 @@ def build(kind: str, family: str = "sd1") -> WF:
     w.link(*per_model, ref_inv, "model"); w.link(rp, 0, ref_inv, "positive"); w.link(ref_enc, 0, ref_inv, "latent")
     w.link(pn, 0, ref_inv, "negative")
     # --- stage 2: masks (columns 4-5) ---
-    mc = w.node("LR_CrossAttentionMask", (1560, 0), [SCENE.format(subject), word,
-                labels.HALF, 10, 0.1],
-                inputs=[("model", "MODEL"), ("layout_inversion", "LR_INVERSION"), ("clip", "CLIP")],
-                outputs=[("soft_map", "MASK"), ("mask", "MASK")], size=(360, 250),
-                widget_inputs=[("prompt", "STRING"), ("subject", "STRING")])
-    w.link(*per_model, mc, "model"); w.link(sb, 1, mc, "layout_inversion"); w.link(*per_clip, mc, "clip")
-    w.link(pp_text, 0, mc, "prompt"); w.link(word_node, 0, mc, "subject")
-    sam = w.node("LR_SAMLoader", (1560, 300), ["sam_vit_h_4b8939.pth"], outputs=[("sam", "LR_SAM")], size=(360, 60))
-    seg = w.node("LR_SAMSegment", (1560, 410), ["", "", 0.01], inputs=[("image", "IMAGE"), ("sam", "LR_SAM"),
-                 ("prompt_mask", "MASK")], outputs=[("mask", "MASK")], title="SAM Segment from Mask (M^SAM)",
-                 size=(360, 170))
-    w.link(lay_dec, 0, seg, "image"); w.link(sam, 0, seg, "sam"); w.link(mc, 1, seg, "prompt_mask")
-    ada = w.node("LR_AdaptiveMask", (1980, 0), [0.5, 0.01, 0.5, 1.0, True],
-                 inputs=[("cross_attention_mask", "MASK"), ("sam_mask", "MASK")],
-                 outputs=[("mask", "MASK"), ("union", "MASK"), ("distance", "MASK"), ("components", "MASK")],
-                 size=(340, 250))
-    w.link(mc, 1, ada, "cross_attention_mask"); w.link(seg, 0, ada, "sam_mask")
-    for (title, y), (src, slot) in zip((("M^c (cross-attention)", 300), ("M^SAM", 610), ("M (adaptive)", 920)),
-                                       ((mc, 1), (seg, 0), (ada, 0)), strict=True):
-        m2i = w.node("MaskToImage", (1980, y), [], inputs=[("mask", "MASK")], outputs=[IMG], size=(200, 50))
-        prev = w.node("PreviewImage", (2200, y), [], inputs=[("images", "IMAGE")], title=f"Preview: {title}",
-                      size=(220, 270))
-        w.link(src, slot, m2i, "mask"); w.link(m2i, 0, prev, "images")
+    ada = mask_section(w, (1560, 0), per_model, (sb, 1), per_clip, pp_text, word_node, lay_dec, None,
+                       SCENE.format(subject), word)
     # --- stage 2: swap (fast mode on stage 1's path) and the retouch sampler (columns 6-8) ---
     swap = w.node("LR_MultiSourceAttentionSwap", (2440, 0), [10, 30, layers, layers,
                   labels.FAST, labels.CACHE_RAM],

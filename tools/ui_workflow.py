@@ -61,7 +61,7 @@ class WF:
             f.write("\n")
 
 
-def mask_section(w: WF, pos, model, layout_inversion, clip, prompt_node, word_node, layout_image, title: str,
+def mask_section(w: WF, pos, model, layout_inversion, clip, prompt_node, word_node, layout_image, title: str | None,
                  prompt: str, word: str = "vase"):
     """The stage-2 masks: M^c (Cross-Attention Mask on the layout's path, its prompt and subject from the given
     primitives), M^SAM (SAM from that mask on the layout image), M (Adaptive Mask), each previewed. ``model``,
