@@ -10,7 +10,8 @@ import torch
 from ..nodes.labels import CACHE_OFF, HALF, RECORD_LAYOUT, RECORDED
 from .measure import key
 
-UNETS = {"sd1": "SD1.5", "sdxl": "SDXL"}  # bench --family: the base model
+UNETS = {"sd1": "SD1.5", "sdxl": "SDXL"}  # bench --family: the base model (full size on a GPU)
+TINY = {"sd1": "SD1.x", "sdxl": "SDXL"}  # the tiny models' (SD1.x's block layout, not SD1.5's sizes)
 # The reference path of Pick-and-Draw's palette: the shipped workflows' first (docs/pick-and-draw.md), then
 # the other; palette_sources() compares them.
 PD_SOURCES = ("ddim", "null_text")
@@ -40,7 +41,7 @@ class Pipeline:
         checkpoint = sdxl_checkpoint if family == "sdxl" else sd1_checkpoint
         unet = (SDXL_UNET if self.full else SDXL_TINY_UNET) if family == "sdxl" else \
             (SD15_UNET if self.full else SD1_TINY_UNET)
-        self.label = f"random {UNETS[family]} (fp16)" if self.full else f"tiny random {UNETS[family]}"
+        self.label = f"random {UNETS[family]} (fp16)" if self.full else f"tiny random {TINY[family]}"
         # The tiny SDXL keeps SDXL's 70 transformer blocks and full-size text encoders: on the CPU its weights are
         # stored as ComfyUI stores them with --fp16-unet --fp8_e4m3fn-text-enc (computed in float32), so that the
         # GPU check's dry run stays within the test suite's memory (tests/memory_budget.py: 4 GiB a subprocess).

@@ -347,7 +347,8 @@ class TinyFlux(TinyDiT):
     def __init__(self) -> None:
         super().__init__("flux")
 
-    def encode(self, text: str, guidance: float = 3.5, tokens: int = 256):
+    @staticmethod
+    def encode(text: str, guidance: float = 3.5, tokens: int = 256):
         import zlib
 
         gen = torch.Generator().manual_seed(zlib.crc32(text.encode()))

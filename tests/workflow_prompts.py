@@ -107,10 +107,11 @@ def wan_vae():
     return comfy.sd.VAE(sd=fill(meta, 9, store=torch.float16))
 
 
-def register_dit_stand_ins(comfy, tiny_dit, loras: Path) -> None:
+def register_dit_stand_ins(comfy, tiny_dit, loras: Path) -> list[str]:
     """Test nodes for ``tiny_dit``'s family in place of its loaders (class names ``LRTest_<family>_<Loader>``: one a
     family, or ComfyUI's cache would hand one family's model to the next), and its LoRA
-    ``tiny_<family>_lora.safetensors`` written into ``loras`` (a registered folder)."""
+    ``tiny_<family>_lora.safetensors`` written into ``loras`` (a registered folder). Returns the class names, for
+    the caller to drop when done (the classes hold the models: a VAE of Wan 2.1's size)."""
     import comfy_host
 
     write_dit_lora(loras / f"tiny_{tiny_dit.name}_lora.safetensors", tiny_dit.vanilla.model.diffusion_model.state_dict(), 5)
@@ -135,6 +136,7 @@ def register_dit_stand_ins(comfy, tiny_dit, loras: Path) -> None:
     if vae is not None:
         comfy.NODE_CLASS_MAPPINGS[f"{prefix}VAELoader"] = node(vae)
         comfy.NODE_CLASS_MAPPINGS[f"{prefix}VAELoader"].RETURN_TYPES = ("VAE",)
+    return [name for name in comfy.NODE_CLASS_MAPPINGS if name.startswith(prefix)]
 
 
 def dit_stand_ins(prompt: dict, family: str) -> None:

@@ -115,6 +115,13 @@ def test_phase1_all_layers_follows_layout_in_paper_mode(comfy, tiny, setup, meas
     assert rel(own, layout_path) > 1e-3  # the prompts differ, so without the swap the paths differ
 
 
+def test_sd1_auto_layers_are_masactrls_decoder(comfy, tiny):
+    """SD1.x's ``auto``: the decoder at 1/1 and 1/2 of the latent, MasaCtrl's ``output 6-11`` (SDXL's: test_sdxl)."""
+    from comfyui_layout_retouch.attention.layers import auto_layers, parse_layers
+
+    assert auto_layers(tiny.personalized) == parse_layers("output 6-11")
+
+
 def test_patches_fire_on_intended_keys_and_steps(comfy, tiny, setup):
     lay_inv, lay_traj = setup["inv"]["layout"]
     _, ref_traj = setup["inv"]["reference"]

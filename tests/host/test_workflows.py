@@ -122,7 +122,15 @@ def test_workflow_runs(comfy, tiny_files, tiny_sam, name, request, server_execut
     if "flux" in name:
         register_flux_stand_ins(comfy, request.getfixturevalue("tiny_flux"))
     if family:
-        register_dit_stand_ins(comfy, comfy_host.TinyDiT(family), request.getfixturevalue("dit_loras"))
+        names = register_dit_stand_ins(comfy, comfy_host.TinyDiT(family), request.getfixturevalue("dit_loras"))
+
+        def drop_stand_ins():  # the classes hold the family's models; the executor's cache their outputs
+            for name in names:
+                comfy.NODE_CLASS_MAPPINGS.pop(name, None)
+            server_executor.reset()
+            comfy_host.free_memory()
+
+        request.addfinalizer(drop_stand_ins)
     write_input_images(comfy)
     prompt = shrink(convert(comfy, name), family=family)
     outputs = executor.execute(prompt, None if "sdxl" in name else server_executor)
