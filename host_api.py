@@ -11,6 +11,13 @@ Each adapter is tested against the pinned host's real call and against a stand-i
 - :func:`dense_linear`: ``comfy.ops.cast_bias_weight`` dequantized fp8 weights to the input's dtype (0.3.64);
   newer releases may return a ``QuantizedTensor`` (its storage quantized) where the dtypes already match, which
   slicing would index in its quantized form.
+- :func:`flux_rope_layout`: Qwen-Image's RoPE table was ``[n, tokens, 1, d / 2, 2, 2]``, applied to queries and
+  keys laid out ``[n, tokens, heads, d]`` (0.3.64); 0.33.0 builds it as Flux does, ``[n, 1, tokens, d / 2, 2, 2]``,
+  applied (``apply_rope1``) to ``[n, heads, tokens, d]``.
+- :func:`dit_config`: a DiT's config as the host's detection would make it of a file: ``FluxParams`` and
+  ``ChromaParams`` took no ``txt_ids_dims`` (0.3.64); 0.33.0 requires it (Flux.1: ``[]``), Chroma's
+  ``vec_in_dim`` (None) and Chroma Radiance's ``use_x0`` and ``use_sequential_txt_ids``, which its
+  ``comfy/model_detection.py`` reads off a checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +33,46 @@ CLASSIC_CACHE_ARGS = {"lru": 0, "ram": 0, "ram_inactive": 0}  # newer main.py's 
 
 class HostShapeError(RuntimeError):
     """The running ComfyUI offers an internal in a shape this pack does not know."""
+
+
+def flux_rope_layout(pe: Any) -> Any:
+    """A RoPE table of a joint-attention call (``[n, 1, tokens, d / 2, 2, 2]``: Flux's, and Qwen-Image's from 0.33.0
+    on; ``[n, tokens, 1, d / 2, 2, 2]``: Qwen-Image's in 0.3.64) in Flux's layout, which broadcasts over the heads
+    of ``[n, heads, tokens, d]``."""
+    if pe.ndim != 6 or pe.shape[-2:] != (2, 2) or 1 not in pe.shape[1:3]:
+        raise HostShapeError(f"ComfyUI passes a RoPE table of shape {tuple(pe.shape)}; this pack knows [n, 1, tokens, "
+                             "d/2, 2, 2] and [n, tokens, 1, d/2, 2, 2]. Update comfyui-layout-retouch, or report the "
+                             "ComfyUI version you run.")
+    return pe if pe.shape[1] == 1 else pe.transpose(1, 2)
+
+
+# What ComfyUI 0.33.0's detection sets, for a Flux.1, Chroma or Chroma Radiance file (without the keys that mark
+# x0 prediction or sequential text ids), in the fields 0.3.64's parameters lack.
+DETECTED = {"txt_ids_dims": [], "vec_in_dim": None, "use_x0": False, "use_sequential_txt_ids": False}
+PARAMS = {"flux": ("comfy.ldm.flux.model", "FluxParams"), "flux2": ("comfy.ldm.flux.model", "FluxParams"),
+          "chroma": ("comfy.ldm.chroma.model", "ChromaParams"),
+          "chroma_radiance": ("comfy.ldm.chroma_radiance.model", "ChromaRadianceParams")}
+
+
+def dit_config(config: dict) -> dict:
+    """``config`` (a DiT's ``unet_config``, e.g. written by hand for a model of another size) with the fields the
+    running host's parameter class of its ``image_model`` requires and ``config`` lacks, as the host's detection
+    fills them for a file of that family; families without a parameter class here come back as they are."""
+    where = PARAMS.get(config.get("image_model"))
+    if where is None:
+        return dict(config)
+    import dataclasses
+    import importlib
+
+    params = getattr(importlib.import_module(where[0]), where[1])
+    required = [f.name for f in dataclasses.fields(params)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in config and name != "image_model"]
+    unknown = [name for name in missing if name not in DETECTED]
+    if unknown:
+        raise HostShapeError(f"ComfyUI's {where[1]} requires {unknown}, which this pack does not know how to fill. "
+                             "Update comfyui-layout-retouch, or report the ComfyUI version you run.")
+    return {**config, **{name: DETECTED[name] for name in missing}}
 
 
 def prompt_executor(server: Any, executor_class: type | None = None) -> Any:

@@ -1,8 +1,7 @@
 """The Qwen-Image family (Qwen-Image and its finetunes and LoRAs; ComfyUI's ``comfy/ldm/qwen_image``): 60 dual-stream
 blocks (``transformer_blocks``, keyed ``("double_block", i)``), each with separate image and text projections
 (``to_q/to_k/to_v``, ``add_q_proj/...``), RMS-normed queries and keys, and one joint attention over ``[txt | img]``
-with Flux's RoPE embedding (``EmbedND``) applied to tokens laid out ``[n, tokens, heads, d]``; the attention is
-called on flat ``[n, tokens, heads * d]`` tensors. The swap and its patches are :mod:`.joint`'s; the subject's text
+with Flux's RoPE embedding (``EmbedND``; the table's layout moved between releases: ``host_api.flux_rope_layout``). The swap and its patches are :mod:`.joint`'s; the subject's text
 tokens are Qwen2.5-VL's, their positions counted after the prompt template ComfyUI's text encoder drops
 (:mod:`.tokens`).
 
@@ -17,9 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from .. import host_api
 from ..records import KEYS
 from .joint import JointFamily
-from .joint_attention import JointProjection
+from .joint_attention import JointProjection, rope_keys, to_heads, to_tokens
 
 VITAL = frozenset(("double", i) for i in (0, 1, 18, 19, 26, 29, 56, 57, 59))
 
@@ -28,12 +28,6 @@ def is_qwen_image(diffusion_model) -> bool:
     from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
 
     return isinstance(diffusion_model, QwenImageTransformer2DModel)
-
-
-def _rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """RoPE on ``[n, tokens, heads, d]`` as ComfyUI's ``qwen_image.model.apply_rotary_emb`` applies it."""
-    t = x.reshape(*x.shape[:-1], -1, 1, 2)
-    return (freqs[..., 0] * t[..., 0] + freqs[..., 1] * t[..., 1]).reshape(*x.shape)
 
 
 class QwenImageProjection(JointProjection):
@@ -47,16 +41,14 @@ class QwenImageProjection(JointProjection):
         return torch.addcmul(shift.unsqueeze(1), block.img_norm1(img), 1 + scale.unsqueeze(1))
 
     def at(self, pe: torch.Tensor, tokens: tuple[int, int, int]):
-        n_txt, h, w = tokens
-        pe_img = pe[:1, n_txt:n_txt + h * w]  # [1, h * w, 1, d / 2, 2, 2]
-        return lambda layer, kind, x: self(layer, kind, x, pe_img)
+        return super().at(host_api.flux_rope_layout(pe), tokens)
 
     def __call__(self, layer, kind: str, x: torch.Tensor, pe_img: torch.Tensor | None) -> torch.Tensor:
         attn = self.dm.transformer_blocks[layer[1]].attn
         if kind != KEYS:
             return attn.to_v(x)
-        keys = attn.norm_k(attn.to_k(x).unflatten(-1, (attn.heads, -1)))
-        return _rope(keys, pe_img).flatten(2)
+        keys = to_heads(attn.norm_k(attn.to_k(x).unflatten(-1, (attn.heads, -1))), attn.heads)
+        return to_tokens(rope_keys(keys, pe_img, keys))
 
 
 class QwenImageFamily(JointFamily):

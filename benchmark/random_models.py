@@ -170,24 +170,41 @@ def model_config(config: dict):
     one from a state dict), chosen by ComfyUI's own matching."""
     import comfy.model_detection
 
-    found = comfy.model_detection.model_config_from_unet_config(dict(config))
+    from .. import host_api
+
+    found = comfy.model_detection.model_config_from_unet_config(host_api.dit_config(config))
     if found is None:
         raise ValueError(f"ComfyUI matches no model config to {config}")
     return found
 
 
-def dit_state_dict(config: dict, seed: int, device: torch.device | str = "cpu",
-                   dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """A DiT's state dict (ComfyUI's key names) for ``config`` (any width), seeded, made on ``device``."""
+# The families whose files are in Black Forest Labs' layout: their RMSNorms' weights are named ``scale``.
+BFL_LAYOUT = ("flux", "flux2", "chroma", "chroma_radiance")
+
+
+def dit_state_dict(config: dict, seed: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                   as_file: bool = False) -> dict[str, torch.Tensor]:
+    """A DiT's state dict for ``config`` (any width), seeded, made on ``device``: the running host's module names
+    (what a model built in memory loads), or with ``as_file`` the names the family's files have (what a loader
+    reads)."""
     with torch.device("meta"):
         model = model_config(config).get_model({}, "", device="meta")
-    return fill(model.diffusion_model, seed, device, dtype)
+    sd = fill(model.diffusion_model, seed, device, dtype)
+    return file_layout(model.diffusion_model, sd) if as_file and config.get("image_model") in BFL_LAYOUT else sd
+
+
+def file_layout(diffusion_model, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sd`` with its RMSNorms' weights named ``scale``, as Flux and Chroma files have them (and ComfyUI 0.3.64's
+    modules; 0.33.0's name them ``weight`` and rename a file's ``scale`` when they load it)."""
+    norms = {f"{name}.weight" for name, module in diffusion_model.named_modules()
+             if "RMSNorm" in type(module).__name__ and isinstance(getattr(module, "weight", None), torch.Tensor)}
+    return {key.removesuffix(".weight") + ".scale" if key in norms else key: value for key, value in sd.items()}
 
 
 def flux_state_dict(config: dict, seed: int, device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """A Flux transformer's state dict (ComfyUI's and BFL's key names), seeded, made on ``device``."""
-    return dit_state_dict(config, seed, device, dtype)
+                    dtype: torch.dtype = torch.float32, as_file: bool = False) -> dict[str, torch.Tensor]:
+    """A Flux transformer's state dict, seeded, made on ``device`` (:func:`dit_state_dict`)."""
+    return dit_state_dict(config, seed, device, dtype, as_file)
 
 
 def dit_patcher(config: dict, state_dict: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,

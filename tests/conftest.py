@@ -46,6 +46,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # one worker per core: each com
 
 MEASURED: list[str] = []
 SKIPPED: list[str] = []
+OTHER_HOSTS: list[str] = []  # tests of another host's shape, deselected here
 NO_SKIPS = os.environ.get("LR_NO_SKIPS") == "1"
 
 
@@ -143,6 +144,39 @@ def _inference_mode():
         yield
 
 
+def host_version() -> str | None:
+    """The version of the ComfyUI the tests run against (its ``comfyui_version.py``), None without one."""
+    import re
+
+    import provide_host
+
+    try:
+        found = provide_host.find()
+    except FileNotFoundError:
+        return None
+    version = found / "comfyui_version.py" if found else None
+    match = re.search(r"__version__\s*=\s*[\"']([^\"']+)", version.read_text()) if version and version.is_file() else None
+    return match.group(1) if match else None
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test marked ``host("0.3.64")`` checks what one host has (an internal in that release's shape): it runs
+    on that host and is deselected on another, named in the summary (CI runs every host a marker names:
+    unit/test_markers.py)."""
+    marked = [item for item in items if item.get_closest_marker("host")]
+    if not marked:
+        return
+    version = host_version()
+    other = [item for item in marked if version not in item.get_closest_marker("host").args]
+    if other:
+        OTHER_HOSTS.extend(f"{item.nodeid} (ComfyUI {', '.join(item.get_closest_marker('host').args)})"
+                           for item in other)
+        config.hook.pytest_deselected(items=other)
+        items[:] = [item for item in items if item not in other]
+        if hasattr(config, "workeroutput"):  # a pytest-xdist worker: its controller prints the summary
+            config.workeroutput["lr_other_hosts"] = list(OTHER_HOSTS)
+
+
 def pytest_runtest_logreport(report):
     if report.when == "call":
         MEASURED.extend(value for key, value in report.user_properties if key == "measured")
@@ -152,12 +186,24 @@ def pytest_runtest_logreport(report):
         SKIPPED.append(f"{report.nodeid}: {reason}")
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent where it is not installed
+def pytest_testnodedown(node, error):
+    """pytest-xdist's controller: the tests its workers deselected for another host (every worker collects them)."""
+    for line in getattr(node, "workeroutput", {}).get("lr_other_hosts", []):
+        if line not in OTHER_HOSTS:
+            OTHER_HOSTS.append(line)
+
+
 def pytest_sessionfinish(session, exitstatus):
     if NO_SKIPS and SKIPPED and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter):
+    if OTHER_HOSTS:
+        terminalreporter.section(f"deselected: {len(OTHER_HOSTS)} tests of another host's shape (run on that host)")
+        for line in OTHER_HOSTS:
+            terminalreporter.write_line(line)
     if MEASURED:
         terminalreporter.section("measured")
         for line in MEASURED:

@@ -2,9 +2,10 @@
 
 Order: ``COMFYUI_PATH``; the ComfyUI holding the pack in ``custom_nodes/``; ``~/comfy/ComfyUI``
 (these three are the pack's own search, ``host.find_comfyui``); a host provided here before, at
-``.venv/ComfyUI``; the ComfyUI source archive named by ``COMFYUI_ARCHIVE``, unpacked there; a shallow
-clone of ComfyUI's tag v0.3.64 there, where git and the network are. ``.venv/`` is ignored by git,
-so nothing of ComfyUI lands in the repository.
+``.venv/ComfyUI``, or, where ``COMFYUI_ARCHIVE`` names a ComfyUI source archive, at
+``.venv/hosts/<archive name>/ComfyUI`` (one folder a host: CI tests the pack on two); that archive, unpacked
+there; a shallow clone of ComfyUI's tag v0.3.64 at ``.venv/ComfyUI``, where git and the network are. ``.venv/``
+is ignored by git, so nothing of ComfyUI lands in the repository.
 
 ``python tests/provide_host.py`` finds or provides the host and prints its path (nothing when all
 of the above fail), with what it did on stderr: ``tests/setup_and_run.sh`` calls it. ``find()``
@@ -23,7 +24,6 @@ import tempfile
 from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
-PROVIDED = PACK_ROOT / ".venv" / "ComfyUI"
 PINNED_TAG = "v0.3.64"
 UPSTREAM = "https://github.com/comfyanonymous/ComfyUI.git"
 
@@ -44,8 +44,22 @@ def _load_pack_host():
 host = _load_pack_host()
 
 
-def find(environ: dict[str, str] | None = None, provided: Path = PROVIDED) -> Path | None:
+def provided_for(environ: dict[str, str] | None = None) -> Path:
+    """Where a host is provided: ``.venv/hosts/<archive name>/ComfyUI`` for the archive ``COMFYUI_ARCHIVE`` names
+    (``ComfyUI-0.33.0`` for ``ComfyUI-0.33.0.tar.gz``), else ``.venv/ComfyUI``."""
+    environ = os.environ if environ is None else environ
+    archive = environ.get("COMFYUI_ARCHIVE")
+    if not archive:
+        return PACK_ROOT / ".venv" / "ComfyUI"
+    name = Path(archive).name
+    for suffix in (".tar.gz", ".tgz", ".tar.xz", ".tar"):
+        name = name.removesuffix(suffix)
+    return PACK_ROOT / ".venv" / "hosts" / name / "ComfyUI"
+
+
+def find(environ: dict[str, str] | None = None, provided: Path | None = None) -> Path | None:
     """The host as the pack finds it, else one provided earlier under ``.venv/``; None when neither."""
+    provided = provided_for(environ) if provided is None else provided
     found = host.find_comfyui(environ, PACK_ROOT)
     if found is None and host.is_comfyui(provided):
         found = provided
@@ -55,11 +69,11 @@ def find(environ: dict[str, str] | None = None, provided: Path = PROVIDED) -> Pa
 def describe_search(environ: dict[str, str] | None = None) -> str:
     """One line: where the host was looked for and how to provide one."""
     return (host.describe_search(environ, PACK_ROOT).rstrip(".")
-            + f"; no host provided at {PROVIDED} (set COMFYUI_ARCHIVE to a ComfyUI source archive,"
+            + f"; no host provided at {provided_for(environ)} (set COMFYUI_ARCHIVE to a ComfyUI source archive,"
             " or run tests/setup_and_run.sh where git and the network are)")
 
 
-def unpack(archive: Path, target: Path = PROVIDED) -> Path:
+def unpack(archive: Path, target: Path) -> Path:
     """Unpack a ComfyUI source archive (one top folder holding ``comfy/``) to ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch, tarfile.open(archive) as tar:
@@ -74,7 +88,7 @@ def unpack(archive: Path, target: Path = PROVIDED) -> Path:
     return target
 
 
-def clone(target: Path = PROVIDED, tag: str = PINNED_TAG) -> Path | None:
+def clone(target: Path, tag: str = PINNED_TAG) -> Path | None:
     """A shallow clone of ComfyUI's ``tag``; None where git or the network is not there."""
     git = shutil.which("git")
     if git is None:
@@ -93,9 +107,10 @@ def clone(target: Path = PROVIDED, tag: str = PINNED_TAG) -> Path | None:
     return target
 
 
-def provide(environ: dict[str, str] | None = None, provided: Path = PROVIDED) -> Path | None:
+def provide(environ: dict[str, str] | None = None, provided: Path | None = None) -> Path | None:
     """Find the host, else provide it from ``COMFYUI_ARCHIVE``, else by a shallow clone."""
     environ = os.environ if environ is None else environ
+    provided = provided_for(environ) if provided is None else provided
     found = find(environ, provided)
     if found is not None:
         say(f"ComfyUI host: {found}")

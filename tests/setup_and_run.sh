@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up the test environment in .venv and run the whole suite (lint, then pytest tests/).
 # The ComfyUI host is found as the pack finds it (COMFYUI_PATH, else the ComfyUI holding this pack
-# in custom_nodes/, else ~/comfy/ComfyUI), else provided under .venv/ComfyUI: unpacked from the
-# archive named by COMFYUI_ARCHIVE, else cloned (ComfyUI v0.3.64, shallow) where git and the
-# network are (tests/provide_host.py). Only without any of these are the host tests skipped.
+# in custom_nodes/, else ~/comfy/ComfyUI), else provided under .venv/: unpacked from the archive named
+# by COMFYUI_ARCHIVE (at .venv/hosts/<archive name>/ComfyUI), else cloned (ComfyUI v0.3.64, shallow, at
+# .venv/ComfyUI) where git and the network are (tests/provide_host.py). Only without any of these are
+# the host tests skipped.
 # Arguments go to pytest (e.g. -q, or tests/unit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +16,15 @@ pip install -q --disable-pip-version-check -r requirements-test.txt
 comfy=$(python tests/provide_host.py)
 if [ -n "$comfy" ]; then
     echo "ComfyUI host: $comfy"
-    # ComfyUI's requirements, less torch/torchvision (pinned above) and torchaudio (unused here).
+    # ComfyUI's requirements (its frontend among them: switching hosts installs the other's), less torch and
+    # torchvision (pinned above) and torchaudio: ComfyUI 0.33.0's comfy/sd.py imports it when nodes load, and the
+    # newest the package index has (2.11.1) asks for another torch; installed without its dependencies, it imports
+    # beside torch 2.14.1. 0.3.64 never imports it.
     grep -vE '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$comfy/requirements.txt" > .venv/comfyui-requirements.txt
     pip install -q --disable-pip-version-check -r .venv/comfyui-requirements.txt
+    if grep -q "import torchaudio" "$comfy/comfy/sd.py"; then
+        pip install -q --disable-pip-version-check --no-deps torchaudio==2.11.1
+    fi
 else
     echo "ComfyUI host: none found or provided; the host tests will be skipped."
 fi

@@ -179,7 +179,7 @@ def write_flux_set(folder: Path, seed: int = 1) -> dict[str, Path]:
 
     from comfyui_layout_retouch.benchmark.random_models import FLUX_DEV, FLUX_TINY, SD_VAE, fill, flux_state_dict
 
-    sd = flux_state_dict(dict(FLUX_DEV, depth=1, depth_single_blocks=1), seed, dtype=torch.bfloat16)
+    sd = flux_state_dict(dict(FLUX_DEV, depth=1, depth_single_blocks=1), seed, dtype=torch.bfloat16, as_file=True)
     paths = {"unet": folder / "diffusion_models" / "tiny_flux_3072.safetensors",
              "lora": folder / "loras" / "tiny_flux_lora.safetensors",
              "lora_narrow": folder / "loras" / "tiny_flux_lora_narrow.safetensors",

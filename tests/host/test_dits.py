@@ -160,6 +160,57 @@ def test_swap_identity_on_every_block(comfy, tiny_dit, prompts, inversions, meas
     assert rel(shifted, want) > 1e-3  # keys moved off the target's positions attend differently
 
 
+# The shape of the report that `shifted` reference positions did nothing on Flux.1 under ComfyUI 0.33.0 (issue 39):
+# 2 double and 3 single blocks, 192 wide (3 heads of 64), a 6x4 token grid.
+FLUX_192 = {"hidden_size": 192, "num_heads": 3, "depth": 2, "depth_single_blocks": 3, "axes_dim": [8, 28, 28]}
+MODES = ("recorded", "recorded, attention from the inversions (fast)", "re-denoised (paper)")
+
+
+def shifted_and_shared(comfy, model, prompts, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The retouch of a 12x8 latent (a 6x4 token grid: rows and columns apart) with the references' keys shifted
+    and shared, every block swapped, in source mode ``mode``."""
+    node = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
+    (inverted, lay), (_, ref) = (
+        node.execute(model=model, positive=prompts[prompt], latent={"samples": torch.randn(
+            1, 16, 12, 8, generator=torch.Generator().manual_seed(seed))}, steps=STEPS, scheduler=SCHEDULER,
+            sampler_name=SAMPLER, cfg=CFG, record_attention=True, attention_layers="all", record_for=path).result
+        for prompt, seed, path in (("personalized", 4, "layout"), ("reference", 5, "reference")))
+    return tuple(retouch(comfy, swap(comfy, model, ref, lay, prompts, positions=positions, mode=mode), prompts["reference"],
+                         inverted) for positions in ("shifted", "shared"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_shifted_positions_move_the_references_keys(comfy, tiny_dit, prompts, mode, measured):
+    """``reference_positions``: on a family whose keys carry RoPE, ``shifted`` puts the references' keys off the
+    target's grid, so the image is not ``shared``'s, in every source mode; where keys carry no RoPE (SD3) there is
+    nothing to shift and the two are the same image, bit for bit."""
+    from comfyui_layout_retouch.attention.families import family_of
+
+    model = tiny_dit.personalized
+    shifted, shared = shifted_and_shared(comfy, model, prompts, mode)
+    if family_of(model).rope(model.model.diffusion_model) is None:
+        assert torch.equal(shifted, shared)
+        return
+    measured(f"{tiny_dit.base_model} shifted vs shared reference positions ({mode}, 6x4 tokens): max relative "
+             f"difference {rel(shifted, shared):.2e}")
+    assert rel(shifted, shared) > 1e-3
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_shifted_positions_move_the_references_keys_on_the_reported_flux(comfy, mode, measured):
+    """The same on the Flux.1 of the report (:data:`FLUX_192`)."""
+    from comfyui_layout_retouch.benchmark.random_models import FLUX_TINY, dit_patcher, dit_state_dict
+
+    config = dict(FLUX_TINY, **FLUX_192)
+    model = dit_patcher(config, dit_state_dict(config, 2))
+    prompts = {name: comfy_host.TinyFlux.encode(text) for name, text in (("personalized", "a sks vase on a beach"),
+                                                                         ("reference", "a photo of sks vase"))}
+    shifted, shared = shifted_and_shared(comfy, model, prompts, mode)
+    measured(f"Flux (192 wide, 2 double + 3 single blocks) shifted vs shared reference positions ({mode}, 6x4 tokens): "
+             f"max relative difference {rel(shifted, shared):.2e}")
+    assert rel(shifted, shared) > 1e-3
+
+
 def test_patches_on_exactly_the_chosen_blocks_and_the_callers_model_untouched(comfy, tiny_dit, prompts, inversions):
     import comfy.model_management as mm
 

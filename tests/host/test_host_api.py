@@ -1,5 +1,6 @@
-"""host_api's adapters, each against the pinned host's real call (ComfyUI 0.3.64) and against a stand-in with the
-newer shape, written from ComfyUI's public source at the commit each test names (no newer host runs here)."""
+"""host_api's adapters, each against the real call of the host that has its shape (ComfyUI 0.3.64 or 0.33.0: a test
+of one host's shape is marked for it and runs there), and against a stand-in only for a shape neither host has,
+written from ComfyUI's public source at the commit the test names."""
 
 from __future__ import annotations
 
@@ -13,48 +14,15 @@ from comfyui_layout_retouch.personalize import modifier_tokens
 TOKEN = "<new1>"
 
 
-def newer_try_get_embedding(self, embedding_name: str):
-    """``SDTokenizer._try_get_embedding`` as Comfy-Org/ComfyUI has it at commit
-    443393b48e19da8601fb947eea05b5d57574cc7a (comfy/sd1_clip.py): the cleaned name is returned too, and text from
-    the first ``<`` or ``[`` on is left over (so the host itself would not find ``<new1>``)."""
-    import re
-
-    from comfy.sd1_clip import load_embed
-
-    split_embed = embedding_name.split()
-    embedding_name = split_embed[0]
-    leftover = " ".join(split_embed[1:])
-    match = re.search(r"[<\[]", embedding_name)
-    if match is not None:
-        leftover = embedding_name[match.start():] + (" " + leftover if leftover else "")
-        embedding_name = embedding_name[:match.start()]
-    embed = load_embed(embedding_name, self.embedding_directory, self.embedding_size, self.embedding_key)
-    if embed is None:
-        stripped = embedding_name.strip(",")
-        if len(stripped) < len(embedding_name):
-            embed = load_embed(stripped, self.embedding_directory, self.embedding_size, self.embedding_key)
-            return (embed, embedding_name, f"{embedding_name[len(stripped):]} {leftover}")
-    return (embed, embedding_name, leftover)
-
-
-def newer_words(tokenizer, text: str) -> list:
-    """The embedding branch of the newer ``tokenize_with_weights`` (same commit): ``embed, name, leftover =
-    self._try_get_embedding(...)``, three values unpacked; what each ``embedding:`` word becomes."""
-    found = []
-    for word in text.split():
-        if word.startswith(tokenizer.embedding_identifier):
-            embed, name, leftover = tokenizer._try_get_embedding(word[len(tokenizer.embedding_identifier):])
-            found.append((name, embed, leftover))
-    return found
-
-
 @pytest.fixture
 def vectors():
     return torch.randn(2, 768, generator=torch.Generator().manual_seed(3))
 
 
+@pytest.mark.host("0.3.64")
 def test_the_embedding_lookup_in_0_3_64s_shape(comfy, tiny, vectors):
-    """The real tokenizer: two values, and a prompt with the token encodes through ComfyUI's own tokenize."""
+    """The real tokenizer answers ``(embed, leftover)``: the modifier token answers in two too, and a prompt with
+    the token encodes through ComfyUI's own tokenize."""
     clip = modifier_tokens.with_modifier_tokens(tiny.clip, {TOKEN: vectors})
     inner = clip.tokenizer.clip_l
     assert inner.embedding_lookup_size == 2
@@ -65,18 +33,20 @@ def test_the_embedding_lookup_in_0_3_64s_shape(comfy, tiny, vectors):
     assert len(inner._try_get_embedding("no_such_embedding")) == 2  # what is not ours: the host's own answer
 
 
-def test_the_embedding_lookup_in_the_newer_shape(comfy, tiny, vectors, monkeypatch):
-    """A tokenizer whose lookup returns three values, as newer ComfyUI's: the modifier token answers in three too
-    (the 2-value answer of before raised ValueError in the newer tokenize), and other names reach the host."""
-    base = type(tiny.clip.tokenizer.clip_l)
-    newer = type("NewerSDTokenizer", (base,), {"_try_get_embedding": newer_try_get_embedding})
-    monkeypatch.setattr(tiny.clip.tokenizer.clip_l, "__class__", newer)
+@pytest.mark.host("0.33.0")
+def test_the_embedding_lookup_in_0_33_0s_shape(comfy, tiny, vectors):
+    """The real tokenizer answers ``(embed, name, leftover)`` and its tokenize unpacks three (the 2-value answer of
+    before raised ValueError there): the modifier token answers in three, a prompt with it encodes through
+    ComfyUI's own tokenize, and other names reach the host."""
     clip = modifier_tokens.with_modifier_tokens(tiny.clip, {TOKEN: vectors})
     inner = clip.tokenizer.clip_l
-    assert isinstance(inner, newer) and inner.embedding_lookup_size == 3
-    [(name, embed, leftover)] = newer_words(inner, f"a embedding:{TOKEN} vase")
-    assert name == TOKEN and torch.equal(embed, vectors) and leftover == ""
-    assert newer_words(inner, "embedding:no_such_embedding") == [("no_such_embedding", None, "")]
+    assert inner.embedding_lookup_size == 3
+    embed, name, leftover = inner._try_get_embedding(f"{TOKEN} vase")
+    assert torch.equal(embed, vectors) and name == TOKEN and leftover == "vase"
+    tokens = clip.tokenize(f"a {TOKEN} vase")["l"][0]
+    assert sum(isinstance(t, torch.Tensor) for t, _ in tokens) == 2
+    assert len(inner._try_get_embedding("no_such_embedding")) == 3 and \
+        inner._try_get_embedding("no_such_embedding")[0] is None
 
 
 def test_an_embedding_lookup_of_another_shape_is_named():
@@ -84,48 +54,26 @@ def test_an_embedding_lookup_of_another_shape_is_named():
         host_api.embedding_lookup_size(lambda name: (None, name, "", 0))
 
 
-class _Stand:
-    """What an executor keeps of its arguments."""
+@pytest.mark.parametrize("argument", [pytest.param("cache_size", marks=pytest.mark.host("0.3.64")),
+                                      pytest.param("cache_args", marks=pytest.mark.host("0.33.0"))])
+def test_the_executor_in_its_hosts_shape(comfy, argument):
+    """The host's own ``PromptExecutor`` (0.3.64: ``cache_size``; 0.33.0: ``cache_args``, whose ``ram`` and
+    ``ram_inactive`` its ``execute`` reads unguarded), built by the adapter with the classic cache."""
+    import inspect
 
-    def __init__(self, server, **kwargs):
-        self.server, self.kwargs = server, kwargs
-
-
-class NewerPromptExecutor(_Stand):
-    """``execution.PromptExecutor``'s constructor as Comfy-Org/ComfyUI has it at commit
-    04e2a914334246661a77665aa14068a0670e3321 (execution.py): ``cache_args`` beside ``cache_type`` (and an asset
-    manager); ``execute_async`` reads ``cache_args["ram"]`` and ``cache_args["ram_inactive"]`` unguarded."""
-
-    def __init__(self, server, cache_type=False, cache_args=None, asset_manager=None):
-        super().__init__(server, cache_type=cache_type, cache_args=cache_args)
-
-    def execute(self, prompt, prompt_id, extra_data={}, execute_outputs=[]):  # noqa: B006 (the host's signature)
-        args = self.kwargs["cache_args"]
-        return int(args["ram"] * 1024**3), int(args["ram_inactive"] * 1024**3)
-
-
-class OlderPromptExecutor(_Stand):
-    """ComfyUI 0.3.64's constructor (execution.py): ``cache_size``, no ``cache_args``."""
-
-    def __init__(self, server, cache_type=False, cache_size=None):
-        super().__init__(server, cache_type=cache_type, cache_size=cache_size)
-
-
-def test_the_executor_in_both_shapes(comfy):
     import execution
 
-    server = executor._Server()
-    newer = host_api.prompt_executor(server, NewerPromptExecutor)
-    assert newer.kwargs["cache_type"] == execution.CacheType.CLASSIC
-    assert newer.execute({}, "id") == (0, 0)  # the keys the newer execute reads are there (0: the classic cache)
-    older = host_api.prompt_executor(server, OlderPromptExecutor)
-    assert older.kwargs == {"cache_type": execution.CacheType.CLASSIC, "cache_size": None}
-    real = host_api.prompt_executor(server)  # 0.3.64's own class
-    assert isinstance(real, execution.PromptExecutor) and real.cache_type == execution.CacheType.CLASSIC
+    assert argument in inspect.signature(execution.PromptExecutor).parameters
+    real = host_api.prompt_executor(executor._Server())
+    assert isinstance(real, execution.PromptExecutor)
+    if argument == "cache_args":
+        assert real.cache_args == host_api.CLASSIC_CACHE_ARGS and real.cache_type == execution.CacheType.CLASSIC
+    else:
+        assert real.cache_type == execution.CacheType.CLASSIC
 
 
 def test_the_real_executor_runs_a_prompt(comfy, tiny_files):
-    """The pinned host's executor, built by the adapter, runs a graph (what headless/, eval and bench use)."""
+    """The host's executor, built by the adapter, runs a graph (what headless/, eval and bench use)."""
     prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_vanilla.safetensors"}},
               "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
               "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 2]}},
@@ -183,3 +131,69 @@ def test_a_linear_layers_weights_dense_in_the_newer_shape(comfy, monkeypatch):
     assert type(weight) is torch.Tensor and weight.dtype == torch.float32
     assert torch.equal(weight, linear.weight.to(torch.float32) * 0.5)  # the values, not the fp8 storage's bytes
     assert torch.equal(weight[4:8], (linear.weight.to(torch.float32) * 0.5)[4:8])
+
+
+def test_a_dit_config_gets_what_the_hosts_parameters_require(comfy):
+    """A hand-written Flux.1 or Chroma config builds on the running host: the fields its parameter class requires
+    and the config lacks (0.33.0: ``txt_ids_dims``, Chroma's ``vec_in_dim``) filled as its detection fills them for
+    such a file, none added where the host does not take them (0.3.64)."""
+    import dataclasses
+
+    from comfy.ldm.chroma.model import ChromaParams
+    from comfy.ldm.flux.model import FluxParams
+
+    from comfyui_layout_retouch.benchmark.random_models import CHROMA_TINY, FLUX_TINY
+
+    for config, params in ((FLUX_TINY, FluxParams), (CHROMA_TINY, ChromaParams)):
+        filled = host_api.dit_config(config)
+        fields = {f.name for f in dataclasses.fields(params)}
+        assert set(filled) - set(config) == {"txt_ids_dims", "vec_in_dim"} & fields - set(config)
+        params(**{k: v for k, v in filled.items() if k != "image_model"})  # the host's class takes it
+    assert host_api.dit_config({"image_model": "qwen_image", "num_layers": 2}) == {"image_model": "qwen_image",
+                                                                                    "num_layers": 2}
+
+
+def test_a_dit_config_the_host_needs_more_of_is_refused(comfy, monkeypatch):
+    from comfyui_layout_retouch.benchmark.random_models import FLUX_TINY
+
+    monkeypatch.setattr(host_api, "DETECTED", {})
+    with pytest.raises(host_api.HostShapeError, match=r"FluxParams requires \['theta'.*which this pack does not know"):
+        host_api.dit_config({k: v for k, v in FLUX_TINY.items() if k != "theta"})
+
+
+def qwen_image_rope_table():
+    """The RoPE table a tiny Qwen-Image passes its blocks (what its ``("double_block", 0)`` patch receives), and
+    the call's token count (text, then a 4x4 image grid)."""
+    from comfyui_layout_retouch.benchmark.random_models import QWEN_IMAGE_TINY, dit_patcher, dit_state_dict
+
+    model = dit_patcher(QWEN_IMAGE_TINY, dit_state_dict(QWEN_IMAGE_TINY, 1))
+    seen = {}
+
+    def patch(args, extra):
+        seen["pe"] = args["pe"]
+        return extra["original_block"](args)
+
+    model.set_model_patch_replace(patch, "dit", "double_block", 0)
+    dm = model.model.diffusion_model
+    context = torch.randn(1, 5, dm.txt_in.in_features)
+    x = torch.randn(1, 16, 1, 8, 8)
+    dm(x, torch.tensor([0.5]), context, transformer_options=model.model_options["transformer_options"])
+    return seen["pe"], 5 + 16
+
+
+@pytest.mark.parametrize("layout", [pytest.param("[n, tokens, 1, d/2, 2, 2]", marks=pytest.mark.host("0.3.64")),
+                                    pytest.param("[n, 1, tokens, d/2, 2, 2]", marks=pytest.mark.host("0.33.0"))])
+def test_qwen_images_rope_table_in_fluxs_layout(comfy, layout):
+    """The real table of the host's Qwen-Image (0.3.64: tokens on axis 1; 0.33.0: Flux's, tokens on axis 2) comes
+    back in Flux's layout, the same numbers."""
+    pe, tokens = qwen_image_rope_table()
+    axis = 1 if layout.startswith("[n, tokens") else 2
+    assert pe.shape[axis] == tokens and pe.shape[3 - axis] == 1
+    table = host_api.flux_rope_layout(pe)
+    assert table.shape == (1, 1, tokens, *pe.shape[3:]) and torch.equal(table.flatten(), pe.transpose(1, 2).flatten()
+                                                                          if axis == 1 else pe.flatten())
+
+
+def test_a_rope_table_of_another_layout_is_refused():
+    with pytest.raises(host_api.HostShapeError, match=r"RoPE table of shape \(1, 21, 16, 2, 2\)"):
+        host_api.flux_rope_layout(torch.zeros(1, 21, 16, 2, 2))

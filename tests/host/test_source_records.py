@@ -129,7 +129,8 @@ def test_reference_cache_is_keyed(comfy, tiny, images, change):
 
 
 class Scale:
-    """An attn2 output patch object (deep-copied by every ModelPatcher.clone(), unlike a function)."""
+    """An attn2 output patch object (copied by ComfyUI 0.3.64's ``clone()``, shared by 0.33.0's, unlike a function,
+    which both share)."""
 
     def __init__(self, factor):
         self.factor = factor
@@ -138,7 +139,12 @@ class Scale:
         return out * self.factor
 
 
-def test_reference_cache_survives_clones_of_a_patched_model(comfy, tiny, images):
+@pytest.mark.parametrize("rule", [pytest.param("deep copy", marks=pytest.mark.host("0.3.64")),
+                                  pytest.param("dicts and lists copied", marks=pytest.mark.host("0.33.0"))])
+def test_reference_cache_survives_clones_of_a_patched_model(comfy, tiny, images, rule):
+    """Clones of a swapped model hit the cache; a clone of the model under the swap is the same model to the cache
+    where the host's ``clone()`` shares its patch objects (0.33.0: the same computation, a hit) and another where it
+    copies them (0.3.64: a miss); a new patch object is another model on every host (a miss)."""
     lay_inv, lay = invert(comfy, tiny, images["layout"])
     _, ref = invert(comfy, tiny, images["reference"])
     model = tiny.personalized.clone()
@@ -148,9 +154,16 @@ def test_reference_cache_survives_clones_of_a_patched_model(comfy, tiny, images)
     _, second = rows_per_step(comfy, patched.clone(), images, lay_inv)
     assert all(n_ref == 1 for s in range(2, 7) for _, n_ref in first[s])
     assert all(n_ref == 0 for calls in second.values() for _, n_ref in calls)
-    other = model.clone()  # a clone carries copies of the patch objects: a different model to the key
+    other = model.clone()
+    patch = model.model_options["transformer_options"]["patches"]["attn2_output_patch"][0]
+    shares = other.model_options["transformer_options"]["patches"]["attn2_output_patch"][0] is patch
+    assert shares == (rule == "dicts and lists copied")
     _, third = rows_per_step(comfy, swap(comfy, other, ref, lay, images, cache=CACHE), images, lay_inv)
-    assert all(n_ref == 1 for s in range(2, 7) for _, n_ref in third[s])
+    assert all(n_ref == (0 if shares else 1) for s in range(2, 7) for _, n_ref in third[s])
+    renewed = tiny.personalized.clone()
+    renewed.set_model_attn2_output_patch(Scale(1.01))
+    _, fourth = rows_per_step(comfy, swap(comfy, renewed, ref, lay, images, cache=CACHE), images, lay_inv)
+    assert all(n_ref == 1 for s in range(2, 7) for _, n_ref in fourth[s])
 
 
 def test_fast_mode_runs_no_source_rows(comfy, tiny, images, measured):

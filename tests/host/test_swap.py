@@ -299,17 +299,6 @@ class TestBadInput:
             assert RUN_KEY not in model.model_options.get("transformer_options", {})
 
 
-def clone_copying_nested_dicts(model):
-    """``ModelPatcher.clone()`` under newer ComfyUI's copy rule: ``model_options`` copied by
-    ``comfy.patcher_extension.copy_nested_dicts`` (dicts and lists copied, every other object shared; Comfy-Org/ComfyUI
-    comfy/model_patcher.py ``create_model_options_clone``), where ComfyUI 0.3.64 deep-copies them."""
-    import comfy.patcher_extension
-
-    clone = model.clone()
-    clone.model_options = comfy.patcher_extension.copy_nested_dicts(model.model_options)
-    return clone
-
-
 CFGS = {"a": CFG, "b": 4.0}
 
 
@@ -322,16 +311,18 @@ def alone(comfy, tiny, setup):
             for k, cfg in CFGS.items()}
 
 
-@pytest.mark.parametrize("rule", ["deep copy (ComfyUI 0.3.64)", "dicts and lists copied (newer ComfyUI)"])
-def test_clones_of_a_swapped_model_run_alone_under_both_copy_rules(comfy, tiny, setup, alone, rule):
+@pytest.mark.parametrize("rule", [pytest.param("deep copy", marks=pytest.mark.host("0.3.64")),
+                                  pytest.param("dicts and lists copied", marks=pytest.mark.host("0.33.0"))])
+def test_clones_of_a_swapped_model_run_alone_under_the_hosts_copy_rule(comfy, tiny, setup, alone, rule):
     """A swapped model and its clone (another node's, e.g. a LoRA after the swap), run in turns at other cfg,
-    each give the image a lone run gives: whether the clone shares the swap's patch objects (newer ComfyUI) or has
-    copies of them (0.3.64), no run's state reaches another (a step is read from the call's sigma, never counted)."""
+    each give the image a lone run gives: whether the host's ``clone()`` shares the swap's patch objects (0.33.0:
+    ``model_options`` copied by ``comfy.utils.deepcopy_list_dict``, dicts and lists only) or copies them (0.3.64:
+    a deep copy), no run's state reaches another (a step is read from the call's sigma, never counted)."""
     lay_inv, lay = setup["inv"]["layout"]
     _, ref = setup["inv"]["reference"]
     args = (ref, lay, setup["y_r"], setup["y_p"], setup["neg"])
     patched = swap(comfy, tiny.personalized, *args)
-    clone = patched.clone() if rule.startswith("deep") else clone_copying_nested_dicts(patched)
+    clone = patched.clone()
     patches, cloned = (m.model_options["transformer_options"]["patches_replace"]["attn1"] for m in (patched, clone))
     shared = [cloned[key] is patch for key, patch in patches.items()]
     assert shared and all(shared) == rule.startswith("dicts") and any(shared) == rule.startswith("dicts")

@@ -1,75 +1,68 @@
 """A DiT of a family the pack does not support yet (Flux.2, Chroma Radiance, Z-Image, ...) is refused in one line
 that names its family and what the pack supports: at the node's input, never from inside a block.
 
-The stand-ins are tiny models of supported families (ComfyUI's own classes) changed the way those families differ:
-Flux.2 (ComfyUI 0.3.72's ``comfy/ldm/flux/model.py``: ``global_modulation``, the blocks' own modulation None),
-a Flux.1 whose first double block is Chroma's (modulations computed outside the blocks, with no Chroma around
-them), Chroma Radiance (Chroma's blocks in pixel space: ``nerf_blocks``)."""
+The models are tiny ones of ComfyUI's own classes, built from the config its detection would make of a file
+(``benchmark.random_models.dit_patcher``), where the host has the family: Chroma Radiance on both hosts, Flux.2 on
+0.33.0 (0.3.64 has no Flux.2). One shape no host has stays a stand-in: a Flux.1 whose first double block is Chroma's
+(modulations computed outside the blocks, with no Chroma around them)."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 
 from comfyui_layout_retouch.attention import families, family
+from comfyui_layout_retouch.benchmark import random_models
 
 FLUX2_REFUSAL = (r"DDIM Inversion: input 'model': the model is a Flux2 model, a family this pack does not support "
                  r"yet \(it supports SD1.x, SD2.x, SDXL, Flux.1")
+# Flux.2 as ComfyUI 0.33.0's detection makes it (comfy/model_detection.py: global modulation, 4 RoPE axes of theta 2000,
+# patch size 1, the text's positions on axis 3), 64 wide.
+FLUX2_TINY = dict(image_model="flux2", in_channels=128, out_channels=128, patch_size=1, vec_in_dim=None,
+                  context_in_dim=64, hidden_size=64, mlp_ratio=3.0, num_heads=2, depth=2, depth_single_blocks=2,
+                  axes_dim=[8, 8, 8, 8], theta=2000, qkv_bias=False, guidance_embed=True, global_modulation=True,
+                  mlp_silu_act=True, ops_bias=False, default_ref_method="index", ref_index_scale=10.0, txt_ids_dims=[3])
+# Chroma Radiance (Chroma's blocks in pixel space, patches of 16 pixels, NeRF blocks decoding them), 64 wide.
+CHROMA_RADIANCE_TINY = dict(random_models.CHROMA_TINY, image_model="chroma_radiance", in_channels=3, out_channels=3,
+                            patch_size=16, nerf_hidden_size=16, nerf_mlp_ratio=4, nerf_depth=2, nerf_max_freqs=8,
+                            nerf_tile_size=0, nerf_final_head_type="linear", nerf_embedder_dtype=torch.float32)
 
 
-def stand_in(patcher, config_name: str, change) -> object:
-    """A ModelPatcher over a deep copy of ``patcher``'s model (the tiny Flux: a few MB), its model config's class
-    named ``config_name`` (as ComfyUI names the detected family) and ``change(diffusion_model)`` applied."""
-    import comfy.model_patcher
-
-    model = copy.deepcopy(patcher.model)
-    config = model.model_config
-    config.__class__ = type(config_name, (type(config),), {})
-    change(model.diffusion_model)
-    return comfy.model_patcher.ModelPatcher(model, patcher.load_device, patcher.offload_device)
+def tiny(config: dict):
+    return random_models.dit_patcher(config, random_models.dit_state_dict(config, 1))
 
 
-def as_flux2(diffusion_model) -> None:
-    diffusion_model.global_modulation = True
-    for block in diffusion_model.double_blocks:
-        block.img_mod = block.txt_mod = None
-    for block in diffusion_model.single_blocks:
-        block.modulation = None
+def half_chroma():
+    """The stand-in: a tiny Flux.1 whose first double block is a tiny Chroma's (of the same width), its model
+    config's class named ``HalfChroma`` (as ComfyUI names a detected family)."""
+    model = tiny(random_models.FLUX_TINY)
+    config = model.model.model_config
+    config.__class__ = type("HalfChroma", (type(config),), {})
+    model.model.diffusion_model.double_blocks[0] = tiny(random_models.CHROMA_TINY).model.diffusion_model.double_blocks[0]
+    return model
 
 
-def as_chroma_blocks(diffusion_model) -> None:
-    import comfy.ops
-    from comfy.ldm.chroma.layers import DoubleStreamBlock
-
-    first = diffusion_model.double_blocks[0]
-    diffusion_model.double_blocks[0] = DoubleStreamBlock(first.hidden_size, first.num_heads, 4.0, qkv_bias=True,
-                                                         operations=comfy.ops.disable_weight_init)
-
-
-def as_radiance(diffusion_model) -> None:
-    diffusion_model.nerf_blocks = torch.nn.ModuleList()
-
-
-@pytest.mark.parametrize("name, made_from, change", [("Flux2", "flux", as_flux2), ("HalfChroma", "flux", as_chroma_blocks),
-                                                     ("ChromaRadiance", "chroma", as_radiance)])
-def test_the_family_is_named(comfy, tiny_flux, name, made_from, change):
-    import comfy_host
-
-    tiny = tiny_flux if made_from == "flux" else comfy_host.TinyDiT(made_from)
-    model = stand_in(tiny.vanilla, name, change)
+@pytest.mark.parametrize("name, make", [
+    pytest.param("Flux2", lambda: tiny(FLUX2_TINY), marks=pytest.mark.host("0.33.0")),
+    ("ChromaRadiance", lambda: tiny(CHROMA_RADIANCE_TINY)),
+    ("HalfChroma", half_chroma)])
+def test_the_family_is_named(comfy, tiny_flux, name, make):
+    model = make()
+    assert type(model.model.model_config).__name__ == name
     with pytest.raises(family.UnsupportedModel, match=f"the model is a {name} model, a family this pack does not"):
         families.family_of(model)
-    assert families.family_of(tiny.vanilla).name == tiny.base_model  # the model it was made from still is supported
+    assert families.family_of(tiny_flux.vanilla).name == "Flux"  # Flux.1 still is supported
 
 
-def test_a_node_refuses_it_at_its_input(comfy, tiny_flux):
-    """The DDIM Inversion recording for the swap: refused at 'model' before any step runs."""
-    model = stand_in(tiny_flux.vanilla, "Flux2", as_flux2)
+@pytest.mark.parametrize("name, make, latent_shape", [
+    pytest.param("Flux2", lambda: tiny(FLUX2_TINY), (1, 128, 8, 8), marks=pytest.mark.host("0.33.0")),
+    ("ChromaRadiance", lambda: tiny(CHROMA_RADIANCE_TINY), (1, 3, 64, 64))])
+def test_a_node_refuses_it_at_its_input(comfy, tiny_flux, name, make, latent_shape):
+    """The DDIM Inversion recording for the swap: refused at 'model' before any step runs, in one line."""
     node = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
-    latent = {"samples": torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))}
-    with pytest.raises(ValueError, match=FLUX2_REFUSAL) as refused:
-        node.execute(model=model, positive=tiny_flux.encode("a vase"), latent=latent, steps=2, scheduler="simple",
+    latent = {"samples": torch.randn(*latent_shape, generator=torch.Generator().manual_seed(0))}
+    refusal = FLUX2_REFUSAL.replace("Flux2", name)
+    with pytest.raises(ValueError, match=refusal) as refused:
+        node.execute(model=make(), positive=tiny_flux.encode("a vase"), latent=latent, steps=2, scheduler="simple",
                      sampler_name="euler", cfg=1.0, record_attention=True)
     assert "\n" not in str(refused.value)  # one line

@@ -56,3 +56,23 @@ def test_the_second_pass_has_tests_in_each_part():
     marked = {f.parent.name for f in TESTS.rglob("test_*.py")
               if "mark.install" in f.read_text() and f.name != "test_markers.py"}
     assert marked == {"unit", "host", "e2e"}, marked
+
+
+def host_versions_ci_runs() -> set[str]:
+    """The ComfyUI versions of the archives ``.ci/run`` tests the pack on (``HOSTS=("ComfyUI-<version>.tar.gz" ...)``)."""
+    import re
+
+    line = next(line for line in (TESTS.parent / ".ci" / "run").read_text().splitlines() if line.startswith("HOSTS="))
+    return set(re.findall(r"ComfyUI-([0-9.]+)\.tar\.gz", line))
+
+
+def test_ci_runs_every_host_a_marker_names():
+    """A test marked ``host("x")`` runs only on ComfyUI x: CI must test on x, or the test would never run."""
+    import re
+
+    named = {version for f in TESTS.rglob("test_*.py") if f.name != "test_markers.py"
+             for args in re.findall(r"mark\.host\(([^)]*)\)", f.read_text())
+             for version in re.findall(r"[\"']([^\"']+)[\"']", args)}
+    assert named, "no test is marked for one host's shape"
+    assert host_versions_ci_runs() == {"0.3.64", "0.33.0"}
+    assert named <= host_versions_ci_runs(), f"marked for hosts CI does not run: {named - host_versions_ci_runs()}"

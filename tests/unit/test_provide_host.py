@@ -53,6 +53,25 @@ def test_archive_unpacked_once_then_found(tmp_path, pack):
     assert provide_host.find({"HOME": str(tmp_path / "nohome")}, provided) == provided
 
 
+def test_each_archive_is_a_host_of_its_own(tmp_path, pack):
+    """CI tests on two hosts: each archive is unpacked to .venv/hosts/<its name>/ComfyUI and found there again
+    when COMFYUI_ARCHIVE names it, never the other's."""
+    hosts = {}
+    for version in ("0.3.64", "0.33.0"):
+        src = fake_comfy(tmp_path / version / "ComfyUI")
+        (src / "comfyui_version.py").write_text(f'__version__ = "{version}"\n')
+        hosts[version] = archive_of(src, tmp_path / f"ComfyUI-{version}.tar.gz")
+    for version, archive in hosts.items():
+        environ = {"HOME": str(tmp_path / "nohome"), "COMFYUI_ARCHIVE": str(archive)}
+        where = pack / ".venv" / "hosts" / f"ComfyUI-{version}" / "ComfyUI"
+        assert provide_host.provided_for(environ) == where
+        assert provide_host.provide(environ) == where
+    for version, archive in hosts.items():
+        found = provide_host.find({"HOME": str(tmp_path / "nohome"), "COMFYUI_ARCHIVE": str(archive)})
+        assert (found / "comfyui_version.py").read_text() == f'__version__ = "{version}"\n'
+    assert provide_host.provided_for({}) == pack / ".venv" / "ComfyUI"  # no archive: the clone's folder
+
+
 def test_not_a_comfyui_archive(tmp_path, pack):
     (tmp_path / "src" / "other").mkdir(parents=True)
     archive = archive_of(tmp_path / "src" / "other", tmp_path / "other.tar.gz")
