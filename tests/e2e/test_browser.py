@@ -104,12 +104,17 @@ def page(server):
     from playwright.sync_api import sync_playwright
 
     url, _ = server
+    # A user who has seen the first-run tour: no template browser opening over the canvas once the app has loaded
+    # (frontend 1.49 opens it a moment after load), through the server's own settings route.
+    request = urllib.request.Request(url + "/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status == 200
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(url)
         page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
-        page.keyboard.press("Escape")  # the first-run template dialog
         yield page
         browser.close()
 
@@ -267,19 +272,38 @@ def test_workflow_in_the_real_frontend(comfy, server, page, tiny_files, tiny_sam
                 assert pixels.shape == (64, 64, 3) and pixels.std() > 0
 
 
-def test_a_nodes_help_page_in_the_node_library(server, page):
-    """The node library's help for one of the pack's nodes: the frontend fetches the page the pack serves
-    (/extensions/comfyui-layout-retouch/docs/<node id>.md) and shows it, hand-written part and inputs."""
-    url, _ = server
-    with urllib.request.urlopen(url + "/extensions/comfyui-layout-retouch/docs/LR_StepBlendedKSampler.md") as r:
-        assert "## When to use" in r.read().decode()
-    page.keyboard.press("Escape")
+def open_help_from_the_node_library(page) -> None:
+    """Frontend 1.27 (ComfyUI 0.3.64): the node library's tree, the leaf's help button."""
     page.evaluate("() => app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library')")
     search = page.locator(".node-library-search-box input, .side-bar-panel input").first
     search.fill("Step-Blended KSampler")
     leaf = page.locator(".node-lib-tree-explorer .p-tree-node-label", has_text="Step-Blended KSampler").first
     leaf.hover()
     leaf.locator("xpath=ancestor::*[contains(@class, 'p-tree-node-content')]").locator(".help-button").first.click()
+
+
+def open_help_from_the_selection_toolbox(page) -> None:
+    """Frontend 1.49 (ComfyUI 0.33.0): the node library's hover shows a preview, not the page; the page is the
+    properties panel's Info tab, which the selection toolbox's Node Info button opens for the selected node (on a
+    new blank workflow's canvas)."""
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.NewBlankWorkflow')")
+    page.wait_for_function("() => app.graph && app.graph._nodes.length === 0")
+    page.evaluate("() => { const n = LiteGraph.createNode('LR_StepBlendedKSampler'); n.pos = [300, 200];"
+                  " app.graph.add(n); app.canvas.selectNode(n); app.canvas.setDirty(true, true); }")
+    page.get_by_role("button", name="Node Info").first.click()
+
+
+@pytest.mark.parametrize("open_help", [
+    pytest.param(open_help_from_the_node_library, marks=pytest.mark.host("0.3.64"), id="node library"),
+    pytest.param(open_help_from_the_selection_toolbox, marks=pytest.mark.host("0.33.0"), id="selection toolbox")])
+def test_a_nodes_help_page_in_the_frontend(server, page, open_help):
+    """A node's help, where the host's own frontend shows it: the frontend fetches the page the pack serves
+    (/extensions/comfyui-layout-retouch/docs/<node id>.md) and shows it, hand-written part and inputs."""
+    url, _ = server
+    with urllib.request.urlopen(url + "/extensions/comfyui-layout-retouch/docs/LR_StepBlendedKSampler.md") as r:
+        assert "## When to use" in r.read().decode()
+    page.keyboard.press("Escape")  # a menu a workflow's test left open
+    open_help(page)
     page.get_by_text("one noise, one schedule, two models", exact=False).first.wait_for(timeout=30_000)
     assert page.get_by_text("From the paper").first.is_visible()
     assert page.get_by_text("lambda1").first.is_visible()

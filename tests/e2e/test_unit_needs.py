@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).resolve().parents[1]
+# It runs unit/, which never imports ComfyUI: whichever host is there, the same result (CI runs it with unit/).
+pytestmark = pytest.mark.hostless
 
 # Runs in a fresh interpreter: a finder refuses the top-level modules of every installed
 # distribution that is not torch, numpy, scipy, pytest or one of their requirements.
