@@ -38,8 +38,9 @@ fi
 ruff check .
 comfy-test lint .  # the Registry's harness, its static levels (syntax, javascript)
 # pytest (not python -m pytest, which would put the current folder, the pack's, on sys.path), on one worker
-# per core (pytest-xdist; a test file's tests stay on one worker, so its module fixtures are built once). A worker
+# per core (pytest-xdist; a test file's tests stay on one worker, so its module fixtures are built once; the
+# slowest files first, in conftest.py's order, not pytest-xdist's by number of tests). A worker
 # that dies (the kernel's OOM killer) ends the run with its test failed, not replaced: a replaced worker has been
 # seen to leave the run waiting until CI's limit. Each module's memory is held to tests/memory_budget.py's budget.
 if [ $# -eq 0 ] || [ "${1#-}" != "$1" ]; then set -- tests "$@"; fi
-pytest -n "${LR_WORKERS:-$(nproc)}" --dist loadfile --max-worker-restart 0 "$@"
+pytest -n "${LR_WORKERS:-$(nproc)}" --dist loadfile --no-loadscope-reorder --max-worker-restart 0 "$@"

@@ -76,3 +76,12 @@ def test_ci_runs_every_host_a_marker_names():
     assert named, "no test is marked for one host's shape"
     assert host_versions_ci_runs() == {"0.3.64", "0.33.0"}
     assert named <= host_versions_ci_runs(), f"marked for hosts CI does not run: {named - host_versions_ci_runs()}"
+
+
+def test_the_slowest_modules_named_first_exist():
+    """The root conftest's SLOWEST orders the run: a module renamed or gone would fall back to the end unnoticed."""
+    tree = ast.parse((TESTS / "conftest.py").read_text())
+    (slowest,) = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                  and any(getattr(t, "id", "") == "SLOWEST" for t in node.targets)]
+    assert len(slowest) > 5 and [m for m in slowest if not (TESTS / m).is_file()] == []
+    assert len(set(slowest)) == len(slowest)
