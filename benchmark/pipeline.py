@@ -44,7 +44,7 @@ class Pipeline:
         self.label = f"random {UNETS[family]} (fp16)" if self.full else f"tiny random {TINY[family]}"
         # The tiny SDXL keeps SDXL's 70 transformer blocks and full-size text encoders: on the CPU its weights are
         # stored as ComfyUI stores them with --fp16-unet --fp8_e4m3fn-text-enc (computed in float32), so that the
-        # GPU check's dry run stays within the test suite's memory (tests/memory_budget.py: 4 GiB a subprocess).
+        # GPU check's dry run stays within the test suite's memory (tests/memory_budget.py: 4.5 GiB a subprocess).
         lean = family == "sdxl" and not self.full
         stored = dict(model_options={"dtype": torch.float16}, te_model_options={"dtype": torch.float8_e4m3fn})
         vanilla_sd = checkpoint(unet, 1, **({"text_dtype": torch.float8_e4m3fn} if lean else {}))

@@ -38,7 +38,9 @@ import pytest
 GIB = 1024**3
 KIB = 1024
 INTERVAL = 0.2
-BUDGET_GIB = {"worker": 6.0, "subprocess": 4.0, "worker and its processes": 7.0}
+# The pair's 7 GiB keeps two workers within 14 GiB; a process a worker starts may take 4.5 of it (the GPU check's dry
+# SDXL bench peaked at 3.6 to 4.2 GiB in four CI runs of one code, 3.0 alone: the margin is for that spread).
+BUDGET_GIB = {"worker": 6.0, "subprocess": 4.5, "worker and its processes": 7.0}
 PROC = Path("/proc")
 MEASURABLE = (PROC / "self" / "clear_refs").exists()
 
