@@ -1,9 +1,9 @@
 """The Qwen-Image family (Qwen-Image and its finetunes and LoRAs; ComfyUI's ``comfy/ldm/qwen_image``): 60 dual-stream
 blocks (``transformer_blocks``, keyed ``("double_block", i)``), each with separate image and text projections
 (``to_q/to_k/to_v``, ``add_q_proj/...``), RMS-normed queries and keys, and one joint attention over ``[txt | img]``
-with Flux's RoPE embedding (``EmbedND``; the table's layout moved between releases: ``host_api.flux_rope_layout``). The swap and its patches are :mod:`.joint`'s; the subject's text
-tokens are Qwen2.5-VL's, their positions counted after the prompt template ComfyUI's text encoder drops
-(:mod:`.tokens`).
+with Flux's RoPE embedding (``EmbedND``; the table's layout moved between releases: ``host_api.flux_rope_layout``).
+The swap and its patches are :mod:`.joint`'s; the subject's text tokens are Qwen2.5-VL's, their positions counted
+after the prompt template ComfyUI's text encoder drops (:mod:`.tokens`).
 
 ``auto``: no published analysis of Qwen-Image's layers is known to us, and a tiny random model cannot measure
 which blocks carry layout or appearance. So it takes the Flux analogue: Stable Flow's vital layers of FLUX.1-dev

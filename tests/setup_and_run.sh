@@ -17,9 +17,9 @@ comfy=$(python tests/provide_host.py)
 if [ -n "$comfy" ]; then
     echo "ComfyUI host: $comfy"
     # ComfyUI's requirements (its frontend among them: switching hosts installs the other's), less torch and
-    # torchvision (pinned above) and torchaudio: ComfyUI 0.33.0 imports it when its nodes load (comfy/sd.py, its audio VAE), and
-    # the newest the package index has (2.11.1) asks for another torch; installed without its dependencies, it
-    # imports beside torch 2.14.1 (0.3.64 lists it too, and never imports it).
+    # torchvision (pinned above) and torchaudio: ComfyUI 0.33.0 imports it when its nodes load (comfy/sd.py, its
+    # audio VAE), and the newest the package index has (2.11.1) asks for another torch; installed without its
+    # dependencies, it imports beside torch 2.14.1 (0.3.64 lists it too, and never imports it).
     grep -vE '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$comfy/requirements.txt" > .venv/comfyui-requirements.txt
     pip install -q --disable-pip-version-check -r .venv/comfyui-requirements.txt
     if grep -qE '^\s*torchaudio\s*([<>=!~].*)?$' "$comfy/requirements.txt"; then

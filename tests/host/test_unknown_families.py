@@ -14,8 +14,8 @@ import torch
 from comfyui_layout_retouch.attention import families, family
 from comfyui_layout_retouch.benchmark import random_models
 
-FLUX2_REFUSAL = (r"DDIM Inversion: input 'model': the model is a Flux2 model, a family this pack does not support "
-                 r"yet \(it supports SD1.x, SD2.x, SDXL, Flux.1")
+REFUSAL = (r"DDIM Inversion: input 'model': the model is a {} model, a family this pack does not support "
+           r"yet \(it supports SD1.x, SD2.x, SDXL, Flux.1")  # the family's name, as ComfyUI's model config has it
 # Flux.2 as ComfyUI 0.33.0's detection makes it (comfy/model_detection.py: global modulation, 4 RoPE axes of theta 2000,
 # patch size 1, the text's positions on axis 3), 64 wide.
 FLUX2_TINY = dict(image_model="flux2", in_channels=128, out_channels=128, patch_size=1, vec_in_dim=None,
@@ -61,8 +61,7 @@ def test_a_node_refuses_it_at_its_input(comfy, tiny_flux, name, make, latent_sha
     """The DDIM Inversion recording for the swap: refused at 'model' before any step runs, in one line."""
     node = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
     latent = {"samples": torch.randn(*latent_shape, generator=torch.Generator().manual_seed(0))}
-    refusal = FLUX2_REFUSAL.replace("Flux2", name)
-    with pytest.raises(ValueError, match=refusal) as refused:
+    with pytest.raises(ValueError, match=REFUSAL.format(name)) as refused:
         node.execute(model=make(), positive=tiny_flux.encode("a vase"), latent=latent, steps=2, scheduler="simple",
                      sampler_name="euler", cfg=1.0, record_attention=True)
     assert "\n" not in str(refused.value)  # one line
