@@ -92,12 +92,16 @@ def _attend(func, prior, heads: int, flat: bool, rest, kwargs):
 
 
 def shift_rope(k: torch.Tensor, columns: int, theta: float, axes_dim: tuple[int, ...]) -> torch.Tensor:
-    """Keys ``[n, heads, tokens, d]`` (RoPE applied) moved ``columns`` further along the width axis."""
-    from comfy.ldm.flux.math import apply_rope1, rope
+    """Keys ``[n, heads, tokens, d]`` (RoPE applied) moved ``columns`` further along the width axis.
+
+    The rotation is applied here (:func:`rope_keys`), not by the host's ``apply_rope1``: from ComfyUI 0.33 that
+    dispatches to comfy-kitchen's kernels, whose CUDA one reads a table per token, and this table is one offset
+    for every token (broadcast)."""
+    from comfy.ldm.flux.math import rope
 
     ids = torch.tensor([[[0.0, 0.0, float(columns)]]], device=k.device)
     pe = torch.cat([rope(ids[..., i], axes_dim[i], theta) for i in range(len(axes_dim))], dim=-3).unsqueeze(1)
-    return apply_rope1(k, pe)
+    return rope_keys(k, pe, k)
 
 
 def rope_keys(k: torch.Tensor, pe: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

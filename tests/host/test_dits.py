@@ -211,6 +211,34 @@ def test_shifted_positions_move_the_references_keys_on_the_reported_flux(comfy, 
     assert rel(shifted, shared) > 1e-3
 
 
+def test_a_shift_is_the_keys_at_the_shifted_positions(comfy, tiny_dit):
+    """``shifted``'s exactness: keys as a block makes them (the model's own RoPE table, the host's ``apply_rope1``)
+    rotated by ``c`` columns are the keys the block makes at every token's column plus ``c``, on every token (a
+    one-offset table that a kernel did not broadcast would move the first token alone)."""
+    from comfy.ldm.flux.math import apply_rope1
+
+    from comfyui_layout_retouch import host_api
+    from comfyui_layout_retouch.attention.families import family_of
+    from comfyui_layout_retouch.attention.joint_attention import shift_rope
+
+    dm = tiny_dit.personalized.model.diffusion_model
+    rope = family_of(tiny_dit.personalized).rope(dm)
+    if rope is None:  # SD3: keys carry no RoPE
+        return
+    theta, axes_dim = rope
+    rows, columns, shift = 6, 4, 8
+    ids = torch.zeros(1, rows, columns, 3)
+    ids[..., 1], ids[..., 2] = torch.arange(rows)[:, None], torch.arange(columns)[None, :]
+    ids = ids.flatten(1, 2)
+    keys = torch.randn(1, 2, rows * columns, sum(axes_dim), generator=torch.Generator().manual_seed(3))
+    at = lambda ids: apply_rope1(keys, host_api.flux_rope_layout(dm.pe_embedder(ids)))  # noqa: E731
+    moved = ids.clone()
+    moved[..., 2] += shift
+    got, want, before = shift_rope(at(ids), shift, theta, axes_dim), at(moved), at(ids)
+    assert (got - want).abs().max() < 1e-5 * want.abs().max()
+    assert ((got - before).abs().amax(dim=(0, 1, 3)) > 1e-3).all()  # every token moved
+
+
 def test_patches_on_exactly_the_chosen_blocks_and_the_callers_model_untouched(comfy, tiny_dit, prompts, inversions):
     import comfy.model_management as mm
 

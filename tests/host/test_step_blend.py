@@ -78,7 +78,8 @@ def test_lambda1_steps_is_vanilla_ksampler(comfy, tiny, prompts, denoise):
 
 @pytest.mark.parametrize("denoise,splits", [(1.0, range(1, STEPS)), (0.6, (1, STEPS // 2, STEPS - 1))])
 def test_every_inner_lambda1_is_the_advanced_chain(comfy, tiny, prompts, denoise, splits):
-    lat = latent(batch=2) if denoise == 1.0 else {"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+    """Every inner lambda1 on one latent; three of them on a batch of two, part-denoised."""
+    lat = latent() if denoise == 1.0 else {"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
     results = {}
     for lambda1 in splits:
         got = blended(comfy, tiny.vanilla, tiny.personalized, prompts["vanilla"], prompts["personalized"], lat,
