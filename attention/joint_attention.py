@@ -94,9 +94,9 @@ def _attend(func, prior, heads: int, flat: bool, rest, kwargs):
 def shift_rope(k: torch.Tensor, columns: int, theta: float, axes_dim: tuple[int, ...]) -> torch.Tensor:
     """Keys ``[n, heads, tokens, d]`` (RoPE applied) moved ``columns`` further along the width axis.
 
-    The rotation is applied here (:func:`rope_keys`), not by the host's ``apply_rope1``: from ComfyUI 0.33 that
-    dispatches to comfy-kitchen's kernels, whose CUDA one reads a table per token, and this table is one offset
-    for every token (broadcast)."""
+    The rotation is applied here (:func:`rope_keys`: a product that broadcasts), not by the host's ``apply_rope1``:
+    from ComfyUI 0.33 that dispatches to comfy-kitchen's kernels (a CUDA build on cu130 torches), made for a table
+    of one row per token, and this table is one offset for every token."""
     from comfy.ldm.flux.math import rope
 
     ids = torch.tensor([[[0.0, 0.0, float(columns)]]], device=k.device)
