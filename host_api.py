@@ -18,6 +18,8 @@ Each adapter is tested against the pinned host's real call and against a stand-i
   ``ChromaParams`` took no ``txt_ids_dims`` (0.3.64); 0.33.0 requires it (Flux.1: ``[]``), Chroma's
   ``vec_in_dim`` (None) and Chroma Radiance's ``use_x0`` and ``use_sequential_txt_ids``, which its
   ``comfy/model_detection.py`` reads off a checkpoint.
+- :func:`pixels_per_latent`: every latent format was 8 image pixels a latent pixel (0.3.64, no attribute); 0.33.0's
+  say so in ``spacial_downscale_ratio`` (Flux.2's 16).
 """
 
 from __future__ import annotations
@@ -120,3 +122,9 @@ def embedding_lookup_size(lookup: Callable[[str], tuple]) -> int:
 def embedding_found(size: int, embed: Any, name: str, leftover: str) -> tuple:
     """A ``_try_get_embedding`` answer in the host's shape (``size`` from :func:`embedding_lookup_size`)."""
     return (embed, leftover) if size == 2 else (embed, name, leftover)
+
+
+def pixels_per_latent(model) -> int:
+    """Image pixels per latent pixel, each way, of a ModelPatcher's latent format (Flux.2: 16; 8 where the host's
+    formats do not say: 0.3.64's, all of them 8)."""
+    return getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .chroma import CHROMA
 from .family import Family, UnsupportedModel
 from .flux import FLUX
+from .flux2 import FLUX2
 from .qwen_image import QWEN_IMAGE
 from .sd3 import SD3
 from .unet import UNET
@@ -16,6 +17,7 @@ from .unet import UNET
 FAMILIES: tuple[Family, ...] = (
     UNET,
     FLUX,
+    FLUX2,
     CHROMA,
     QWEN_IMAGE,
     SD3,

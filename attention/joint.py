@@ -84,9 +84,8 @@ class JointFamily:
         return LayerSet(frozenset(b for b in self.depths(model) if b[0] in self.map_blocks))
 
     def layers_at(self, model, resolution: int) -> tuple[tuple[str, int, int], ...]:
-        """Every image token sits at latent size / ``patch_size``: the map blocks there, none elsewhere."""
-        if resolution != self.patch_size:
-            return ()
+        """The map blocks, at any ``resolution``: every image token sits at latent size / ``patch_size`` (Flux's 1/2,
+        Flux.2's 1/1), the one size a DiT has (the resolutions name a UNet's decoder levels)."""
         return tuple((*b, 0) for b in sorted(self.map_layers(model).blocks))
 
     def tokens(self, x: torch.Tensor, context: torch.Tensor) -> tuple[int, int, int]:
@@ -147,15 +146,13 @@ class JointFamily:
 
     def install_map_capture(self, clone, model, store, layers: LayerSet, steps, resolution: int | None,
                             sampling_sigmas: torch.Tensor | None = None, self_kv: bool = False) -> None:
-        """Put a :class:`JointMapCapture` on the map blocks in ``layers``; every image token sits at latent size /
-        ``patch_size``, so another ``resolution`` selects none (``self_kv``: a UNet's; joint attention has no
-        separate self-attention to keep)."""
-        if resolution not in (None, self.patch_size):
-            return
+        """Put a :class:`JointMapCapture` on the map blocks in ``layers``, at any ``resolution`` (:meth:`layers_at`;
+        ``self_kv``: a UNet's; joint attention has no separate self-attention to keep)."""
         taken = self._taken(model)
         for block in sorted(layers.keys_in(set(self.depths(model)))):
             if block[0] in self.map_blocks:
                 key = (f"{block[0]}_block", block[1])
-                clone.set_model_patch_replace(JointMapCapture(block, store, steps, taken.get(key), sampling_sigmas),
+                clone.set_model_patch_replace(JointMapCapture(block, store, steps, taken.get(key), sampling_sigmas,
+                                                              self.patch_size),
                                               "dit", *key)
         self._wrap_tokens(clone)

@@ -99,7 +99,8 @@ def shift_rope(k: torch.Tensor, columns: int, theta: float, axes_dim: tuple[int,
     of one row per token, and this table is one offset for every token."""
     from comfy.ldm.flux.math import rope
 
-    ids = torch.tensor([[[0.0, 0.0, float(columns)]]], device=k.device)
+    ids = torch.zeros(1, 1, len(axes_dim), device=k.device)  # (index, row, column[, Flux.2's text axis])
+    ids[..., 2] = float(columns)
     pe = torch.cat([rope(ids[..., i], axes_dim[i], theta) for i in range(len(axes_dim))], dim=-3).unsqueeze(1)
     return rope_keys(k, pe, k)
 
@@ -254,10 +255,13 @@ def subject_probs(q: torch.Tensor, k: torch.Tensor, n_txt: int, n_img: int) -> t
 class JointMapCapture:
     """A ``dit`` double-block replacement that adds the conditional target rows' image-to-text attention
     (:func:`subject_probs`) to a store (an ``AttentionStore`` or ``SubjectMapRecord``: ``add_cross``), then
-    attends as before; steps counted on ``sampling_sigmas`` when given, else on the run's own schedule."""
+    attends as before; steps counted on ``sampling_sigmas`` when given, else on the run's own schedule; an image
+    token is ``patch`` latent pixels each way (the family's ``patch_size``)."""
 
-    def __init__(self, block: tuple[str, int], store, steps, chained, sampling_sigmas: torch.Tensor | None) -> None:
+    def __init__(self, block: tuple[str, int], store, steps, chained, sampling_sigmas: torch.Tensor | None,
+                 patch: int = 2) -> None:
         self.block = block
+        self.patch = patch
         self.store = store
         self.steps = steps
         self.chained = chained
@@ -284,7 +288,7 @@ class JointMapCapture:
             q, k, _, _ = _in_heads(q, k, k, heads, kwargs)
             rows = conditional_rows(options, q.shape[0]).to(q.device, non_blocking=True)
             if len(rows):
-                store.latent_size = (2 * h, 2 * w)
+                store.latent_size = (self.patch * h, self.patch * w)
                 store.add_cross((*self.block, 0), step, (h, w), subject_probs(q[rows], k[rows], n_txt, h * w))
             return out
 

@@ -97,20 +97,38 @@ def step_text(conditioning, model, sampling_sigmas: torch.Tensor) -> torch.Tenso
     return torch.cat([t.repeat(1, tokens // t.shape[1], 1) for t in chosen])
 
 
-def model_extras(model, conditioning, latent: torch.Tensor, prompt_type: str) -> Extras:
-    """The row-wise model inputs ComfyUI's sampler gives ``model`` with a CONDITIONING's first entry on
-    ``latent``, one row each (sizes default to the latent's in pixels)."""
-    import comfy.conds
-
-    entry = conditioning[0][1]
+def _model_conds(model, entry: dict, cross_attn: torch.Tensor, latent: torch.Tensor, prompt_type: str) -> dict:
+    """What the model's own ``extra_conds`` makes of a CONDITIONING entry with text ``cross_attn`` on ``latent``, as
+    ComfyUI's ``encode_model_conds`` calls it (sizes default to the latent's in pixels)."""
     h, w = latent.shape[-2:]
-    params = {**entry, "cross_attn": conditioning[0][0], "device": "cpu", "noise": latent[:1],
+    params = {**entry, "cross_attn": cross_attn, "device": "cpu", "noise": latent[:1],
               "width": entry.get("width", w * 8), "height": entry.get("height", h * 8),
               "prompt_type": entry.get("prompt_type", prompt_type)}
-    conds = model.model.extra_conds(**params)
+    return model.model.extra_conds(**params)
+
+
+def model_extras(model, conditioning, latent: torch.Tensor, prompt_type: str) -> Extras:
+    """The row-wise model inputs ComfyUI's sampler gives ``model`` with a CONDITIONING's first entry on
+    ``latent``, one row each."""
+    import comfy.conds
+
+    conds = _model_conds(model, conditioning[0][1], conditioning[0][0], latent, prompt_type)
     return {name: cond.cond[:1].detach() for name, cond in conds.items()
             if name not in ("c_crossattn", "c_concat") and type(cond) is comfy.conds.CONDRegular
             and isinstance(cond.cond, torch.Tensor)}
+
+
+def model_text(model, conditioning, text: torch.Tensor, latent: torch.Tensor, prompt_type: str) -> torch.Tensor:
+    """A path's text embedding (one row a step) as the model reads it in a call: its ``c_crossattn`` (Flux.2 pads
+    the text to 512 tokens at the front), row by row; the text itself where the model makes no ``c_crossattn``."""
+    import comfy.conds
+
+    rows = []
+    for row in text.split(1):
+        made = _model_conds(model, conditioning[0][1], row, latent, prompt_type).get("c_crossattn")
+        ok = type(made) is comfy.conds.CONDRegular and isinstance(made.cond, torch.Tensor)
+        rows.append(made.cond.detach() if ok else row)
+    return torch.cat(rows)
 
 
 def path_prompts(model, positive, negative, path: InversionTrajectory) -> PathPrompts:
@@ -134,6 +152,8 @@ def path_prompts(model, positive, negative, path: InversionTrajectory) -> PathPr
                                 "source rows would leave that path.",
                                 "connect the Null-Text Inversion's null_negative output here."))
     latent = path.latents[0]
+    texts = [model_text(model, conditioning, text, latent, prompt_type) for conditioning, text, prompt_type in
+             ((positive, texts[0], "positive"), (negative, texts[1], "negative"))]
     return PathPrompts((texts[0], texts[1]), (model_extras(model, positive, latent, "positive"),
                                               model_extras(model, negative, latent, "negative")))
 

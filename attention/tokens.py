@@ -14,6 +14,12 @@ template's head from the conditioning (ComfyUI's ``QwenImageTEModel.encode_token
 so the conditioning's tokens start with the prompt's. Its BPE tokens carry the space before a word (`` dog`` is
 not ``dog``), so the subject is found by its place in the prompt's text: its tokens are those the prompt gains from
 the text before the word to the text through it.
+
+Flux.2's encoders (Klein's Qwen3, dev's Mistral; ComfyUI's ``KleinTokenizer``, ``Flux2Tokenizer``) keep the whole
+template, so the subject's tokens sit after the template's head (and Mistral's start token). Klein's tokenizer pads
+the tokens to 512 at the end; the model pads shorter ones (Mistral's) to 512 at the front (``model_base.Flux2``).
+Both keep a token's place counted from the conditioning's end, so there the positions are negative: counted from
+the end of the text tokens, what indexes the attention's text axis in either case.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ..records import keys_equal
 
 EMBEDDING = "embedding:"  # ComfyUI's prefix of an embedding in a prompt
 TEMPLATED = ("qwen25_7b",)  # tokenizers whose prompt sits in a chat template the encoder drops the head of
+KEPT_TEMPLATE = ("qwen3_4b", "qwen3_8b", "mistral3_24b")  # Flux.2's: the whole template is encoded
 
 
 def _chunks(tokens: dict) -> list:
@@ -55,6 +62,27 @@ def _templated_positions(clip, prompt: str, words: list[str]) -> list[int]:
     return positions
 
 
+def _kept_template_positions(clip, prompt: str, words: list[str], tokens: dict) -> list[int]:
+    """The subject words' positions under a kept chat template, from the text tokens' end (module docstring)."""
+    (name,) = (key for key in tokens if key in KEPT_TEMPLATE)
+    tokenizer = clip.tokenizer
+
+    def count(text: str, **kwargs) -> int:  # tokens of the templated text, the tokenizer's padding left out
+        return sum(len(chunk) for chunk in clip.tokenize(text, min_length=1, **kwargs)[name])
+
+    head = count(tokenizer.llama_template.split("{}")[0], llama_template="{}")  # its start token too, where it has one
+    empty, positions = count(""), []
+    for word in words:
+        starts = [m.start() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", prompt)]
+        if not starts:
+            raise KeyError(word)
+        for start in starts:
+            positions.extend(range(head + count(prompt[:start].rstrip()) - empty,
+                                   head + count(prompt[:start + len(word)]) - empty))
+    length = sum(len(chunk) for chunk in tokens[name])  # the conditioning's tokens, the tokenizer's padding in
+    return [p - length for p in positions]
+
+
 def _offset(clip, tokens: dict) -> int:
     """Where T5's tokens start in the conditioning: after CLIP-L/G's on SD3 (its tokenizer gives ``g`` and ``t5xxl``;
     Flux's gives no ``g``), unless the loaded text encoder holds neither CLIP."""
@@ -67,12 +95,18 @@ def _offset(clip, tokens: dict) -> int:
 
 
 def subject_positions(clip, prompt: str, subject: str) -> list[int]:
-    """Positions in the prompt's token sequence of every token of every subject word.
+    """Positions in the prompt's token sequence of every token of every subject word (from its end, negative,
+    under Flux.2's kept templates).
 
     Raises:
         KeyError: a subject word does not occur in the prompt (the message names it).
     """
     tokens = clip.tokenize(prompt, return_word_ids=True)
+    if any(key in tokens for key in KEPT_TEMPLATE):
+        positions = _kept_template_positions(clip, prompt, subject.replace(",", " ").split(), tokens)
+        if not positions:
+            raise KeyError(subject)
+        return sorted(set(positions))
     if any(key in tokens for key in TEMPLATED):
         positions = _templated_positions(clip, prompt, subject.replace(",", " ").split())
         if not positions:

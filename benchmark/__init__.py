@@ -2,4 +2,4 @@
 
 # bench --family: the UNet pipelines' then benchmark.dits.DITS's rows (tests/host/test_benchmark.py holds them equal;
 # named here, where the command line reads them without importing torch or ComfyUI)
-FAMILIES = ("sd1", "sdxl", "flux", "chroma", "qwen_image", "sd3")
+FAMILIES = ("sd1", "sdxl", "flux", "chroma", "qwen_image", "sd3", "flux2")

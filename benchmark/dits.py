@@ -61,6 +61,8 @@ DITS = {
     "chroma": DiT("Chroma1-HD", rm.CHROMA_FULL, rm.CHROMA_TINY, 4096, 512, None, 0.0, 1024, 40, 4.0),
     "qwen_image": DiT("Qwen-Image", rm.QWEN_IMAGE_FULL, rm.QWEN_IMAGE_TINY, 3584, 64, None, None, 1328, 30, 2.5),
     "sd3": DiT("SD3.5 Large", rm.SD35_LARGE, rm.SD3_TINY, 4096, 154, 2048, None, 1024, 28, 4.5),
+    # Klein 4B (distilled): 4 steps at cfg 1, no guidance embedding; ComfyUI pads its text to 512 tokens.
+    "flux2": DiT("Flux.2 Klein 4B", rm.FLUX2_KLEIN_4B, rm.FLUX2_TINY, 7680, 512, None, None, 1024, 4, 1.0),
 }
 
 
@@ -91,10 +93,10 @@ class DitPipeline(Pipeline):
             "a red vase on a beach", "a sks vase on a beach", "a photo of sks vase", "", "blurry"))
         if spec.cfg == 1.0:
             self.neg = self.pp  # unused at cfg 1
-        latent_channels = self.personalized.get_model_object("latent_format").latent_channels
-        self.latent = {"samples": torch.zeros(1, latent_channels, size // 8, size // 8)}
-        self.reference = {"samples": torch.randn(1, latent_channels, size // 8, size // 8,
-                                                 generator=torch.Generator().manual_seed(0))}
+        latent_format = self.personalized.get_model_object("latent_format")
+        channels, side = latent_format.latent_channels, size // getattr(latent_format, "spacial_downscale_ratio", 8)
+        self.latent = {"samples": torch.zeros(1, channels, side, side)}  # Flux.2: 128 channels at 1/16
+        self.reference = {"samples": torch.randn(1, channels, side, side, generator=torch.Generator().manual_seed(0))}
         self.size, self.steps, self.cfg = size, steps, spec.cfg
         self.sampler, self.scheduler = spec.sampler, spec.scheduler
         # The paper's 5 and 10 of 50 steps scaled, as the Flux workflow has them (3 and 6 of 28); no mask.

@@ -164,6 +164,16 @@ SD35_LARGE = dict(SD3_TINY, depth=38, context_embedder_config={"target": "torch.
                                                                "params": {"in_features": 4096, "out_features": 2432}},
                   num_patches=36864, pos_embed_max_size=192, x_block_self_attn_layers=[])  # 2432 wide, 38 heads
 
+# Flux.2 (global modulation; latents packed to 128 channels, one token a latent pixel), as ComfyUI 0.33's detection
+# reads a file: heads of 128 (RoPE axes 32 x 4, theta 2000), the width and text width from the keys. Klein 4B: 3072
+# wide, 5 double and 20 single blocks, Qwen3-4B's text (3 layers of 2560; InvokeAI's Klein presets).
+FLUX2_KLEIN_4B = dict(image_model="flux2", in_channels=128, out_channels=128, patch_size=1, vec_in_dim=None,
+                      context_in_dim=7680, hidden_size=3072, mlp_ratio=3.0, num_heads=24, depth=5,
+                      depth_single_blocks=20, axes_dim=[32, 32, 32, 32], theta=2000, qkv_bias=False,
+                      guidance_embed=False, global_modulation=True, mlp_silu_act=True, ops_bias=False,
+                      default_ref_method="index", ref_index_scale=10.0, txt_ids_dims=[3])
+FLUX2_TINY = dict(FLUX2_KLEIN_4B, hidden_size=256, num_heads=2, depth=2, depth_single_blocks=2)
+
 
 def model_config(config: dict):
     """ComfyUI's model config for a diffusion model's config (``image_model`` and sizes, as its detection makes

@@ -83,13 +83,19 @@ def sizes(steps: int = 50, lambda1: int = 5, lambda2: int = 10) -> dict[str, dic
 DIT_CACHE = "reference cache (each block's attention input from lambda2)"
 
 
-def dit_sizes(diffusion_model, steps: int, lambda2: int, size: int, halves: int = 1) -> dict[str, float]:
+def latent_downscale(config: dict) -> int:
+    """Image pixels per latent pixel, each way, of a DiT of ``config`` (8, Flux.2's 16), from its latent format."""
+    return getattr(model_config(config).latent_format, "spacial_downscale_ratio", 8)
+
+
+def dit_sizes(diffusion_model, steps: int, lambda2: int, size: int, halves: int = 1,
+              downscale: int = 8) -> dict[str, float]:
     """GiB of a DiT's records at ``size`` px with the ``auto`` blocks, bf16, ``halves`` CFG halves a step (1 at cfg 1,
     as Flux runs; 2 with a negative prompt): the reference cache as the swap keeps it (each block's image-token
     attention input from lambda2 on; keys and values projected when read), what keys and values would take, and
     the fast mode's inversion records (every step, one half: an inversion runs at cfg 1): a reference's (the input)
-    and a layout's (the input and the attention output)."""
-    keys, latent = auto_keys(diffusion_model), size // 8  # 8x VAEs
+    and a layout's (the input and the attention output); ``downscale``: :func:`latent_downscale`."""
+    keys, latent = auto_keys(diffusion_model), size // downscale
     per_step = record_bytes(diffusion_model, keys, latent, 1, 1, (SELF_IN,)) / 2**30
     return {"blocks": len(keys), "steps": steps, "lambda2": lambda2, "halves": halves,
             DIT_CACHE: per_step * halves * (steps - lambda2),

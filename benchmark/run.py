@@ -23,7 +23,7 @@ from . import report as tables
 from .dits import DITS, DitPipeline
 from .measure import reset_cpu_peak
 from .pipeline import UNETS, Pipeline
-from .record_sizes import dit_sizes, meta_dit
+from .record_sizes import dit_sizes, latent_downscale, meta_dit
 from .record_sizes import sizes as record_sizes
 
 FAMILIES = (*UNETS, *DITS)  # bench --family
@@ -46,7 +46,7 @@ def run(size: int, steps: int, repeats: int, cpu: bool, family: str = "sd1", par
         measured = measured_parts.measure_dit_parts(p, repeats)
         extra = {"dit_record_sizes_gib": {"model": spec.label, "size": spec.size,
                                           **dit_sizes(meta_dit(spec.full), spec.steps, lambda2, spec.size,
-                                                     1 if spec.cfg == 1.0 else 2)}}
+                                                     1 if spec.cfg == 1.0 else 2, latent_downscale(spec.full))}}
     elif family == "sdxl" or parts == "headline":
         measured = measured_parts.measure_core_parts(p, repeats, pick_and_draw=parts == "headline")
         extra = {"palette_sources": measured_parts.palette_sources(p)} if parts == "headline" else {}

@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeats", type=int, default=None, help="runs per part, median kept (default 3 GPU, 1 CPU)")
     bench.add_argument("--cpu", action="store_true", help="run on the CPU with the tiny model")
     bench.add_argument("--family", choices=BENCH_FAMILIES, default="sd1", help="sd1 (every part), sdxl (the "
-                       "headline's Layout-and-Retouch rows) or a DiT family: flux, chroma, qwen_image, sd3 (Layout-and-"
+                       "headline's Layout-and-Retouch rows) or a DiT family: flux, chroma, qwen_image, sd3, flux2 (Layout-and-"
                        "Retouch: plain, shipped default, new reference, the paper's graph); on a GPU at the family's "
                        "native size by default")
     bench.add_argument("--parts", choices=["all", "headline"], default="all", help="all (SD1.x: every part; SDXL: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import host_api
 from ..attention.capture import add_map_capture, averaged_steps, record_on_trajectory
 from ..attention.layers import map_layers
 from ..attention.maps import AttentionStore, NothingRecorded
@@ -56,7 +57,8 @@ def mask_on_path(model, trajectory: InversionTrajectory, clip, prompt: str, subj
     positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
     maps = step_maps(model, positive, trajectory, resolution, averaged_steps(len(trajectory) - 1, steps_to_average))
     h, w = trajectory.latents.shape[-2:]
-    return cross_attention_mask(average_steps(maps, positions), (h * 8, w * 8), threshold)
+    scale = host_api.pixels_per_latent(model)
+    return cross_attention_mask(average_steps(maps, positions), (h * scale, w * scale), threshold)
 
 
 def step_maps(model, positive, trajectory: InversionTrajectory, resolution: int,

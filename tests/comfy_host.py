@@ -326,7 +326,10 @@ class TinyDiT:
         "qwen_image": ("QWEN_IMAGE_TINY", 3584, None, None, "QwenImage", {("double", 0), ("double", 1)},
                        ("double 0", "double 1"), 2),
         "sd3": ("SD3_TINY", 4096, 2048, None, "SD3", {("double", 0), ("double", 1)}, ("double 0", "double 1"), 2),
+        "flux2": ("FLUX2_TINY", 7680, None, None, "Flux2", {("double", 0), ("double", 1)}, ("double 0", "single 1"),
+                  4),
     }
+    HOSTS = {"flux2": "0.33.0"}  # a family a host has from this release on (its tests are marked for it)
 
     def __init__(self, name: str) -> None:
         from comfyui_layout_retouch.benchmark import random_models
@@ -336,6 +339,8 @@ class TinyDiT:
         self.name, self.config = name, getattr(random_models, config)
         self.vanilla = random_models.dit_patcher(self.config, random_models.dit_state_dict(self.config, 1))
         self.personalized = random_models.dit_patcher(self.config, random_models.dit_state_dict(self.config, 2))
+        self.channels = self.vanilla.model.latent_format.latent_channels  # Flux.2: 128
+        self.patch = self.config.get("patch_size", 2)  # latent pixels per image token, each way
 
     def encode(self, text: str, tokens: int = 256):
         import zlib
@@ -384,22 +389,28 @@ def flux_files(tmp_path_factory) -> dict[str, Path]:
 
 class FluxTextStandIn:
     """A DiT's CLIP (the text loader's output) for the tests: ComfyUI's own tokenizer of the family (Flux's CLIP-L
-    and T5; T5 for Chroma; Qwen2.5-VL's chat template for Qwen-Image), and prompts encoded as the tiny model's
-    ``encode`` makes them (T5-XXL and Qwen2.5-VL cannot be tiny)."""
+    and T5; T5 for Chroma; Qwen2.5-VL's chat template for Qwen-Image; Qwen3-4B's for Flux.2 Klein), and prompts
+    encoded as the tiny model's ``encode`` makes them (T5-XXL and the LLMs cannot be tiny); Flux.2's with as many
+    tokens as its tokenizer gives (its encoder keeps them all: 512, padded at the end)."""
 
     def __init__(self, tiny_flux) -> None:
-        if getattr(tiny_flux, "name", "flux") == "qwen_image":
+        name = getattr(tiny_flux, "name", "flux")
+        if name == "qwen_image":
             from comfy.text_encoders.qwen_image import QwenImageTokenizer as Tokenizer
+        elif name == "flux2":
+            from comfy.text_encoders.flux import KleinTokenizer as Tokenizer
         else:
             from comfy.text_encoders.flux import FluxTokenizer as Tokenizer
 
-        self.tokenizer, self.tiny_flux, self.text = Tokenizer(), tiny_flux, None
+        self.tokenizer, self.tiny_flux, self.text, self.keeps_length = Tokenizer(), tiny_flux, None, name == "flux2"
 
     def tokenize(self, text: str, return_word_ids: bool = False, **kwargs):
         self.text = text
-        return self.tokenizer.tokenize_with_weights(text, return_word_ids)
+        return self.tokenizer.tokenize_with_weights(text, return_word_ids, **kwargs)
 
     def encode_from_tokens_scheduled(self, tokens, **kwargs):
+        if self.keeps_length:
+            return self.tiny_flux.encode(self.text, tokens=sum(len(chunk) for chunk in next(iter(tokens.values()))))
         return self.tiny_flux.encode(self.text)
 
 

@@ -9,7 +9,8 @@ import pytest
 from comfyui_layout_retouch.benchmark.dits import DITS
 
 
-@pytest.mark.parametrize("family", list(DITS))
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.host("0.33.0")) if f == "flux2" else f
+                                    for f in DITS])  # Flux.2: ComfyUI 0.33 on
 def test_benchmark_on_a_dit(comfy, tmp_path, family):
     """``bench --family NAME`` on the tiny model: every part runs, and each part's rows are what the method costs
     (lambda1 1, lambda2 2 of 10 steps; one row per step at cfg 1, two at a cfg above it); the records' sizes at
@@ -33,7 +34,7 @@ def test_benchmark_on_a_dit(comfy, tmp_path, family):
                     "full pipeline": 10 * halves + 2 * 10 + 3 * 10 * halves}
     sizes = report["dit_record_sizes_gib"]
     assert sizes["model"] == spec.label and sizes["size"] == spec.size and sizes["steps"] == spec.steps
-    tokens = (spec.size // 16) ** 2  # 8x VAE, 2x2 patches
+    tokens = (spec.size // 16) ** 2  # 8x VAE and 2x2 patches, or (Flux.2) 16x VAE and 1x1
     full = meta_dit(spec.full)
     width = family_of_diffusion_model(full).width(full)  # the blocks' hidden width (Flux 3072, SD3.5 Large 2432)
     cached_steps = spec.steps - round(spec.steps / 5)

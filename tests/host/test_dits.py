@@ -13,7 +13,8 @@ SAMPLER, SCHEDULER = "euler", "simple"  # Flux.1-dev's, at cfg 1 with FluxGuidan
 CFG = 1.0
 
 
-FAMILIES = list(comfy_host.TinyDiT.SPECS)
+FAMILIES = [pytest.param(name, marks=pytest.mark.host(comfy_host.TinyDiT.HOSTS[name])) if name in
+            comfy_host.TinyDiT.HOSTS else name for name in comfy_host.TinyDiT.SPECS]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -21,8 +22,11 @@ def tiny_dit(request, comfy):
     return comfy_host.TinyFlux() if request.param == "flux" else comfy_host.TinyDiT(request.param)
 
 
-def latent(seed: int = 0, size: int = 8) -> dict:
-    return {"samples": torch.randn(1, 16, size, size, generator=torch.Generator().manual_seed(seed))}
+def latent(tiny_dit, seed: int = 0, tokens: tuple[int, int] = (4, 4), zeros: bool = False) -> dict:
+    """A latent of the family's channels giving ``tokens`` image tokens (rows, columns): 8x8 on Flux.1, 4x4 on
+    Flux.2 (one token a latent pixel, 128 channels)."""
+    shape = (1, tiny_dit.channels, tokens[0] * tiny_dit.patch, tokens[1] * tiny_dit.patch)
+    return {"samples": torch.zeros(shape) if zeros else torch.randn(shape, generator=torch.Generator().manual_seed(seed))}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,7 @@ def blended(comfy, tiny_dit, prompts, lambda1: int, lat: dict):
 def test_step_blend_is_the_stock_chain_bit_for_bit(comfy, tiny_dit, prompts):
     """Stage 1 on a flow model: lambda1 0 and steps are the one-model KSamplers, every inner lambda1 the
     KSamplerAdvanced chain, bit for bit."""
-    lat = {"samples": torch.zeros(1, 16, 8, 8)}
+    lat = latent(tiny_dit, zeros=True)
     vp, pp = prompts["vanilla"], prompts["personalized"]
     adv = comfy.KSamplerAdvanced()
     for lambda1 in range(STEPS + 1):
@@ -80,7 +84,7 @@ def reconstruct(comfy, model, cond, traj, steps: int = STEPS) -> torch.Tensor:
 def test_inversion_reaches_sigma_1_and_reconstructs_at_first_order(comfy, tiny_dit, prompts, measured):
     """Inverse Euler in flow space up to Flux's top sigma 1.0: a finite inverted latent (ComfyUI's sampler would
     divide by 1 - sigma there), and the reconstruction error falls at first order with the steps."""
-    lat = latent(3)
+    lat = latent(tiny_dit, 3)
     model, cond = tiny_dit.personalized, prompts["empty"]
     errors = {}
     for steps in (8, 16, 32):
@@ -99,7 +103,7 @@ def test_inversion_reaches_sigma_1_and_reconstructs_at_first_order(comfy, tiny_d
 @pytest.fixture(scope="module")
 def inversions(comfy, tiny_dit, prompts):
     model = tiny_dit.personalized
-    return {name: invert(comfy, model, prompts["empty"], latent(seed)) for name, seed in (("layout", 4), ("reference", 5))}
+    return {name: invert(comfy, model, prompts["empty"], latent(tiny_dit, seed)) for name, seed in (("layout", 4), ("reference", 5))}
 
 
 def swap(comfy, model, ref, lay, prompts, lambda2=2, mask_start=4, layers="all", reference_layers=None, mask=None,
@@ -130,7 +134,7 @@ def fp8_dit(comfy, tiny_dit, prompts):
 
     model = dit_patcher(tiny_dit.config, dit_state_dict(tiny_dit.config, 2), dtype=torch.float8_e4m3fn,
                         compute=torch.float32)
-    return model, invert(comfy, model, prompts["empty"], latent(4))
+    return model, invert(comfy, model, prompts["empty"], latent(tiny_dit, 4))
 
 
 @pytest.mark.parametrize("weights, bound", [("float32", 1e-5), ("fp8 e4m3fn", 1e-3)])
@@ -166,13 +170,12 @@ FLUX_192 = {"hidden_size": 192, "num_heads": 3, "depth": 2, "depth_single_blocks
 MODES = ("recorded", "recorded, attention from the inversions (fast)", "re-denoised (paper)")
 
 
-def shifted_and_shared(comfy, model, prompts, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The retouch of a 12x8 latent (a 6x4 token grid: rows and columns apart) with the references' keys shifted
-    and shared, every block swapped, in source mode ``mode``."""
+def shifted_and_shared(comfy, model, prompts, mode: str, latent_of) -> tuple[torch.Tensor, torch.Tensor]:
+    """The retouch of a latent of a 6x4 token grid (rows and columns apart; ``latent_of(seed)``) with the
+    references' keys shifted and shared, every block swapped, in source mode ``mode``."""
     node = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
     (inverted, lay), (_, ref) = (
-        node.execute(model=model, positive=prompts[prompt], latent={"samples": torch.randn(
-            1, 16, 12, 8, generator=torch.Generator().manual_seed(seed))}, steps=STEPS, scheduler=SCHEDULER,
+        node.execute(model=model, positive=prompts[prompt], latent=latent_of(seed), steps=STEPS, scheduler=SCHEDULER,
             sampler_name=SAMPLER, cfg=CFG, record_attention=True, attention_layers="all", record_for=path).result
         for prompt, seed, path in (("personalized", 4, "layout"), ("reference", 5, "reference")))
     return tuple(retouch(comfy, swap(comfy, model, ref, lay, prompts, positions=positions, mode=mode), prompts["reference"],
@@ -187,7 +190,7 @@ def test_shifted_positions_move_the_references_keys(comfy, tiny_dit, prompts, mo
     from comfyui_layout_retouch.attention.families import family_of
 
     model = tiny_dit.personalized
-    shifted, shared = shifted_and_shared(comfy, model, prompts, mode)
+    shifted, shared = shifted_and_shared(comfy, model, prompts, mode, lambda seed: latent(tiny_dit, seed, (6, 4)))
     if family_of(model).rope(model.model.diffusion_model) is None:
         assert torch.equal(shifted, shared)
         return
@@ -205,7 +208,8 @@ def test_shifted_positions_move_the_references_keys_on_the_reported_flux(comfy, 
     model = dit_patcher(config, dit_state_dict(config, 2))
     prompts = {name: comfy_host.TinyFlux.encode(text) for name, text in (("personalized", "a sks vase on a beach"),
                                                                          ("reference", "a photo of sks vase"))}
-    shifted, shared = shifted_and_shared(comfy, model, prompts, mode)
+    shifted, shared = shifted_and_shared(comfy, model, prompts, mode, lambda seed: {"samples": torch.randn(
+        1, 16, 12, 8, generator=torch.Generator().manual_seed(seed))})
     measured(f"Flux (192 wide, 2 double + 3 single blocks) shifted vs shared reference positions ({mode}, 6x4 tokens): "
              f"max relative difference {rel(shifted, shared):.2e}")
     assert rel(shifted, shared) > 1e-3
@@ -227,7 +231,7 @@ def test_a_shift_is_the_keys_at_the_shifted_positions(comfy, tiny_dit):
         return
     theta, axes_dim = rope
     rows, columns, shift = 6, 4, 8
-    ids = torch.zeros(1, rows, columns, 3)
+    ids = torch.zeros(1, rows, columns, len(axes_dim))  # Flux.2: a 4th axis, the text's
     ids[..., 1], ids[..., 2] = torch.arange(rows)[:, None], torch.arange(columns)[None, :]
     ids = ids.flatten(1, 2)
     keys = torch.randn(1, 2, rows * columns, sum(axes_dim), generator=torch.Generator().manual_seed(3))
@@ -371,7 +375,7 @@ def test_fast_mode_is_the_recorded_mode(comfy, tiny_dit, prompts, measured):
 
     model, both = tiny_dit.personalized, ", ".join(tiny_dit.two_blocks)
     node = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
-    (inverted, lay), (_, ref) = (node.execute(model=model, positive=prompts[prompt], latent=latent(seed), steps=STEPS,
+    (inverted, lay), (_, ref) = (node.execute(model=model, positive=prompts[prompt], latent=latent(tiny_dit, seed), steps=STEPS,
                                               scheduler=SCHEDULER, sampler_name=SAMPLER, cfg=CFG, record_attention=True,
                                               attention_layers=both, record_for=path).result
                                  for prompt, seed, path in (("personalized", 4, "layout"), ("reference", 5, "reference")))
@@ -406,7 +410,7 @@ def test_fast_mode_projects_fp8_weights_by_value(comfy, tiny_dit, prompts, fp8_d
     node = comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"]
     images = []
     for model in (fp8, twin):
-        (inverted, lay), (_, ref) = (node.execute(model=model, positive=prompts[prompt], latent=latent(seed),
+        (inverted, lay), (_, ref) = (node.execute(model=model, positive=prompts[prompt], latent=latent(tiny_dit, seed),
                                                   steps=STEPS, scheduler=SCHEDULER, sampler_name=SAMPLER, cfg=CFG,
                                                   record_attention=True, attention_layers=both,
                                                   record_for=path).result
@@ -429,7 +433,7 @@ def test_stage_1_records_the_layout_path(comfy, tiny_dit, prompts):
     vp, pp = prompts["vanilla"], prompts["personalized"]
     out = node.execute(vanilla_model=tiny_dit.vanilla, personalized_model=tiny_dit.personalized,
                        vanilla_positive=vp, vanilla_negative=vp, personalized_positive=pp, personalized_negative=pp,
-                       latent_image=latent(), seed=SEED, steps=STEPS, lambda1=2, cfg=CFG, sampler_name=SAMPLER,
+                       latent_image=latent(tiny_dit), seed=SEED, steps=STEPS, lambda1=2, cfg=CFG, sampler_name=SAMPLER,
                        scheduler=SCHEDULER, denoise=1.0, record_attention=True,
                        attention_layers=tiny_dit.two_blocks[0]).result
     traj = next(o for o in out if hasattr(o, "attention"))
@@ -458,7 +462,7 @@ class TestBadInput:
         with pytest.raises(ValueError, match=r"Step-Blended KSampler: input 'personalized_model'.*same base family"):
             node.execute(vanilla_model=tiny_dit.vanilla, personalized_model=tiny.personalized,
                          vanilla_positive=prompts["vanilla"], vanilla_negative=prompts["vanilla"],
-                         personalized_positive=sd, personalized_negative=sd, latent_image={"samples": torch.zeros(1, 16, 8, 8)},
+                         personalized_positive=sd, personalized_negative=sd, latent_image=latent(tiny_dit, zeros=True),
                          seed=SEED, steps=STEPS, lambda1=2, cfg=CFG, sampler_name=SAMPLER, scheduler=SCHEDULER,
                          denoise=1.0)
 
@@ -503,13 +507,13 @@ class TestBadInput:
                                                                      prompts["vanilla"], CFG)[0]
         with pytest.raises(ValueError, match="Layout Template: " + refusal.format("guider")):
             comfy.NODE_CLASS_MAPPINGS["LR_LayoutTemplate"].execute(
-                noise=None, guider=guider, sampler=None, sigmas=torch.ones(3), latent_image=latent(), clip=None,
+                noise=None, guider=guider, sampler=None, sigmas=torch.ones(3), latent_image=latent(tiny_dit), clip=None,
                 prompt="a vase", subject="vase", last_step=1)
 
     def test_a_schedule_the_inversion_cannot_retrace(self, comfy, tiny_dit, prompts):
         with pytest.raises(ValueError, match=r"DDIM Inversion: input 'sampler_name'.*cannot be inverted"):
             comfy.NODE_CLASS_MAPPINGS["LR_DDIMInversion"].execute(
-                model=tiny_dit.personalized, positive=prompts["empty"], latent=latent(), steps=STEPS,
+                model=tiny_dit.personalized, positive=prompts["empty"], latent=latent(tiny_dit), steps=STEPS,
                 scheduler=SCHEDULER, sampler_name="dpmpp_2m", cfg=CFG)
 
 
@@ -524,12 +528,15 @@ def test_subject_map_reads_the_map_blocks_at_the_subject_tokens(comfy, tiny_dit,
     clip = comfy_host.FluxTextStandIn(tiny_dit)
     prompt = "a sks dog on a beach"
     positions = subject_positions(clip, prompt, "dog")
-    key, tokens = next((k, v) for k, v in clip.tokenize(prompt).items() if k in ("t5xxl", "qwen25_7b"))
+    key, tokens = next((k, v) for k, v in clip.tokenize(prompt).items() if k in ("t5xxl", "qwen25_7b", "qwen3_4b"))
     sequence = [entry[0] for entry in tokens[0]]
     if key == "qwen25_7b":  # the conditioning starts after the template's "<|im_start|>user\n" (ComfyUI's encoder)
         sequence = sequence[[i for i, t in enumerate(sequence) if t == 151644][1] + 3:]
     words = getattr(clip.tokenizer, key).tokenizer
-    assert words.decode([sequence[i] for i in positions]).strip() == "dog" and positions[0] > 0
+    # Flux.2 keeps the template, and the positions count from the end (negative): the template's head before them.
+    assert words.decode([sequence[i] for i in positions]).strip() == "dog" and positions[0] != 0
+    if key == "qwen3_4b":
+        assert words.decode(sequence[:positions[0]]).startswith("<|im_start|>user\na sks")
     _, traj = inversions["layout"]
     node = comfy.NODE_CLASS_MAPPINGS["LR_CrossAttentionMask"]
     soft, binary = node.execute(model=tiny_dit.personalized, layout_inversion=traj, clip=clip, prompt=prompt,
@@ -550,7 +557,8 @@ def test_subject_map_reads_the_map_blocks_at_the_subject_tokens(comfy, tiny_dit,
     record_on_trajectory(patched, tiny_dit.encode(prompt), traj, [1])
     assert record.layers[1] == {("double", 0, 0), ("double", 1, 0)} and record.size == (4, 4)
     probs = record.sums[1]
-    assert probs.shape == (1, 16, 256)
+    n_txt = 512 if tiny_dit.name == "flux2" else 256  # Flux.2: ComfyUI pads the text to 512 tokens
+    assert probs.shape == (1, 16, n_txt)
     seen = []  # every attention call's q and k at the same latent and sigma, the model unpatched
 
     def keep(func, q, k, v, heads, *args, **kwargs):
@@ -561,7 +569,7 @@ def test_subject_map_reads_the_map_blocks_at_the_subject_tokens(comfy, tiny_dit,
     plain.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = keep
     record_on_trajectory(plain, tiny_dit.encode(prompt), traj, [1])
     dm = model.model.diffusion_model
-    joint = [(q, k) for q, k in seen if q.shape[-2] == 256 + 16]  # text and image tokens (SD3.5's attn2: image only)
+    joint = [(q, k) for q, k in seen if q.shape[-2] == n_txt + 16]  # text and image tokens (SD3.5's attn2: image only)
     assert len(joint) == tiny_dit.blocks  # every block (Flux: two double blocks, then two single blocks)
     assert len(seen) == tiny_dit.blocks + len(getattr(dm, "x_block_self_attn_layers", None) or ())
     by_hand = 0
@@ -570,5 +578,5 @@ def test_subject_map_reads_the_map_blocks_at_the_subject_tokens(comfy, tiny_dit,
         if q.ndim == 3:  # flat [n, tokens, heads * d] (Qwen-Image's and SD3's call): as [n, heads, tokens, d]
             q, k = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k))
         attention = torch.softmax(q.float() @ k.float().transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
-        by_hand = by_hand + attention[:, :, 256:, :256].mean(1)
+        by_hand = by_hand + attention[:, :, n_txt:, :n_txt].mean(1)
     assert torch.allclose(probs, by_hand, rtol=1e-5, atol=1e-7)

@@ -1,9 +1,9 @@
-"""A DiT of a family the pack does not support yet (Flux.2, Chroma Radiance, Z-Image, ...) is refused in one line
+"""A DiT of a family the pack does not support yet (Chroma Radiance, Z-Image, ...) is refused in one line
 that names its family and what the pack supports: at the node's input, never from inside a block.
 
 The models are tiny ones of ComfyUI's own classes, built from the config its detection would make of a file
-(``benchmark.random_models.dit_patcher``), where the host has the family: Chroma Radiance on both hosts, Flux.2 on
-0.33.0 (0.3.64 has no Flux.2). One shape no host has stays a stand-in: a Flux.1 whose first double block is Chroma's
+(``benchmark.random_models.dit_patcher``), where the host has the family: Chroma Radiance on both hosts. One shape
+no host has stays a stand-in: a Flux.1 whose first double block is Chroma's
 (modulations computed outside the blocks, with no Chroma around them)."""
 
 from __future__ import annotations
@@ -16,12 +16,6 @@ from comfyui_layout_retouch.benchmark import random_models
 
 REFUSAL = (r"DDIM Inversion: input 'model': the model is a {} model, a family this pack does not support "
            r"yet \(it supports SD1.x, SD2.x, SDXL, Flux.1")  # the family's name, as ComfyUI's model config has it
-# Flux.2 as ComfyUI 0.33.0's detection makes it (comfy/model_detection.py: global modulation, 4 RoPE axes of theta 2000,
-# patch size 1, the text's positions on axis 3), 64 wide.
-FLUX2_TINY = dict(image_model="flux2", in_channels=128, out_channels=128, patch_size=1, vec_in_dim=None,
-                  context_in_dim=64, hidden_size=64, mlp_ratio=3.0, num_heads=2, depth=2, depth_single_blocks=2,
-                  axes_dim=[8, 8, 8, 8], theta=2000, qkv_bias=False, guidance_embed=True, global_modulation=True,
-                  mlp_silu_act=True, ops_bias=False, default_ref_method="index", ref_index_scale=10.0, txt_ids_dims=[3])
 # Chroma Radiance (Chroma's blocks in pixel space, patches of 16 pixels, NeRF blocks decoding them), 64 wide.
 CHROMA_RADIANCE_TINY = dict(random_models.CHROMA_TINY, image_model="chroma_radiance", in_channels=3, out_channels=3,
                             patch_size=16, nerf_hidden_size=16, nerf_mlp_ratio=4, nerf_depth=2, nerf_max_freqs=8,
@@ -43,7 +37,6 @@ def half_chroma():
 
 
 @pytest.mark.parametrize("name, make", [
-    pytest.param("Flux2", lambda: tiny(FLUX2_TINY), marks=pytest.mark.host("0.33.0")),
     ("ChromaRadiance", lambda: tiny(CHROMA_RADIANCE_TINY)),
     ("HalfChroma", half_chroma)])
 def test_the_family_is_named(comfy, tiny_flux, name, make):
@@ -55,7 +48,6 @@ def test_the_family_is_named(comfy, tiny_flux, name, make):
 
 
 @pytest.mark.parametrize("name, make, latent_shape", [
-    pytest.param("Flux2", lambda: tiny(FLUX2_TINY), (1, 128, 8, 8), marks=pytest.mark.host("0.33.0")),
     ("ChromaRadiance", lambda: tiny(CHROMA_RADIANCE_TINY), (1, 3, 64, 64))])
 def test_a_node_refuses_it_at_its_input(comfy, tiny_flux, name, make, latent_shape):
     """The DDIM Inversion recording for the swap: refused at 'model' before any step runs, in one line."""
