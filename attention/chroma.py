@@ -35,6 +35,7 @@ class ChromaProjection(FluxProjection):
 
 class ChromaFamily(FluxFamily):
     name = "Chroma"
+    key = "chroma"
     models = "Chroma (its LoRAs)"
     vital = VITAL
 

@@ -66,6 +66,7 @@ class FluxProjection(JointProjection):
 
 class FluxFamily(JointFamily):
     name = "Flux"
+    key = "flux"
     models = "Flux.1 (dev, schnell, their LoRAs)"
     vital = VITAL
 

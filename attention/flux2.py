@@ -33,6 +33,7 @@ def is_flux2(diffusion_model) -> bool:
 
 class Flux2Family(FluxFamily):
     name = "Flux.2"
+    key = "flux2"
     models = "Flux.2 (dev, Klein, their LoRAs)"
     vital = frozenset()  # auto: every double block (the module's docstring)
     patch_size = 1

@@ -40,6 +40,7 @@ class JointFamily:
     """A family with joint attention; a subclass gives what is marked so."""
 
     name = "DiT"
+    key = ""  # a subclass's: its row in benchmark.dits.DITS and tests/comfy_host.TinyDiT.SPECS (bench --family KEY)
     models = ""
     cross_attention = False
     layout_reads = (KEYS, VALUES)  # the layout phase: the layout's image keys and values

@@ -53,6 +53,7 @@ class QwenImageProjection(JointProjection):
 
 class QwenImageFamily(JointFamily):
     name = "Qwen-Image"
+    key = "qwen_image"
     models = "Qwen-Image (its LoRAs)"
     vital = VITAL
 

@@ -97,6 +97,7 @@ class SD3Projection(JointProjection):
 
 class SD3Family(JointFamily):
     name = "SD3"
+    key = "sd3"
     models = "SD3 and SD3.5 (Medium, Large, their LoRAs)"
 
     def recognises(self, diffusion_model) -> bool:

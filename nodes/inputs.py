@@ -11,7 +11,8 @@ import comfy.samplers
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..attention.layers import AUTO, auto_layers, layer_problem, model_problem, parse_layers
+from ..attention.family import UnsupportedModel
+from ..attention.layers import AUTO, auto_layers, layer_problem, model_problem, parse_layers, text_width
 from ..attention.prompts import conditioning_problem
 from ..errors import Problem, public
 from ..records import base_model
@@ -103,8 +104,7 @@ def check_same_family(node: str, name_a: str, model_a, name_b: str, model_b) -> 
     SDXL or SD2.x does not, since one noise and one latent cannot serve both.
     """
     fam_a, fam_b = base_model(model_a), base_model(model_b)
-    ctx_a = model_a.model.model_config.unet_config.get("context_dim")
-    ctx_b = model_b.model.model_config.unet_config.get("context_dim")
+    ctx_a, ctx_b = _text_width(model_a), _text_width(model_b)
     sampling_a = model_a.get_model_object("model_sampling")
     sampling_b = model_b.get_model_object("model_sampling")
     same = (
@@ -120,6 +120,15 @@ def check_same_family(node: str, name_a: str, model_a, name_b: str, model_b) -> 
             "the two must share one latent space and one noise schedule.",
             f"load {name_a} and {name_b} from the same base family (e.g. both SD1.x).",
         )
+
+
+def _text_width(model) -> int | None:
+    """The text width the model reads, as its family knows it (a UNet's ``context_dim``, a DiT's text input), or the
+    config's ``context_dim`` where the pack has no family for it (refused at its model input)."""
+    try:
+        return text_width(model)
+    except UnsupportedModel:
+        return model.model.model_config.unet_config.get("context_dim")
 
 
 def check_latent(node: str, input_name: str, samples: torch.Tensor, model) -> None:

@@ -11,9 +11,9 @@ cd "$(dirname "$0")/.."
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
-# --no-compile: Python compiles what it imports on first use (installing these into a fresh venv took 37 s with it,
-# 65 s compiling every file of torch).
-pip install -q --disable-pip-version-check --no-compile -r requirements-test.txt
+# Not --no-compile: where PYTHONDONTWRITEBYTECODE is set (this CI machine's), the .pyc files pip writes are the only
+# ones, and without them every interpreter compiles torch and ComfyUI again (a CI run's pytest took 1,041 s, not 934).
+pip install -q --disable-pip-version-check -r requirements-test.txt
 
 comfy=$(python tests/provide_host.py)
 if [ -n "$comfy" ]; then
@@ -23,9 +23,9 @@ if [ -n "$comfy" ]; then
     # audio VAE), and the newest the package index has (2.11.1) asks for another torch; installed without its
     # dependencies, it imports beside torch 2.14.1 (0.3.64 lists it too, and never imports it).
     grep -vE '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$comfy/requirements.txt" > .venv/comfyui-requirements.txt
-    pip install -q --disable-pip-version-check --no-compile -r .venv/comfyui-requirements.txt
+    pip install -q --disable-pip-version-check -r .venv/comfyui-requirements.txt
     if grep -qE '^\s*torchaudio\s*([<>=!~].*)?$' "$comfy/requirements.txt"; then
-        pip install -q --disable-pip-version-check --no-compile --no-deps torchaudio==2.11.1
+        pip install -q --disable-pip-version-check --no-deps torchaudio==2.11.1
     fi
 else
     echo "ComfyUI host: none found or provided; the host tests will be skipped."

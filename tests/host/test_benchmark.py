@@ -50,3 +50,16 @@ def test_the_command_offers_every_family():
     from comfyui_layout_retouch.benchmark.run import FAMILIES
 
     assert benchmark.FAMILIES == FAMILIES
+
+
+def test_every_registered_dit_family_has_a_bench_row_and_a_tiny_model():
+    """A DiT family in the registry is benchmarked (``bench --family KEY``) and tested (its tiny model in every test
+    of test_dits.py): each has a row in both tables, under the key its module names, and neither table has a row
+    the registry lacks."""
+    import comfy_host
+
+    from comfyui_layout_retouch.attention.families import FAMILIES
+    from comfyui_layout_retouch.attention.joint import JointFamily
+
+    keys = {family.key for family in FAMILIES if isinstance(family, JointFamily)}
+    assert "" not in keys and keys == set(DITS) == set(comfy_host.TinyDiT.SPECS)

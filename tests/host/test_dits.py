@@ -243,6 +243,22 @@ def test_a_shift_is_the_keys_at_the_shifted_positions(comfy, tiny_dit):
     assert ((got - before).abs().amax(dim=(0, 1, 3)) > 1e-3).all()  # every token moved
 
 
+def test_stage_1_refuses_dits_of_two_text_widths(comfy):
+    """Stage 1's family check reads the family's text width (a DiT's text input, not a UNet's context_dim, which a
+    DiT's config lacks): a Flux.1 reading T5's 4096 and one reading 2048 are refused together, naming both."""
+    from comfyui_layout_retouch.benchmark.random_models import FLUX_TINY, dit_patcher, dit_state_dict
+
+    wide, narrow = (dit_patcher(c, dit_state_dict(c, 1)) for c in (FLUX_TINY, dict(FLUX_TINY, context_in_dim=2048)))
+    cond = comfy_host.TinyFlux.encode("a vase")
+    node = comfy.NODE_CLASS_MAPPINGS["LR_StepBlendedKSampler"]
+    with pytest.raises(ValueError, match=r"input 'personalized_model': is a Flux model \(text width 2048\) but "
+                                         r"vanilla_model is a Flux model \(text width 4096\)"):
+        node.execute(vanilla_model=wide, personalized_model=narrow, vanilla_positive=cond, vanilla_negative=cond,
+                     personalized_positive=cond, personalized_negative=cond,
+                     latent_image={"samples": torch.zeros(1, 16, 8, 8)}, seed=SEED, steps=STEPS, lambda1=2, cfg=CFG,
+                     sampler_name=SAMPLER, scheduler=SCHEDULER, denoise=1.0)
+
+
 def test_patches_on_exactly_the_chosen_blocks_and_the_callers_model_untouched(comfy, tiny_dit, prompts, inversions):
     import comfy.model_management as mm
 
