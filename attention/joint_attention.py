@@ -259,7 +259,7 @@ class JointMapCapture:
     token is ``patch`` latent pixels each way (the family's ``patch_size``)."""
 
     def __init__(self, block: tuple[str, int], store, steps, chained, sampling_sigmas: torch.Tensor | None,
-                 patch: int = 2) -> None:
+                 patch: int) -> None:
         self.block = block
         self.patch = patch
         self.store = store

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import host_api
 from ..errors import Problem
 from ..records import InversionTrajectory, base_model
 from .families import family_of
@@ -101,8 +102,9 @@ def _model_conds(model, entry: dict, cross_attn: torch.Tensor, latent: torch.Ten
     """What the model's own ``extra_conds`` makes of a CONDITIONING entry with text ``cross_attn`` on ``latent``, as
     ComfyUI's ``encode_model_conds`` calls it (sizes default to the latent's in pixels)."""
     h, w = latent.shape[-2:]
+    scale = host_api.pixels_per_latent(model)
     params = {**entry, "cross_attn": cross_attn, "device": "cpu", "noise": latent[:1],
-              "width": entry.get("width", w * 8), "height": entry.get("height", h * 8),
+              "width": entry.get("width", w * scale), "height": entry.get("height", h * scale),
               "prompt_type": entry.get("prompt_type", prompt_type)}
     return model.model.extra_conds(**params)
 

@@ -47,11 +47,10 @@ def _word_tokens(clip, text: str) -> list:
     return [entry[0] for chunk in chunks for entry in chunk if entry[2] > 0]
 
 
-def _templated_positions(clip, prompt: str, words: list[str]) -> list[int]:
-    """The subject words' token positions after a chat template's dropped head (see the module docstring)."""
-    def count(text: str) -> int:
-        return sum(len(chunk) for chunk in _chunks(clip.tokenize(text)))
-
+def _words_in_prompt(prompt: str, words: list[str], count) -> list[int]:
+    """The subject words' token positions among the prompt's own tokens, by their place in the prompt's text:
+    ``count(text)`` is the templated text's token count, so the prompt gains a word's tokens from the text before
+    it to the text through it (see the module docstring)."""
     empty, positions = count(""), []
     for word in words:
         starts = [m.start() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", prompt)]
@@ -62,25 +61,21 @@ def _templated_positions(clip, prompt: str, words: list[str]) -> list[int]:
     return positions
 
 
+def _templated_positions(clip, prompt: str, words: list[str]) -> list[int]:
+    """The subject words' token positions after a chat template's dropped head (see the module docstring)."""
+    return _words_in_prompt(prompt, words, lambda text: sum(len(chunk) for chunk in _chunks(clip.tokenize(text))))
+
+
 def _kept_template_positions(clip, prompt: str, words: list[str], tokens: dict) -> list[int]:
     """The subject words' positions under a kept chat template, from the text tokens' end (module docstring)."""
     (name,) = (key for key in tokens if key in KEPT_TEMPLATE)
-    tokenizer = clip.tokenizer
 
     def count(text: str, **kwargs) -> int:  # tokens of the templated text, the tokenizer's padding left out
         return sum(len(chunk) for chunk in clip.tokenize(text, min_length=1, **kwargs)[name])
 
-    head = count(tokenizer.llama_template.split("{}")[0], llama_template="{}")  # its start token too, where it has one
-    empty, positions = count(""), []
-    for word in words:
-        starts = [m.start() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", prompt)]
-        if not starts:
-            raise KeyError(word)
-        for start in starts:
-            positions.extend(range(head + count(prompt[:start].rstrip()) - empty,
-                                   head + count(prompt[:start + len(word)]) - empty))
+    head = count(clip.tokenizer.llama_template.split("{}")[0], llama_template="{}")  # with a start token, if any
     length = sum(len(chunk) for chunk in tokens[name])  # the conditioning's tokens, the tokenizer's padding in
-    return [p - length for p in positions]
+    return [head + p - length for p in _words_in_prompt(prompt, words, count)]
 
 
 def _offset(clip, tokens: dict) -> int:

@@ -69,7 +69,7 @@ class Pipeline:
         # with --fp16-unet (computed in float32), so that the GPU check's dry run stays within the test suite's
         # memory (tests/memory_budget.py: 4.5 GiB a subprocess). SDXL's text encoders (CLIP-G alone is 694M
         # weights, 4 s a prompt on a CPU core) are not timed by any part: prompts are conditioning of their shapes
-        # seeded by the text, with SDXL's real tokenizer for the subject's tokens (:class:`SeededText`).
+        # seeded by their tokens, with SDXL's real tokenizer for the subject's tokens (:class:`SeededText`).
         lean = family == "sdxl" and not self.full
         stored = dict(model_options={"dtype": torch.float16})
         sdxl = family == "sdxl"
